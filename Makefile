@@ -1,0 +1,51 @@
+# The one entry point: run, test, lint, stack, bench, requirements.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+N ?= 2
+
+.PHONY: run test test-unit lint stack bench requirements clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Stamps re-run the install whenever pyproject.toml changes.
+$(VENV)/.runtime: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,uvicorn]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	DJANGO_DEBUG=1 $(BIN)/python manage.py migrate --noinput
+	DJANGO_DEBUG=1 $(BIN)/python manage.py ensure_room lobby --name Lobby
+	DJANGO_DEBUG=1 $(BIN)/daphne -b 127.0.0.1 -p $(PORT) backend.asgi:application
+
+test: $(VENV)/.dev
+	$(BIN)/pytest
+
+test-unit: $(VENV)/.dev
+	$(BIN)/pytest tests/unit
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+stack: $(VENV)/.dev
+	$(BIN)/python -m tests.support.stack --instances $(N)
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
+
+# requirements.txt is what App Platform's buildpack installs: pinned,
+# generated from pyproject.toml. CI fails when the two disagree.
+requirements: $(VENV)/.dev
+	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --output-file requirements.txt pyproject.toml
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache

@@ -1,0 +1,34 @@
+"""ASGI entry point: ``daphne -b 0.0.0.0 -p 8080 backend.asgi:application``.
+
+HTTP goes to Django; WebSockets go through the origin policy, then the
+session/token auth stack, then the URL router.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+from backend.env import exit_on_bad_configuration, require_runtime_settings
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
+
+# A bad variable stops the server here with one line instead of a traceback.
+exit_on_bad_configuration(require_runtime_settings)
+
+# get_asgi_application() runs django.setup(), which must happen before
+# anything below imports models (the routing imports the consumers).
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from core import routing  # noqa: E402
+from core.auth import OriginPolicyMiddleware, TokenAuthMiddlewareStack  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": OriginPolicyMiddleware(
+            TokenAuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))
+        ),
+    }
+)

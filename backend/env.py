@@ -1,0 +1,155 @@
+"""Typed readers for configuration that comes only from the environment.
+
+Each helper raises ``ImproperlyConfigured`` with one line that names the
+variable and what is wrong; ``manage.py`` and ``asgi.py`` print that line and
+exit, so a bad deploy fails at start-up instead of at first use.
+"""
+
+import os
+import sys
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    """Return the variable stripped of surrounding blanks, or ``default``."""
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip()
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    """Parse ``1/0/true/false/yes/no/on/off`` (any case)."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ImproperlyConfigured(
+        f"{name}: expected a boolean (1/0, true/false, yes/no, on/off), got {value!r}"
+    )
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    """Parse a whole number no smaller than ``minimum``."""
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}: expected a whole number, got {value!r}"
+        ) from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name}: must be at least {minimum}, got {number}")
+    return number
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    """Parse a number no smaller than ``minimum``."""
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}: expected a number, got {value!r}"
+        ) from None
+    if not number >= minimum:  # also refuses NaN
+        raise ImproperlyConfigured(f"{name}: must be at least {minimum}, got {value}")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    """Parse a comma-separated list; blank items are dropped."""
+    value = os.environ.get(name)
+    if value is None:
+        return list(default)
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_url(name: str, *, schemes: set[str], default: str | None = None) -> str | None:
+    """Return a URL whose scheme is one of ``schemes``, or ``default``."""
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: not a valid URL ({exc})") from None
+    if parts.scheme not in schemes:
+        expected = " or ".join(f"{scheme}://" for scheme in sorted(schemes))
+        shown = parts.scheme or "none"
+        raise ImproperlyConfigured(f"{name}: unknown scheme {shown!r}; use {expected}")
+    if parts.scheme != "sqlite" and not parts.hostname:
+        raise ImproperlyConfigured(f"{name}: the URL has no host")
+    return value
+
+
+def env_origins(name: str, default: list[str]) -> list[str]:
+    """Parse a comma list of origins (``scheme://host[:port]``)."""
+    origins = env_list(name, default)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ImproperlyConfigured(
+                f"{name}: {origin!r} is not an origin like https://example.com"
+            )
+    return origins
+
+
+def env_pem_or_path(name: str) -> str | None:
+    """Return PEM text given inline or read from a file path."""
+    value = env_str(name)
+    if value is None:
+        return None
+    if "-----BEGIN" in value:
+        return value
+    try:
+        with open(value, encoding="ascii") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImproperlyConfigured(
+            f"{name}: neither PEM text nor a readable file ({exc.__class__.__name__})"
+        ) from None
+    if "-----BEGIN" not in text:
+        raise ImproperlyConfigured(f"{name}: file {value!r} holds no PEM certificate")
+    return text
+
+
+# Commands that must work without runtime variables: App Platform's build runs
+# collectstatic with none of them set.
+BUILD_TIME_COMMANDS = {"collectstatic", "help", "version", "--help", "-h", "--version"}
+
+
+def require_runtime_settings() -> None:
+    """Raise if a setting that serving needs is missing (the secret key)."""
+    from django.conf import settings
+
+    if settings.SWITCHBOARD_SECRET_KEY_MISSING:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY: not set; set it to a long random value "
+            "(or DJANGO_DEBUG=1 for local development)"
+        )
+
+
+def exit_on_bad_configuration(check: Callable[[], object]) -> None:
+    """Run ``check``; on a configuration error print one line and exit 2."""
+    try:
+        check()
+    except ImproperlyConfigured as exc:
+        sys.stderr.write(f"Configuration error: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None

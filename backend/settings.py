@@ -1,0 +1,279 @@
+"""Django settings for Switchboard, read once from the environment.
+
+Every variable is described in README.md ("Configuration"). A bad value raises
+``ImproperlyConfigured`` with one line naming the variable. Settings import with
+no variables at all, because App Platform's build runs ``collectstatic`` with
+none of the runtime variables set; the missing secret key is reported when the
+app is served or ``manage.py`` runs a command that needs it.
+"""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from backend.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_origins,
+    env_pem_or_path,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DJANGO_DEBUG", default=False)
+
+_DEV_SECRET_KEY = "django-insecure-switchboard-development-only-key-0123456789"  # noqa: S105
+SECRET_KEY = env_str("DJANGO_SECRET_KEY") or (_DEV_SECRET_KEY if DEBUG else "")
+# Checked by backend.env.require_runtime_settings() when serving.
+SWITCHBOARD_SECRET_KEY_MISSING = not SECRET_KEY
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+HTTPS = env_bool("DJANGO_HTTPS", default=False)
+
+
+def _origins_for_hosts(hosts: list[str], https: bool) -> list[str]:
+    """CSRF trusted origins for the allowed hosts (``.x`` means subdomains)."""
+    schemes = ["https"] if https else ["https", "http"]
+    origins = []
+    for host in hosts:
+        if host == "*":
+            continue
+        pattern = f"*{host}" if host.startswith(".") else host
+        origins += [f"{scheme}://{pattern}" for scheme in schemes]
+    return origins
+
+
+CSRF_TRUSTED_ORIGINS = env_origins(
+    "DJANGO_CSRF_TRUSTED_ORIGINS", _origins_for_hosts(ALLOWED_HOSTS, HTTPS)
+)
+
+if HTTPS:
+    # App Platform terminates TLS at its edge and forwards plain HTTP with
+    # X-Forwarded-Proto; /healthz is exempt because the platform probes it
+    # over plain HTTP.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = 60 * 60 * 24 * 365
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+# Client IPs come from X-Forwarded-For only behind App Platform's proxy.
+USE_X_FORWARDED_FOR = HTTPS
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "core",
+]
+
+MIDDLEWARE = [
+    # First: answers the platform health check before host validation and
+    # the HTTPS redirect can refuse it.
+    "core.middleware.HealthCheckMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "backend.urls"
+ASGI_APPLICATION = "backend.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+_DATABASE_URL = env_url(
+    "DATABASE_URL", schemes={"postgres", "postgresql", "pgsql", "sqlite"}
+)
+if _DATABASE_URL is None:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": BASE_DIR / "db.sqlite3",
+        }
+    }
+else:
+    try:
+        DATABASES = {
+            "default": dj_database_url.parse(
+                _DATABASE_URL, conn_max_age=0, conn_health_checks=True
+            )
+        }
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE takes the write lock when a transaction starts, so two writers
+    # queue on the busy timeout instead of failing with "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: channel layer, presence, cache -----------------------------------
+REDIS_URL = env_url("REDIS_URL", schemes={"redis", "rediss"})
+REDIS_CA_CERT = env_pem_or_path("REDIS_CA_CERT")
+CHANNEL_PREFIX = env_str("SWITCHBOARD_CHANNEL_PREFIX", "switchboard")
+
+
+def _redis_options(url: str, ca_pem: str | None) -> dict[str, object]:
+    """Connection options shared by the channel layer, presence and cache."""
+    options: dict[str, object] = {
+        # redis-py 8 defaults socket_timeout to 5 s, which kills the layer's
+        # blocking receive on idle connections (channels_redis issue 422).
+        "socket_timeout": None,
+        "socket_connect_timeout": 5,
+        # Managed Redis drops idle TCP connections; notice before use.
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+    }
+    if url.startswith("rediss://") and ca_pem:
+        options["ssl_ca_data"] = ca_pem
+    return options
+
+
+if REDIS_URL:
+    REDIS_OPTIONS = _redis_options(REDIS_URL, REDIS_CA_CERT)
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, **REDIS_OPTIONS}],
+                "prefix": CHANNEL_PREFIX,
+                # The default of 100 silently drops events to a busy channel.
+                "capacity": env_int("SWITCHBOARD_CHANNEL_CAPACITY", 1000, minimum=1),
+                "expiry": 60,
+                "group_expiry": 86400,
+            },
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CHANNEL_PREFIX,
+            "OPTIONS": {
+                key: value
+                for key, value in REDIS_OPTIONS.items()
+                if key != "socket_timeout"
+            }
+            | {"socket_timeout": 5},
+        }
+    }
+else:
+    REDIS_OPTIONS = {}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Limits (documented in docs/protocol.md; tests and benchmarks raise them) ---
+SEND_RATE_PER_SECOND = env_float("SWITCHBOARD_SEND_RATE_PER_SECOND", 10.0, minimum=0.1)
+SEND_BURST = env_int("SWITCHBOARD_SEND_BURST", 20, minimum=1)
+HISTORY_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_HISTORY_RATE_PER_SECOND", 5.0, minimum=0.1
+)
+HISTORY_BURST = env_int("SWITCHBOARD_HISTORY_BURST", 5, minimum=1)
+TYPING_INTERVAL_SECONDS = env_float("SWITCHBOARD_TYPING_INTERVAL_SECONDS", 3.0)
+MAX_FRAME_BYTES = env_int("SWITCHBOARD_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
+REPLAY_LIMIT = env_int("SWITCHBOARD_REPLAY_LIMIT", 1000, minimum=1)
+PUBLISH_TIMEOUT_SECONDS = env_float("SWITCHBOARD_PUBLISH_TIMEOUT_SECONDS", 1.0)
+PRESENCE_TTL_SECONDS = env_float("SWITCHBOARD_PRESENCE_TTL_SECONDS", 60.0, minimum=1)
+PRESENCE_REFRESH_SECONDS = env_float(
+    "SWITCHBOARD_PRESENCE_REFRESH_SECONDS", 20.0, minimum=0.1
+)
+PRESENCE_BROADCAST_SECONDS = 1.0
+GROUP_REFRESH_SECONDS = 3600.0
+
+# --- Auth, API ----------------------------------------------------------------
+_VALIDATORS = "django.contrib.auth.password_validation"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": f"{_VALIDATORS}.UserAttributeSimilarityValidator"},
+    {"NAME": f"{_VALIDATORS}.MinimumLengthValidator"},
+    {"NAME": f"{_VALIDATORS}.CommonPasswordValidator"},
+    {"NAME": f"{_VALIDATORS}.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Switchboard API",
+    "DESCRIPTION": "Rooms and messages; the live side is the WebSocket protocol.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Static files, i18n, logging ---------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+# Unhashed names when the manifest lacks a file (tests without collectstatic).
+WHITENOISE_MANIFEST_STRICT = False
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,37 @@
+"""URL routes: pages, the health probes and the HTTP API."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from core import api, views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("rooms/new/", views.create_room, name="create-room"),
+    path("rooms/<slug:slug>/", views.room, name="room"),
+    path("readyz", views.readyz, name="readyz"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("admin/", admin.site.urls),
+    path("api/auth/token/", api.TokenView.as_view(), name="api-token"),
+    path("api/rooms/", api.RoomListView.as_view(), name="api-rooms"),
+    path(
+        "api/rooms/<slug:slug>/members/",
+        api.MemberListView.as_view(),
+        name="api-members",
+    ),
+    path(
+        "api/rooms/<slug:slug>/members/<str:username>/",
+        api.MemberDetailView.as_view(),
+        name="api-member",
+    ),
+    path(
+        "api/rooms/<slug:slug>/messages/",
+        api.MessageListView.as_view(),
+        name="api-messages",
+    ),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+]

@@ -1,0 +1,314 @@
+"""The HTTP API (Django REST Framework): tokens, rooms, members, messages.
+
+Views validate with serializers and call ``core.services``; errors are JSON
+with a 4xx status. Unknown rooms and rooms the caller may not see are 404.
+"""
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import authenticate
+from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.authtoken.models import Token
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from core import access, protocol, services
+from core.models import SLUG_PATTERN, Room
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, with every error under ``detail``."""
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if not (isinstance(response.data, dict) and "detail" in response.data):
+        response.data = {"detail": "Invalid input.", "errors": response.data}
+    return response
+
+
+class BodyField(serializers.Field):
+    """A message body under the WebSocket ``send`` rules (never trimmed)."""
+
+    def to_internal_value(self, data: object) -> str:
+        try:
+            return protocol.validate_body(data)
+        except protocol.ProtocolError as exc:
+            raise serializers.ValidationError(exc.detail, code=exc.code) from None
+
+    def to_representation(self, value: str) -> str:
+        return value
+
+
+class ClientIdField(serializers.Field):
+    """Optional 1-64 of ``[A-Za-z0-9_-]``."""
+
+    def to_internal_value(self, data: object) -> str | None:
+        try:
+            return protocol.validate_client_id(data)
+        except protocol.ProtocolError as exc:
+            raise serializers.ValidationError(exc.detail, code=exc.code) from None
+
+    def to_representation(self, value: str | None) -> str | None:
+        return value
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """JSON ``true``/``false`` only (DRF also takes "yes", 1, ...)."""
+
+    def to_internal_value(self, data: object) -> bool:
+        if not isinstance(data, bool):
+            raise serializers.ValidationError("Must be true or false.")
+        return data
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=4096, trim_whitespace=False)
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+
+
+class RoomSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Room
+        fields = ["slug", "name", "is_private", "last_seq", "last_message_at"]
+
+
+class RoomCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(min_length=1, max_length=100)
+    slug = serializers.RegexField(rf"^{SLUG_PATTERN}\Z", required=False)
+    is_private = StrictBooleanField(required=False, default=False)
+
+
+class MemberSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+
+
+class MessageSerializer(serializers.Serializer):
+    type = serializers.CharField()
+    room = serializers.CharField()
+    seq = serializers.IntegerField()
+    author = serializers.CharField(allow_null=True)
+    body = serializers.CharField()
+    sent_at = serializers.CharField()
+    client_id = serializers.CharField(allow_null=True)
+
+
+class MessageCreateSerializer(serializers.Serializer):
+    body = BodyField()
+    client_id = ClientIdField(required=False, default=None, allow_null=True)
+
+
+class MessagePageSerializer(serializers.Serializer):
+    messages = MessageSerializer(many=True)
+    has_more = serializers.BooleanField()
+
+
+class SendThrottle(SimpleRateThrottle):
+    """Posts per user (or IP), like the WebSocket ``send`` limit.
+
+    A window of ``SEND_BURST`` posts per ``SEND_BURST / SEND_RATE_PER_SECOND``
+    seconds approximates the socket's token bucket, shared through the cache.
+    """
+
+    scope = "send"
+
+    def get_rate(self) -> str:
+        return "configured"
+
+    def parse_rate(self, rate: str | None) -> tuple[int, float]:
+        return settings.SEND_BURST, settings.SEND_BURST / settings.SEND_RATE_PER_SECOND
+
+    def get_cache_key(self, request: Request, view: APIView) -> str:
+        if request.user.is_authenticated:
+            ident = str(request.user.pk)
+        else:
+            ident = self.get_ident(request)
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+def _visible_room_or_404(request: Request, slug: str) -> Room:
+    room = access.readable_room(request.user, slug)
+    if room is None:
+        raise Http404("No such room.")
+    return room
+
+
+def _seq_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return protocol.parse_seq_text(name, value)
+    except protocol.ProtocolError as exc:
+        raise ValidationError({name: [exc.detail]}) from None
+
+
+class TokenView(APIView):
+    """Exchange a username and password for an API token, or revoke it."""
+
+    @extend_schema(request=TokenRequestSerializer, responses={200: TokenSerializer})
+    def post(self, request: Request) -> Response:
+        data = TokenRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = authenticate(
+            request._request,
+            username=data.validated_data["username"],
+            password=data.validated_data["password"],
+        )
+        if user is None:
+            return Response(
+                {"detail": "Unable to sign in with those credentials."},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request: Request) -> Response:
+        if not request.user.is_authenticated:
+            return Response(
+                {"detail": "Authentication credentials were not provided."},
+                status=status.HTTP_401_UNAUTHORIZED,
+            )
+        for token in Token.objects.filter(user=request.user):
+            key = token.key
+            token.delete()
+            services.revoke_access(
+                user_id=request.user.pk, credential=services.credential_id(key)
+            )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RoomListView(APIView):
+    """List the rooms the caller can see; create a room (signed in)."""
+
+    def get_permissions(self) -> list[Any]:
+        if self.request.method == "POST":
+            return [IsAuthenticated()]
+        return []
+
+    @extend_schema(responses={200: RoomSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        rooms = access.visible_rooms(request.user).order_by("slug")
+        return Response(RoomSerializer(rooms, many=True).data)
+
+    @extend_schema(request=RoomCreateSerializer, responses={201: RoomSerializer})
+    def post(self, request: Request) -> Response:
+        data = RoomCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            room = services.create_room(owner=request.user, **data.validated_data)
+        except services.SlugTaken as exc:
+            raise ValidationError({"slug": [f"The slug {exc} is taken."]}) from None
+        except services.InvalidRoomName:
+            raise ValidationError(
+                {"slug": ["No slug can be made from this name; give one."]}
+            ) from None
+        return Response(RoomSerializer(room).data, status=status.HTTP_201_CREATED)
+
+
+class MemberListView(APIView):
+    """The owner of a private room adds a member."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=MemberSerializer, responses={201: MemberSerializer})
+    def post(self, request: Request, slug: str) -> Response:
+        room = _visible_room_or_404(request, slug)
+        data = MemberSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        username = data.validated_data["username"]
+        try:
+            services.add_member(room=room, actor=request.user, username=username)
+        except services.AccessDenied:
+            return Response(
+                {"detail": "Only the owner of a private room adds members."},
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        except services.UnknownUser:
+            raise ValidationError({"username": ["No such user."]}) from None
+        return Response({"username": username}, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailView(APIView):
+    """The owner removes a member, or a member leaves."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, slug: str, username: str) -> Response:
+        room = _visible_room_or_404(request, slug)
+        try:
+            services.remove_member(room=room, actor=request.user, username=username)
+        except services.AccessDenied:
+            return Response(
+                {"detail": "Only the owner removes members; owners cannot leave."},
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        except services.UnknownUser:
+            raise Http404("No such member.") from None
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MessageListView(APIView):
+    """Read a page of a room's messages, or post one."""
+
+    def get_throttles(self) -> list[Any]:
+        if self.request.method == "POST":
+            return [SendThrottle()]
+        return []
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, description="Only messages above this seq"),
+            OpenApiParameter("before", int, description="Only messages below this seq"),
+            OpenApiParameter("limit", int, description="1-100, default 50"),
+        ],
+        responses={200: MessagePageSerializer},
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        room = _visible_room_or_404(request, slug)
+        after = _seq_param(request, "after")
+        before = _seq_param(request, "before")
+        limit_value = _seq_param(request, "limit")
+        try:
+            limit = protocol.validate_limit(limit_value)
+        except protocol.ProtocolError as exc:
+            raise ValidationError({"limit": [exc.detail]}) from None
+        messages, has_more = services.history(
+            room=room, before=before, after=after, limit=limit
+        )
+        return Response({"messages": messages, "has_more": has_more})
+
+    @extend_schema(
+        request=MessageCreateSerializer,
+        responses={201: MessageSerializer, 200: MessageSerializer},
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        room = _visible_room_or_404(request, slug)
+        if not request.user.is_authenticated:
+            return Response(
+                {"detail": "Sign in to post messages."},
+                status=status.HTTP_401_UNAUTHORIZED,
+            )
+        data = MessageCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            result = services.post_message_sync(
+                room_id=room.pk, author=request.user, **data.validated_data
+            )
+        except services.AccessDenied:
+            raise Http404("No such room.") from None
+        code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        return Response(result.message, status=code)

@@ -1,0 +1,110 @@
+"""WebSocket handshake policy: who is connecting, and from which page.
+
+``OriginPolicyMiddleware`` refuses a browser handshake from a page whose host
+is not in ``DJANGO_ALLOWED_HOSTS``. ``TokenAuthMiddleware`` lets scripts sign
+in with ``Authorization: Token <key>``; it sits inside ``AuthMiddlewareStack``,
+which would otherwise overwrite the user it sets.
+"""
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.middleware import BaseMiddleware
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.http.request import validate_host
+from rest_framework.authtoken.models import Token
+
+from core.services import credential_id
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a handshake header, decoded as Latin-1."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def origin_allowed(origin: str) -> bool:
+    """True if the Origin's host is one of ``DJANGO_ALLOWED_HOSTS``."""
+    try:
+        hostname = urlsplit(origin).hostname
+    except ValueError:
+        return False
+    if not hostname:
+        return False
+    if ":" in hostname:
+        hostname = f"[{hostname}]"
+    return validate_host(hostname, settings.ALLOWED_HOSTS)
+
+
+class OriginPolicyMiddleware:
+    """Refuse (403) a handshake whose Origin is present and not allowed.
+
+    A missing Origin means a non-browser client, which cannot be tricked into
+    a cross-site request, so it is allowed (Channels' stock validator is not).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        origin = header(scope, b"origin")
+        if origin is not None and not origin_allowed(origin):
+            logger.warning(
+                "WebSocket refused: origin %r is not in DJANGO_ALLOWED_HOSTS",
+                origin[:200],
+            )
+            await WebsocketDenier()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+@database_sync_to_async
+def _user_for_token(key: str) -> AbstractBaseUser | None:
+    token = Token.objects.select_related("user").filter(key=key).first()
+    if token is None or not token.user.is_active:
+        return None
+    return token.user
+
+
+class TokenAuthMiddleware(BaseMiddleware):
+    """Sign a handshake in by ``Authorization: Token <key>``.
+
+    A token beats the session cookie. A token that is present but invalid is
+    refused (403), never treated as anonymous.
+    """
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        authorization = header(scope, b"authorization")
+        if authorization is None:
+            session = scope.get("session")
+            key = getattr(session, "session_key", None)
+            scope = dict(scope, credential=credential_id(key) if key else None)
+            await super().__call__(scope, receive, send)
+            return
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        user = None
+        if scheme.lower() == "token" and key and len(key) <= 64:
+            user = await _user_for_token(key)
+        if user is None:
+            logger.info("WebSocket refused: invalid Authorization header")
+            await WebsocketDenier()(scope, receive, send)
+            return
+        scope = dict(scope, user=user, credential=credential_id(key))
+        await super().__call__(scope, receive, send)
+
+
+def TokenAuthMiddlewareStack(inner: Any) -> Any:
+    """Cookies, sessions and users, then the token on top."""
+    return AuthMiddlewareStack(TokenAuthMiddleware(inner))

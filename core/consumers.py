@@ -1,0 +1,322 @@
+"""``RoomConsumer``: one WebSocket connection to one room.
+
+Thin by design: frames are parsed by ``core.protocol``, every read and write
+goes through ``core.services``, presence through ``core.presence``.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from core import protocol, services
+from core.presence import get_presence
+from core.protocol import ProtocolError
+from core.ratelimit import TokenBucket
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TOO_BIG = 4009
+CLOSE_SHUTDOWN = 4012
+CLOSE_ACCESS_REVOKED = 4403
+SHUTDOWN_CLEANUP_SECONDS = 2.0
+
+
+def _exceeds_bytes(text: str, limit: int) -> bool:
+    """True if ``text`` encodes to more than ``limit`` UTF-8 bytes."""
+    if len(text) > limit:
+        return True
+    if len(text) * 4 <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+class RoomConsumer(AsyncWebsocketConsumer):
+    """The room protocol of docs/protocol.md at ``/ws/rooms/<slug>/``."""
+
+    room_id: int
+    slug: str
+    joined = False
+    closing = False
+    replayed_through = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # Daphne cancels every application on SIGTERM: say goodbye with
+            # 4012 so clients resume elsewhere, and drop presence entries.
+            await self._close_for_shutdown()
+            raise
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Admit or refuse the handshake, then welcome, replay and presence."""
+        self.slug = self.scope["url_route"]["kwargs"]["slug"]
+        self.user = self.scope["user"]
+        self.username = self.user.get_username() if self.user.is_authenticated else None
+        self.credential = self.scope.get("credential")
+        self.connection_id = uuid.uuid4().hex
+        self.send_bucket = TokenBucket(
+            settings.SEND_RATE_PER_SECOND, settings.SEND_BURST
+        )
+        self.history_bucket = TokenBucket(
+            settings.HISTORY_RATE_PER_SECOND, settings.HISTORY_BURST
+        )
+        self.last_typing = -math.inf
+
+        room = await database_sync_to_async(services.room_for_connection)(
+            slug=self.slug, user=self.user
+        )
+        if room is None:
+            await self.close()  # before accept: HTTP 403, unknown or private alike
+            return
+        self.room_id = room.pk
+        try:
+            after, after_error = (
+                protocol.parse_resume_after(self.scope["query_string"]),
+                None,
+            )
+        except ProtocolError as exc:
+            after, after_error = None, exc
+
+        # Join before reading last_seq and the replay, so nothing committed
+        # after the read can be missed; duplicates are dropped by seq.
+        await self._join_groups()
+        await self.accept()
+        last_seq = await database_sync_to_async(services.last_seq)(room_id=self.room_id)
+        await self.send_frame(
+            protocol.welcome_frame(
+                room=self.slug, user=self.username, last_seq=last_seq
+            )
+        )
+        if after_error is not None:
+            await self.send_frame(protocol.error_frame(after_error))
+        if after is not None:
+            await self._replay(after)
+        presence = get_presence()
+        await presence.join(self.slug, self.username, self.connection_id)
+        await self.send_frame(await presence.frame(self.slug))
+
+    async def _join_groups(self) -> None:
+        await self.channel_layer.group_add(
+            services.room_group(self.slug), self.channel_name
+        )
+        if self.user.is_authenticated:
+            await self.channel_layer.group_add(
+                services.user_group(self.user.pk), self.channel_name
+            )
+        self.joined = True
+        self.refresh_task = asyncio.get_running_loop().create_task(self._keep_joined())
+
+    async def _keep_joined(self) -> None:
+        # channels_redis forgets group members after group_expiry; a
+        # long-lived connection re-joins well before that.
+        while True:
+            await asyncio.sleep(settings.GROUP_REFRESH_SECONDS)
+            with contextlib.suppress(Exception):
+                await self._add_to_groups()
+
+    async def _add_to_groups(self) -> None:
+        await self.channel_layer.group_add(
+            services.room_group(self.slug), self.channel_name
+        )
+        if self.user.is_authenticated:
+            await self.channel_layer.group_add(
+                services.user_group(self.user.pk), self.channel_name
+            )
+
+    async def _replay(self, after: int) -> None:
+        """Send what the client missed; live messages wait in the layer meanwhile.
+
+        Channels dispatches one event at a time, so live ``room.message``
+        events queue up until ``connect`` returns, then ``room_message`` drops
+        those already replayed.
+        """
+        messages, complete = await database_sync_to_async(services.replay)(
+            room_id=self.room_id, after=after
+        )
+        for message in messages:
+            await self.send_frame(message)
+        self.replayed_through = messages[-1]["seq"] if messages else after
+        await self.send_frame(
+            protocol.replayed_frame(after=after, count=len(messages), complete=complete)
+        )
+
+    async def disconnect(self, code: int) -> None:
+        """Leave the room's groups and presence."""
+        await self._leave()
+
+    async def _leave(self) -> None:
+        if not self.joined:
+            return
+        self.joined = False
+        self.refresh_task.cancel()
+        await get_presence().leave(self.slug, self.username, self.connection_id)
+        await self.channel_layer.group_discard(
+            services.room_group(self.slug), self.channel_name
+        )
+        if self.user.is_authenticated:
+            await self.channel_layer.group_discard(
+                services.user_group(self.user.pk), self.channel_name
+            )
+
+    async def _close_for_shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(SHUTDOWN_CLEANUP_SECONDS):
+                if self.joined and not self.closing:
+                    self.closing = True
+                    await self.base_send(
+                        {"type": "websocket.close", "code": CLOSE_SHUTDOWN}
+                    )
+                await self._leave()
+
+    # --- client frames ----------------------------------------------------------
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> None:
+        """Parse one client frame and answer it; bad input gets an error frame."""
+        if self.closing:
+            return
+        if text_data is None:
+            await self.send_error(
+                ProtocolError(protocol.BAD_FRAME, "Binary frames are not supported.")
+            )
+            return
+        if _exceeds_bytes(text_data, settings.MAX_FRAME_BYTES):
+            self.closing = True
+            await self.close(code=CLOSE_TOO_BIG)
+            return
+        try:
+            frame = protocol.parse_client_frame(text_data)
+            await self.handle(frame)
+        except ProtocolError as exc:
+            await self.send_error(exc)
+        except Exception:
+            logger.exception("frame handling failed in room %s", self.slug)
+            await self.send_error(
+                ProtocolError(
+                    "internal_error", "The server could not handle this frame; retry."
+                )
+            )
+
+    async def handle(self, frame: protocol.ClientFrame) -> None:
+        if isinstance(frame, protocol.SendFrame):
+            await self.handle_send(frame)
+        elif isinstance(frame, protocol.HistoryFrame):
+            await self.handle_history(frame)
+        elif isinstance(frame, protocol.TypingFrame):
+            await self.handle_typing()
+        else:
+            await self.send_frame(protocol.pong_frame())
+
+    async def handle_send(self, frame: protocol.SendFrame) -> None:
+        if not self.user.is_authenticated:
+            raise ProtocolError(
+                protocol.UNAUTHENTICATED,
+                "Sign in to send messages.",
+                client_id=frame.client_id,
+            )
+        self.check_rate(self.send_bucket, frame.client_id)
+        try:
+            result = await services.post_message(
+                room_id=self.room_id,
+                author=self.user,
+                body=frame.body,
+                client_id=frame.client_id,
+            )
+        except services.AccessDenied:
+            raise ProtocolError(
+                protocol.FORBIDDEN,
+                "You no longer have access to this room.",
+                client_id=frame.client_id,
+            ) from None
+        await self.send_frame(
+            protocol.ack_frame(client_id=frame.client_id, seq=result.message["seq"])
+        )
+
+    async def handle_history(self, frame: protocol.HistoryFrame) -> None:
+        self.check_rate(self.history_bucket, None)
+        try:
+            messages, has_more = await database_sync_to_async(
+                services.readable_history
+            )(
+                user=self.user,
+                room_id=self.room_id,
+                before=frame.before,
+                after=frame.after,
+                limit=frame.limit,
+            )
+        except services.AccessDenied:
+            raise ProtocolError(
+                protocol.FORBIDDEN, "You no longer have access to this room."
+            ) from None
+        await self.send_frame(
+            protocol.history_frame(messages=messages, has_more=has_more)
+        )
+
+    async def handle_typing(self) -> None:
+        if not self.user.is_authenticated:
+            raise ProtocolError(
+                protocol.UNAUTHENTICATED, "Sign in to send typing notices."
+            )
+        now = time.monotonic()
+        if now - self.last_typing < settings.TYPING_INTERVAL_SECONDS:
+            return  # relayed at most once per interval; the excess is dropped
+        self.last_typing = now
+        await services.broadcast_typing(
+            room=self.slug, user=self.username, sender_channel=self.channel_name
+        )
+
+    def check_rate(self, bucket: TokenBucket, client_id: str | None) -> None:
+        wait = bucket.take()
+        if wait:
+            raise ProtocolError(
+                protocol.RATE_LIMITED,
+                "Too many requests; slow down.",
+                client_id=client_id,
+                retry_after_ms=math.ceil(wait * 1000),
+            )
+
+    # --- channel-layer events ---------------------------------------------------
+
+    async def room_message(self, event: dict[str, Any]) -> None:
+        """A stored message, published by ``services.publish_message``."""
+        message = event["message"]
+        if message["seq"] > self.replayed_through:
+            await self.send_frame(message)
+
+    async def room_typing(self, event: dict[str, Any]) -> None:
+        if event["sender"] != self.channel_name:
+            await self.send_frame(protocol.typing_frame(user=event["user"]))
+
+    async def room_presence(self, event: dict[str, Any]) -> None:
+        await self.send_frame(event["frame"])
+
+    async def access_revoked(self, event: dict[str, Any]) -> None:
+        """Close with 4403 if the revocation covers this connection."""
+        if event["room"] not in (None, self.slug):
+            return
+        if event["credential"] not in (None, self.credential):
+            return
+        self.closing = True
+        await self.close(code=CLOSE_ACCESS_REVOKED)
+
+    # --- output ---------------------------------------------------------------
+
+    async def send_frame(self, frame: Any) -> None:
+        if not self.closing:
+            await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+
+    async def send_error(self, error: ProtocolError) -> None:
+        await self.send_frame(protocol.error_frame(error))

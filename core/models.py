@@ -1,0 +1,92 @@
+"""Rooms, memberships and messages."""
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+SLUG_PATTERN = r"[a-z0-9][a-z0-9-]{0,49}"
+slug_validator = RegexValidator(
+    rf"^{SLUG_PATTERN}\Z",
+    "Use 1-50 lowercase letters, digits or hyphens, starting with a letter or digit.",
+)
+
+
+class Room(models.Model):
+    """A place where messages are posted; ``last_seq`` numbers them."""
+
+    slug = models.CharField(max_length=50, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=100)
+    is_private = models.BooleanField(default=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_rooms",
+    )
+    # The seq of the newest message; the next one takes last_seq + 1 while the
+    # row is locked, which keeps seq gap-free and unique per room.
+    last_seq = models.PositiveBigIntegerField(default=0)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="rooms"
+    )
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Membership(models.Model):
+    """A user admitted to a (private) room."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["room", "user"], name="unique_membership")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.room_id}"
+
+
+class Message(models.Model):
+    """A stored message; never hard-deleted, so ``seq`` has no holes."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveBigIntegerField()
+    # SET_NULL keeps the message when its author's account goes; author_name
+    # keeps the name. Both are empty for system messages (announce).
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    author_name = models.CharField(max_length=150, blank=True)
+    body = models.TextField()
+    # NULL, not "": the unique constraint must not treat absent ids as equal.
+    client_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
+    sent_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="unique_room_seq"),
+            models.UniqueConstraint(
+                fields=["room", "author", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="unique_room_author_client_id",
+            ),
+        ]
+        ordering = ["room", "seq"]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}#{self.seq}"

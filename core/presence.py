@@ -1,0 +1,280 @@
+"""Who is in a room, across instances.
+
+Each instance keeps one entry per (instance, user) for every room it serves,
+plus one per anonymous connection, with an expiry: in a Redis sorted set per
+room scored by expiry when ``REDIS_URL`` is set, in process memory otherwise.
+Live entries are refreshed every ``PRESENCE_REFRESH_SECONDS`` with a
+``PRESENCE_TTL_SECONDS`` lifetime; every instance sweeps expired entries of the
+rooms it serves, so a killed instance's users disappear within about a TTL.
+When a room's presence changes, one ``room.presence`` event goes to the room,
+at most once per second per room across all instances.
+"""
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+import weakref
+from collections import Counter, defaultdict
+
+from django.conf import settings
+from redis import asyncio as aioredis
+
+from core import protocol
+from core.services import publish, room_group
+
+logger = logging.getLogger(__name__)
+
+INSTANCE_ID = uuid.uuid4().hex[:12]
+SWEEP_EVERY_SECONDS = 5.0
+
+Snapshot = tuple[frozenset[str], int]
+
+
+def _member(kind: str, value: str) -> str:
+    return f"{INSTANCE_ID}|{kind}|{value}"
+
+
+def _snapshot(members: list[str]) -> Snapshot:
+    users, anonymous = set(), 0
+    for member in members:
+        _, kind, value = member.split("|", 2)
+        if kind == "u":
+            users.add(value)
+        else:
+            anonymous += 1
+    return frozenset(users), anonymous
+
+
+def _digest(snapshot: Snapshot) -> str:
+    users, anonymous = snapshot
+    text = "\n".join(sorted(users)) + f"\n#{anonymous}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class MemoryStore:
+    """Entries in this process (no Redis: one process only)."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, dict[str, float]] = defaultdict(dict)
+        self.published: dict[str, str] = {}
+        self.throttle: dict[str, float] = {}
+
+    async def put(self, room: str, members: list[str], expires: float) -> None:
+        self.rooms[room].update(dict.fromkeys(members, expires))
+
+    async def remove(self, room: str, members: list[str]) -> None:
+        for member in members:
+            self.rooms[room].pop(member, None)
+
+    async def sweep(self, room: str, now: float) -> int:
+        entries = self.rooms[room]
+        expired = [member for member, expiry in entries.items() if expiry <= now]
+        for member in expired:
+            del entries[member]
+        return len(expired)
+
+    async def members(self, room: str, now: float) -> list[str]:
+        return [m for m, expiry in self.rooms[room].items() if expiry > now]
+
+    async def claim_publish(self, room: str, digest: str) -> bool:
+        now = time.monotonic()
+        if self.published.get(room) == digest or self.throttle.get(room, 0) > now:
+            return False
+        self.published[room] = digest
+        self.throttle[room] = now + settings.PRESENCE_BROADCAST_SECONDS
+        return True
+
+
+class RedisStore:
+    """Entries in Redis, shared by every instance."""
+
+    def __init__(self) -> None:
+        self.redis = aioredis.Redis.from_url(
+            settings.REDIS_URL, **settings.REDIS_OPTIONS, decode_responses=True
+        )
+        self.prefix = f"{settings.CHANNEL_PREFIX}:presence"
+
+    def _key(self, room: str, suffix: str = "") -> str:
+        return f"{self.prefix}:{room}{suffix}"
+
+    async def put(self, room: str, members: list[str], expires: float) -> None:
+        if members:
+            key = self._key(room)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, dict.fromkeys(members, expires))
+                # The whole set goes if no instance refreshes it any more.
+                pipe.expire(key, int(settings.PRESENCE_TTL_SECONDS * 2) + 1)
+                await pipe.execute()
+
+    async def remove(self, room: str, members: list[str]) -> None:
+        if members:
+            await self.redis.zrem(self._key(room), *members)
+
+    async def sweep(self, room: str, now: float) -> int:
+        return await self.redis.zremrangebyscore(self._key(room), "-inf", now)
+
+    async def members(self, room: str, now: float) -> list[str]:
+        return await self.redis.zrangebyscore(self._key(room), f"({now}", "+inf")
+
+    async def claim_publish(self, room: str, digest: str) -> bool:
+        published_key = self._key(room, ":published")
+        if await self.redis.get(published_key) == digest:
+            return False
+        interval_ms = int(settings.PRESENCE_BROADCAST_SECONDS * 1000)
+        if not await self.redis.set(
+            self._key(room, ":throttle"), INSTANCE_ID, nx=True, px=interval_ms
+        ):
+            return False
+        await self.redis.set(
+            published_key, digest, ex=int(settings.PRESENCE_TTL_SECONDS * 2) + 1
+        )
+        return True
+
+
+class Presence:
+    """This process's connections per room, mirrored into the store.
+
+    One per event loop: Redis clients belong to the loop that made them.
+    """
+
+    def __init__(self) -> None:
+        self.store: MemoryStore | RedisStore = (
+            RedisStore() if settings.REDIS_URL else _shared_memory_store()
+        )
+        self.users: dict[str, Counter[str]] = defaultdict(Counter)
+        self.anonymous: dict[str, set[str]] = defaultdict(set)
+        self.dirty: set[str] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def _local_members(self, room: str) -> list[str]:
+        return [_member("u", user) for user in self.users[room]] + [
+            _member("a", conn) for conn in self.anonymous[room]
+        ]
+
+    async def join(self, room: str, user: str | None, connection: str) -> None:
+        """Count a connection in; make sure the refresh loop runs."""
+        if user is None:
+            self.anonymous[room].add(connection)
+            member = _member("a", connection)
+        else:
+            self.users[room][user] += 1
+            member = _member("u", user)
+        self.dirty.add(room)
+        self._ensure_loop()
+        await self.store.put(room, [member], self._expiry())
+
+    async def leave(self, room: str, user: str | None, connection: str) -> None:
+        """Count a connection out; the entry goes with the user's last one."""
+        gone: list[str] = []
+        if user is None:
+            self.anonymous[room].discard(connection)
+            gone.append(_member("a", connection))
+        else:
+            self.users[room][user] -= 1
+            if self.users[room][user] <= 0:
+                del self.users[room][user]
+                gone.append(_member("u", user))
+        if not self.users[room] and not self.anonymous[room]:
+            self.users.pop(room, None)
+            self.anonymous.pop(room, None)
+        self.dirty.add(room)
+        await self.store.remove(room, gone)
+
+    async def frame(self, room: str) -> dict[str, object]:
+        """The ``presence`` frame for ``room`` as it is now."""
+        users, anonymous = _snapshot(await self.store.members(room, time.time()))
+        return protocol.presence_frame(room=room, users=set(users), anonymous=anonymous)
+
+    def _expiry(self) -> float:
+        return time.time() + settings.PRESENCE_TTL_SECONDS
+
+    def _ensure_loop(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """Refresh, sweep and broadcast until this process serves no room."""
+        refreshed = swept = time.monotonic()
+        while self.users or self.anonymous or self.dirty:
+            await asyncio.sleep(settings.PRESENCE_BROADCAST_SECONDS)
+            now = time.monotonic()
+            try:
+                if now - refreshed >= settings.PRESENCE_REFRESH_SECONDS:
+                    refreshed = now
+                    await self._refresh()
+                if now - swept >= SWEEP_EVERY_SECONDS:
+                    swept = now
+                    await self._sweep()
+                await self._broadcast()
+            except Exception:  # a Redis outage must not end presence for good
+                logger.warning("presence update failed; retrying", exc_info=True)
+
+    async def _refresh(self) -> None:
+        expires = self._expiry()
+        for room in list(self.users.keys() | self.anonymous.keys()):
+            await self.store.put(room, self._local_members(room), expires)
+
+    async def _sweep(self) -> None:
+        now = time.time()
+        for room in list(self.users.keys() | self.anonymous.keys()):
+            if await self.store.sweep(room, now):
+                self.dirty.add(room)
+
+    async def _broadcast(self) -> None:
+        for room in list(self.dirty):
+            snapshot = _snapshot(await self.store.members(room, time.time()))
+            if await self.store.claim_publish(room, _digest(snapshot)):
+                users, anonymous = snapshot
+                frame = protocol.presence_frame(
+                    room=room, users=set(users), anonymous=anonymous
+                )
+                await publish(
+                    room_group(room), {"type": "room.presence", "frame": frame}
+                )
+                self.dirty.discard(room)
+            elif await self._unchanged(room, snapshot):
+                self.dirty.discard(room)
+
+    async def _unchanged(self, room: str, snapshot: Snapshot) -> bool:
+        store = self.store
+        digest = _digest(snapshot)
+        if isinstance(store, MemoryStore):
+            return store.published.get(room) == digest
+        return await store.redis.get(store._key(room, ":published")) == digest
+
+
+_memory_store: MemoryStore | None = None
+
+
+def _shared_memory_store() -> MemoryStore:
+    # Shared by every event loop of the process, like the in-memory layer.
+    global _memory_store
+    if _memory_store is None:
+        _memory_store = MemoryStore()
+    return _memory_store
+
+
+_by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Presence]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_presence() -> Presence:
+    """The ``Presence`` of the running event loop."""
+    loop = asyncio.get_running_loop()
+    presence = _by_loop.get(loop)
+    if presence is None:
+        presence = _by_loop[loop] = Presence()
+    return presence
+
+
+def reset_for_tests() -> None:
+    """Forget all in-process state (tests start from an empty room)."""
+    global _memory_store
+    _memory_store = None
+    for presence in list(_by_loop.values()):
+        if presence.task is not None:
+            presence.task.cancel()
+    _by_loop.clear()

@@ -1,0 +1,353 @@
+"""The one place that writes rooms and messages and publishes events.
+
+Consumers, the HTTP API, pages and the ``announce`` command all call these
+functions. A message is published only after its transaction has committed,
+and publishing never runs on the database thread: async callers store through
+``database_sync_to_async`` and then await the publish on the event loop.
+"""
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from core import access, protocol
+from core.models import Membership, Message, Room
+
+logger = logging.getLogger(__name__)
+
+User = AbstractBaseUser | AnonymousUser
+
+
+class AccessDenied(Exception):
+    """The caller may not do this in this room (or the room is unknown)."""
+
+
+class NotSignedIn(AccessDenied):
+    """Posting needs a signed-in user."""
+
+
+class SlugTaken(Exception):
+    """A room with this slug exists already."""
+
+
+class InvalidRoomName(Exception):
+    """No slug can be derived from the name; the caller must give one."""
+
+
+class UnknownUser(Exception):
+    """No active user has that username."""
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """A stored message, and whether this call stored it (False: a repeat)."""
+
+    message: protocol.MessageFrame
+    created: bool
+
+
+@dataclass
+class PublishStats:
+    """Counters for /readyz and the logs; per process."""
+
+    published: int = 0
+    failed: int = 0
+
+
+publish_stats = PublishStats()
+
+
+def room_group(slug: str) -> str:
+    """Channel-layer group of a room's connections."""
+    return f"room.{slug}"
+
+
+def user_group(user_id: int) -> str:
+    """Channel-layer group of one user's connections (access changes)."""
+    return f"user.{user_id}"
+
+
+def credential_id(secret: str) -> str:
+    """A short, non-reversible id for a session key or token."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:24]
+
+
+# --- messages ---------------------------------------------------------------
+
+
+def frame_for(message: Message, room_slug: str) -> protocol.MessageFrame:
+    return protocol.message_frame(
+        room=room_slug,
+        seq=message.seq,
+        author=message.author_name or None,
+        body=message.body,
+        sent_at=message.sent_at,
+        client_id=message.client_id,
+    )
+
+
+def store_message(
+    *,
+    room_id: int,
+    author: User | None,
+    body: str,
+    client_id: str | None,
+) -> PostResult:
+    """Store a message under the room's row lock; ``author=None``: system.
+
+    Takes ``seq`` from ``Room.last_seq`` in the same transaction, so seq is
+    gap-free and unique. A repeated ``(room, author, client_id)`` returns the
+    original message with ``created=False``. Raises ``NotSignedIn`` or
+    ``AccessDenied``. Does not publish.
+    """
+    body = protocol.validate_body(body)
+    client_id = protocol.validate_client_id(client_id)
+    with transaction.atomic():
+        room = Room.objects.select_for_update().get(pk=room_id)
+        if author is not None:
+            if not author.is_authenticated:
+                raise NotSignedIn
+            if not access.can_post(author, room):
+                raise AccessDenied
+        if client_id is not None and author is not None:
+            original = Message.objects.filter(
+                room=room, author=author, client_id=client_id
+            ).first()
+            if original is not None:
+                return PostResult(frame_for(original, room.slug), created=False)
+        now = timezone.now()
+        seq = room.last_seq + 1
+        Room.objects.filter(pk=room.pk).update(last_seq=seq, last_message_at=now)
+        message = Message.objects.create(
+            room=room,
+            seq=seq,
+            author=author,
+            author_name=author.get_username() if author is not None else "",
+            body=body,
+            client_id=client_id,
+            sent_at=now,
+        )
+    return PostResult(frame_for(message, room.slug), created=True)
+
+
+async def post_message(
+    *,
+    room_id: int,
+    author: User | None,
+    body: str,
+    client_id: str | None = None,
+) -> PostResult:
+    """Store a message, then publish it to every instance (async callers).
+
+    The publish happens after the commit and on the event loop; a failed
+    publish is logged and counted, never raised: the message is stored.
+    """
+    result = await database_sync_to_async(store_message)(
+        room_id=room_id, author=author, body=body, client_id=client_id
+    )
+    if result.created:
+        await publish_message(result.message)
+    return result
+
+
+def post_message_sync(
+    *,
+    room_id: int,
+    author: User | None,
+    body: str,
+    client_id: str | None = None,
+) -> PostResult:
+    """The synchronous twin of ``post_message`` (API views, commands)."""
+    result = store_message(
+        room_id=room_id, author=author, body=body, client_id=client_id
+    )
+    if result.created:
+        async_to_sync(publish_message)(result.message)
+    return result
+
+
+async def publish(group: str, event: dict[str, Any]) -> bool:
+    """``group_send`` capped at the publish timeout; False if it failed."""
+    layer = get_channel_layer()
+    try:
+        await asyncio.wait_for(
+            layer.group_send(group, event), settings.PUBLISH_TIMEOUT_SECONDS
+        )
+    except Exception as exc:  # a Redis outage must not fail the caller
+        publish_stats.failed += 1
+        logger.warning(
+            "publish to %s failed (%s: %s); clients resume from the database",
+            group,
+            exc.__class__.__name__,
+            exc,
+        )
+        return False
+    publish_stats.published += 1
+    return True
+
+
+async def publish_message(message: protocol.MessageFrame) -> bool:
+    """Send a stored message to its room's connections on every instance."""
+    return await publish(
+        room_group(message["room"]), {"type": "room.message", "message": message}
+    )
+
+
+def _page(queryset: Any, limit: int, *, descending: bool) -> tuple[list, bool]:
+    rows = list(queryset.order_by("-seq" if descending else "seq")[: limit + 1])
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if descending:
+        rows.reverse()
+    return rows, has_more
+
+
+def history(
+    *, room: Room, before: int | None, after: int | None, limit: int
+) -> tuple[list[protocol.MessageFrame], bool]:
+    """A page of messages, ascending by seq, and whether more exist.
+
+    No bounds: the latest ``limit``. ``after`` only: the first ``limit`` above
+    it. ``before`` only: the last ``limit`` below it. Both: the first
+    ``limit`` strictly between. ``has_more`` looks in the page's direction.
+    """
+    messages = Message.objects.filter(room=room)
+    if after is not None:
+        messages = messages.filter(seq__gt=after)
+    if before is not None:
+        messages = messages.filter(seq__lt=before)
+    descending = after is None
+    rows, has_more = _page(messages, limit, descending=descending)
+    return [frame_for(row, room.slug) for row in rows], has_more
+
+
+def readable_history(
+    *,
+    user: User,
+    room_id: int,
+    before: int | None,
+    after: int | None,
+    limit: int,
+) -> tuple[list[protocol.MessageFrame], bool]:
+    """``history`` after checking that ``user`` may still read the room."""
+    room = Room.objects.get(pk=room_id)
+    if not access.can_read(user, room):
+        raise AccessDenied
+    return history(room=room, before=before, after=after, limit=limit)
+
+
+def replay(*, room_id: int, after: int) -> tuple[list[protocol.MessageFrame], bool]:
+    """Messages above ``after`` up to the replay limit; True if that was all."""
+    room = Room.objects.get(pk=room_id)
+    messages, has_more = history(
+        room=room, before=None, after=after, limit=settings.REPLAY_LIMIT
+    )
+    return messages, not has_more
+
+
+def last_seq(*, room_id: int) -> int:
+    return Room.objects.values_list("last_seq", flat=True).get(pk=room_id)
+
+
+# --- rooms and members ---------------------------------------------------------
+
+
+def create_room(
+    *, owner: AbstractBaseUser, name: str, slug: str | None, is_private: bool
+) -> Room:
+    """Create a room owned by ``owner`` (who becomes its first member).
+
+    Raises ``SlugTaken`` or ``InvalidRoomName``.
+    """
+    if not slug:
+        slug = slugify(name)[:50].strip("-")
+        if not slug or not slug[0].isalnum():
+            raise InvalidRoomName
+    try:
+        with transaction.atomic():
+            room = Room.objects.create(
+                slug=slug, name=name, is_private=is_private, owner=owner
+            )
+            Membership.objects.create(room=room, user=owner)
+    except IntegrityError:
+        raise SlugTaken(slug) from None
+    return room
+
+
+def ensure_room(*, slug: str, name: str) -> tuple[Room, bool]:
+    """Create the public room ``slug`` if it does not exist (``make run``)."""
+    return Room.objects.get_or_create(slug=slug, defaults={"name": name})
+
+
+def add_member(*, room: Room, actor: User, username: str) -> Membership:
+    """The owner admits ``username`` to a private room (idempotent)."""
+    if not access.can_manage_members(actor, room):
+        raise AccessDenied
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise UnknownUser(username)
+    membership, _ = Membership.objects.get_or_create(room=room, user=user)
+    return membership
+
+
+def remove_member(*, room: Room, actor: User, username: str) -> None:
+    """The owner removes a member, or a member leaves; their sockets close.
+
+    The owner cannot leave their own room. Raises ``AccessDenied`` or
+    ``UnknownUser`` (also for a non-member).
+    """
+    if not actor.is_authenticated or not room.is_private:
+        raise AccessDenied
+    leaving = actor.get_username() == username
+    if not leaving and not access.can_manage_members(actor, room):
+        raise AccessDenied
+    if leaving and room.owner_id == actor.pk:
+        raise AccessDenied
+    membership = Membership.objects.filter(room=room, user__username=username).first()
+    if membership is None:
+        raise UnknownUser(username)
+    user_id = membership.user_id
+    with transaction.atomic():
+        membership.delete()
+        transaction.on_commit(lambda: revoke_access(user_id=user_id, room=room.slug))
+
+
+# --- access changes ---------------------------------------------------------------
+
+
+def revoke_access(
+    *, user_id: int, room: str | None = None, credential: str | None = None
+) -> None:
+    """Close a user's affected connections on every instance with 4403.
+
+    ``room``: only that room's connections; ``credential``: only connections
+    authenticated by that session or token (see ``credential_id``). Called
+    after the change has committed.
+    """
+    event = {"type": "access.revoked", "room": room, "credential": credential}
+    async_to_sync(publish)(user_group(user_id), event)
+
+
+async def broadcast_typing(*, room: str, user: str, sender_channel: str) -> None:
+    """Tell the room's other connections that ``user`` is typing."""
+    await publish(
+        room_group(room),
+        {"type": "room.typing", "user": user, "sender": sender_channel},
+    )
+
+
+def room_for_connection(*, slug: str, user: User) -> Room | None:
+    """The room a WebSocket may join, or None (unknown or not allowed)."""
+    return access.readable_room(user, slug)
