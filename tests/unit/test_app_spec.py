@@ -11,7 +11,8 @@ no branch declares is reported. Bindings such as ``${db.DATABASE_URL}`` are
 plain strings to the schema; ``doctl apps spec validate`` checks them on the
 server, and the tests below check that they name declared components.
 
-No Django import, no database: this runs with ``-p no:django`` too.
+The module imports no Django and uses no database or fixture; alone it runs
+with ``pytest -p no:django --noconftest tests/unit/test_app_spec.py``.
 """
 
 import copy
@@ -250,12 +251,19 @@ def is_binding(value: str) -> bool:
     return BINDING.fullmatch(value) is not None
 
 
-def without_sources(spec: dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of an App Spec with every component's source removed."""
+def comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of an App Spec without what may differ between the files.
+
+    That is every component's source, and the values of SECRET variables
+    (app.yaml may hold an app's encrypted EV[...] value; the template never).
+    """
     stripped = copy.deepcopy(spec)
     for _, comp in components(stripped):
         for key in SOURCE_KEYS:
             comp.pop(key, None)
+    for _, env in all_envs(stripped):
+        if env.get("type") == "SECRET":
+            env.pop("value", None)
     return stripped
 
 
@@ -351,13 +359,13 @@ def test_wrong_enum_values_are_schema_errors() -> None:
     """Job kind, database engine and variable scope must be known values."""
     spec = app_spec()
     spec["jobs"][0]["kind"] = "PREDEPLOY"
-    spec["databases"][1]["engine"] = "REDIS7"
+    spec["databases"][0]["engine"] = "POSTGRES"
     spec["envs"][0]["scope"] = "RUNTIME"
 
     errors = schema_errors(spec, APP_SPEC_SCHEMA_ID)
 
     assert [e.split(":")[0] for e in errors] == [
-        "/databases/1/engine",
+        "/databases/0/engine",
         "/envs/0/scope",
         "/jobs/0/kind",
     ]
@@ -381,11 +389,12 @@ def test_wrong_types_are_schema_errors() -> None:
     web = component(spec, "services", "web")
     web["instance_count"] = "2"
     web["github"]["deploy_on_push"] = "yes"
-    debug = next(env for env in spec["envs"] if env["key"] == "DJANGO_DEBUG")
-    debug["value"] = 0  # what YAML makes of an unquoted 0
+    keys = [env["key"] for env in spec["envs"]]
+    debug = keys.index("DJANGO_DEBUG")
+    spec["envs"][debug]["value"] = 0  # what YAML makes of an unquoted 0
 
     assert schema_errors(spec, APP_SPEC_SCHEMA_ID) == [
-        "/envs/1/value: 0 is not of type 'string'",
+        f"/envs/{debug}/value: 0 is not of type 'string'",
         "/services/0/github/deploy_on_push: 'yes' is not of type 'boolean'",
         "/services/0/instance_count: '2' is not of type 'integer'",
     ]
@@ -557,8 +566,18 @@ def test_ingress_sends_every_path_to_web() -> None:
 
 
 def test_deploy_template_is_the_app_spec_but_for_component_sources() -> None:
-    """Identical in substance; only the source of each component differs."""
-    assert without_sources(deploy_template()["spec"]) == without_sources(app_spec())
+    """Identical in substance; only sources and secret values may differ."""
+    assert comparable(deploy_template()["spec"]) == comparable(app_spec())
+
+
+def test_deploy_template_leaves_every_secret_for_the_form() -> None:
+    """The button's user types the secrets; the template carries none."""
+    valued = [
+        where
+        for where, env in all_envs(deploy_template()["spec"])
+        if env.get("type") == "SECRET" and "value" in env
+    ]
+    assert valued == []
 
 
 def test_app_spec_deploys_on_push_and_the_template_clones_the_same_repo() -> None:
