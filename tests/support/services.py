@@ -58,15 +58,15 @@ T = TypeVar("T")
 
 
 class ServiceUnavailable(Exception):
-    """A service cannot run on this machine: a binary or system user is missing."""
+    """A service cannot run here: a binary or a system user is missing."""
 
 
 class ServiceFailed(RuntimeError):
-    """A service process exited or did not answer in time; the message has its log."""
+    """A service exited or did not answer in time; the message has its log."""
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing is listening on right now."""
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
@@ -130,8 +130,8 @@ async def async_wait_until(
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment plus ``extra``, as a child process gets it."""
-    # Unbuffered, so a log tail shows the child's last words, not a stale buffer.
+    """This process's environment plus ``extra``, for a child process."""
+    # Unbuffered, so a log tail shows the child's last words.
     return {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
@@ -143,7 +143,7 @@ def manage(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python manage.py *args`` in the project root with ``env`` added.
 
-    Raises ``ServiceFailed`` with its output when it fails and ``check`` is set.
+    Raises ``ServiceFailed`` with its output if it fails and ``check`` is set.
     """
     result = subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -175,7 +175,7 @@ def _kill_leftover_children() -> None:
 
 
 def _run_as(user: str | None) -> dict[str, Any]:
-    """Popen arguments that drop to ``user`` (and its group only), or nothing."""
+    """Popen arguments that switch to ``user`` and its group only, or none."""
     if user is None:
         return {}
     entry = pwd.getpwnam(user)
@@ -256,7 +256,7 @@ class _ChildProcess:
             return ""
 
     def failure(self, what: str) -> ServiceFailed:
-        """A ``ServiceFailed`` saying ``what`` happened, with the log's tail."""
+        """A ``ServiceFailed`` saying ``what`` happened, with the log tail."""
         tail = "\n".join(self.log_text().splitlines()[-LOG_TAIL_LINES:])
         return ServiceFailed(
             f"{self.name} {what}; last lines of {self.log_path}:\n{tail or '(empty)'}"
@@ -385,7 +385,7 @@ def find_redis_server(tls: bool = False) -> str:
 
 
 def _redis_conf_value(value: str) -> str:
-    """Quote a value for redis.conf, which takes C-style double-quoted strings."""
+    """Quote a value for redis.conf, which reads C-style quoted strings."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -403,6 +403,7 @@ class RedisServer(_Service):
         *,
         password: str | None = None,
         tls: TlsFiles | None = None,
+        port: int | None = None,
         binary: str | None = None,
         start_timeout: float = START_TIMEOUT_SECONDS,
     ) -> None:
@@ -410,13 +411,13 @@ class RedisServer(_Service):
         self.tls = tls
         self.binary = binary or find_redis_server(tls=tls is not None)
         self.start_timeout = start_timeout
-        self.port = free_port()
+        self.port = port or free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="switchboard-redis-"))
         self._child = _ChildProcess("redis-server", self.directory / "redis.log")
 
     @property
     def url(self) -> str:
-        """``redis://`` or ``rediss://`` URL of database 0, with the password."""
+        """``redis://`` or ``rediss://`` URL of database 0, with password."""
         scheme = "rediss" if self.tls else "redis"
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"{scheme}://{auth}{LOOPBACK}:{self.port}/0"
@@ -475,7 +476,7 @@ class RedisServer(_Service):
             self._child.wait_ready(
                 probe.ping,
                 self.start_timeout,
-                ignore=(redis.ConnectionError, redis.BusyLoadingError, OSError),
+                ignore=(redis.ConnectionError, redis.TimeoutError, OSError),
             )
         finally:
             probe.close()
@@ -491,7 +492,7 @@ class RedisServer(_Service):
         self._child.kill()
 
     def restart(self) -> Self:
-        """Stop if running, then start on the same port (empty: no persistence)."""
+        """Stop if running, then start on the same port, with no data."""
         self.stop()
         return self.start()
 
@@ -520,9 +521,10 @@ def _postgres_version_key(bindir: Path) -> int:
 def find_postgres_bindir() -> Path:
     """Directory holding PostgreSQL's ``initdb`` and ``postgres`` binaries.
 
-    Looks at ``pg_config --bindir``, then Debian's ``/usr/lib/postgresql/*/bin``
-    (newest first), then beside ``initdb`` on PATH.  Raises
-    ``ServiceUnavailable`` naming the package when none has both.
+    Looks at ``pg_config --bindir``, then at Debian's
+    ``/usr/lib/postgresql/*/bin`` (newest first), then beside PATH's
+    ``initdb``.  Raises ``ServiceUnavailable`` naming the package when no
+    directory has both.
     """
     candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
@@ -603,8 +605,8 @@ class PostgresCluster(_Service):
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="switchboard-pg-"))
         if self.os_user:
-            # The server must own its directory; /tmp's sticky bit and mode
-            # let it reach this one.
+            # The server must own its directory, and the temporary folder
+            # above it (normally /tmp, mode 1777) lets it reach it.
             _give_to(self.directory, self.os_user)
         self._data = self.directory / "data"
         self._child = _ChildProcess("postgres", self.directory / "postgres.log")
@@ -627,7 +629,7 @@ class PostgresCluster(_Service):
         )
 
     def create_database(self, name: str) -> str:
-        """Create database ``name`` (``[a-z_][a-z0-9_]*``) and return its URL."""
+        """Create database ``name`` (``[a-z_][a-z0-9_]*``); return its URL."""
         if not _DATABASE_NAME.fullmatch(name):
             raise ValueError(
                 f"database name {name!r} must match {_DATABASE_NAME.pattern}"
@@ -672,7 +674,7 @@ class PostgresCluster(_Service):
             )
 
     def start(self) -> Self:
-        """Initialise the cluster if new, start it and wait for a connection."""
+        """Initialise the cluster if new, start it, wait for a connection."""
         if not self._data.exists():
             self._initdb()
         argv = [
@@ -815,7 +817,7 @@ class AppProcess(_Service):
         return self
 
     def wait_ready(self) -> None:
-        """Poll ``GET /healthz`` until 200; kill and raise ``ServiceFailed`` if not."""
+        """Poll ``GET /healthz`` for a 200; else kill it: ``ServiceFailed``."""
         self._child.wait_ready(
             self._healthz,
             self.start_timeout,
@@ -834,13 +836,15 @@ class AppProcess(_Service):
         return True
 
     def check_alive(self) -> None:
-        """Raise ``ServiceFailed``, with the log's tail, if the instance exited."""
+        """Raise ``ServiceFailed`` with the log tail if the instance exited."""
         self._child.check_alive()
 
     def terminate(self, timeout: float = STOP_TIMEOUT_SECONDS) -> tuple[int, float]:
         """SIGTERM, as App Platform sends; return (exit status, seconds taken).
 
         Raises ``ServiceFailed`` (after a SIGKILL) if it outlives ``timeout``.
+        Daphne exits 0; uvicorn reports -15, as it re-raises the signal once
+        it has shut down gracefully.
         """
         started = time.monotonic()
         status = self._child.stop(signal.SIGTERM, timeout)
@@ -850,7 +854,7 @@ class AppProcess(_Service):
         return status, elapsed
 
     def kill(self) -> int | None:
-        """SIGKILL the instance, as a crashed container would be; return status."""
+        """SIGKILL the instance, as a crash would; return its status."""
         return self._child.kill()
 
     def restart(self) -> Self:

@@ -30,7 +30,7 @@ class TlsFiles:
 def make_tls_files(
     directory: Path, names: tuple[str, ...] = LOOPBACK_NAMES
 ) -> TlsFiles:
-    """Write a new CA and a server certificate for ``names`` into ``directory``.
+    """Write a new CA and a server certificate for ``names`` to ``directory``.
 
     The certificate carries every name as a subjectAltName (IP addresses as
     IP entries), so clients can verify the host name as well as the chain.

