@@ -9,7 +9,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import ValidationError
@@ -34,6 +35,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class BodyField(serializers.Field):
     """A message body under the WebSocket ``send`` rules (never trimmed)."""
 
@@ -47,6 +49,9 @@ class BodyField(serializers.Field):
         return value
 
 
+@extend_schema_field(
+    {"type": "string", "nullable": True, "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+)
 class ClientIdField(serializers.Field):
     """Optional 1-64 of ``[A-Za-z0-9_-]``."""
 
@@ -86,7 +91,8 @@ class RoomSerializer(serializers.ModelSerializer):
 
 class RoomCreateSerializer(serializers.Serializer):
     name = serializers.CharField(min_length=1, max_length=100)
-    slug = serializers.RegexField(rf"^{SLUG_PATTERN}\Z", required=False)
+    # Absent: None, and services.create_room derives it from the name.
+    slug = serializers.RegexField(rf"^{SLUG_PATTERN}\Z", required=False, default=None)
     is_private = StrictBooleanField(required=False, default=False)
 
 
@@ -135,6 +141,13 @@ class SendThrottle(SimpleRateThrottle):
         else:
             ident = self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+    def get_ident(self, request: Request) -> str:
+        # DRF trusts X-Forwarded-For whenever present; only App Platform's
+        # proxy (DJANGO_HTTPS=1) may set it, else any client could.
+        if settings.USE_X_FORWARDED_FOR:
+            return super().get_ident(request)
+        return request.META.get("REMOTE_ADDR", "")
 
 
 def _visible_room_or_404(request: Request, slug: str) -> Room:
