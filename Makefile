@@ -38,7 +38,11 @@ lint: $(VENV)/.dev
 stack: $(VENV)/.dev
 	$(BIN)/python -m tests.support.stack --instances $(N)
 
-bench: $(VENV)/.dev
+$(VENV)/.bench: $(VENV)/.dev
+	$(BIN)/pip install -q -e '.[dev,uvicorn,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
 	$(BIN)/python -m bench
 
 # requirements.txt is what App Platform's buildpack installs: pinned,
