@@ -1,7 +1,9 @@
 """``RoomConsumer``: one WebSocket connection to one room.
 
 Thin by design: frames are parsed by ``core.protocol``, every read and write
-goes through ``core.services``, presence through ``core.presence``.
+goes through ``core.services``, presence through ``core.presence``, and live
+events arrive from this process's ``core.fanout`` hub rather than from a
+channel-layer channel of the connection's own.
 """
 
 import asyncio
@@ -18,6 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core import protocol, services
+from core.fanout import get_hub
 from core.presence import get_presence
 from core.protocol import ProtocolError
 from core.ratelimit import TokenBucket
@@ -28,6 +31,7 @@ CLOSE_TOO_BIG = 4009
 CLOSE_SHUTDOWN = 4012
 CLOSE_ACCESS_REVOKED = 4403
 SHUTDOWN_CLEANUP_SECONDS = 2.0
+INTERNAL_ERROR = "internal_error"
 
 
 def _exceeds_bytes(text: str, limit: int) -> bool:
@@ -42,11 +46,21 @@ def _exceeds_bytes(text: str, limit: int) -> bool:
 class RoomConsumer(AsyncWebsocketConsumer):
     """The room protocol of docs/protocol.md at ``/ws/rooms/<slug>/``."""
 
+    # No channel-layer channel per connection: the process's hub listens for
+    # everyone (core.fanout). An unknown alias makes Channels skip its own.
+    channel_layer_alias = "per-process-hub-only"
+
     room_id: int
     slug: str
-    joined = False
+    groups_joined: tuple[str, ...] = ()
     closing = False
+    # Live copies at or below the last replayed seq are duplicates.
     replayed_through = 0
+    # Highest seq sent; catching up after an outage starts above it.
+    last_seq_sent = 0
+    # Hub events that arrive while connect() runs wait here, so the welcome
+    # comes first and a replay is never interleaved with live messages.
+    held: list[tuple[dict[str, Any], str | None]] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -82,16 +96,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         self.room_id = room.pk
         try:
-            after, after_error = (
-                protocol.parse_resume_after(self.scope["query_string"]),
-                None,
-            )
+            after = protocol.parse_resume_after(self.scope["query_string"])
+            after_error = None
         except ProtocolError as exc:
             after, after_error = None, exc
 
         # Join before reading last_seq and the replay, so nothing committed
         # after the read can be missed; duplicates are dropped by seq.
-        await self._join_groups()
+        self.held = []
+        await self._join()
         await self.accept()
         last_seq = await database_sync_to_async(services.last_seq)(room_id=self.room_id)
         await self.send_frame(
@@ -103,77 +116,55 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self.send_frame(protocol.error_frame(after_error))
         if after is not None:
             await self._replay(after)
+        await self._release_held()
         presence = get_presence()
         await presence.join(self.slug, self.username, self.connection_id)
         await self.send_frame(await presence.frame(self.slug))
 
-    async def _join_groups(self) -> None:
-        await self.channel_layer.group_add(
-            services.room_group(self.slug), self.channel_name
-        )
+    async def _join(self) -> None:
+        groups = [services.room_group(self.slug)]
         if self.user.is_authenticated:
-            await self.channel_layer.group_add(
-                services.user_group(self.user.pk), self.channel_name
-            )
-        self.joined = True
-        self.refresh_task = asyncio.get_running_loop().create_task(self._keep_joined())
-
-    async def _keep_joined(self) -> None:
-        # channels_redis forgets group members after group_expiry; a
-        # long-lived connection re-joins well before that.
-        while True:
-            await asyncio.sleep(settings.GROUP_REFRESH_SECONDS)
-            with contextlib.suppress(Exception):
-                await self._add_to_groups()
-
-    async def _add_to_groups(self) -> None:
-        await self.channel_layer.group_add(
-            services.room_group(self.slug), self.channel_name
-        )
-        if self.user.is_authenticated:
-            await self.channel_layer.group_add(
-                services.user_group(self.user.pk), self.channel_name
-            )
+            groups.append(services.user_group(self.user.pk))
+        hub = get_hub()
+        for group in groups:
+            await hub.subscribe(group, self)
+            self.groups_joined += (group,)
 
     async def _replay(self, after: int) -> None:
-        """Send what the client missed; live messages wait in the layer meanwhile.
-
-        Channels dispatches one event at a time, so live ``room.message``
-        events queue up until ``connect`` returns, then ``room_message`` drops
-        those already replayed.
-        """
+        """Send what the client missed, then ``replayed``."""
         messages, complete = await database_sync_to_async(services.replay)(
             room_id=self.room_id, after=after
         )
         for message in messages:
             await self.send_frame(message)
         self.replayed_through = messages[-1]["seq"] if messages else after
+        self.last_seq_sent = self.replayed_through
         await self.send_frame(
             protocol.replayed_frame(after=after, count=len(messages), complete=complete)
         )
 
+    async def _release_held(self) -> None:
+        held, self.held = self.held or [], None
+        for event, text in held:
+            await self.hub_event(event, text)
+
     async def disconnect(self, code: int) -> None:
-        """Leave the room's groups and presence."""
+        """Leave the hub's groups and presence."""
         await self._leave()
 
     async def _leave(self) -> None:
-        if not self.joined:
+        groups, self.groups_joined = self.groups_joined, ()
+        if not groups:
             return
-        self.joined = False
-        self.refresh_task.cancel()
+        hub = get_hub()
+        for group in groups:
+            await hub.unsubscribe(group, self)
         await get_presence().leave(self.slug, self.username, self.connection_id)
-        await self.channel_layer.group_discard(
-            services.room_group(self.slug), self.channel_name
-        )
-        if self.user.is_authenticated:
-            await self.channel_layer.group_discard(
-                services.user_group(self.user.pk), self.channel_name
-            )
 
     async def _close_for_shutdown(self) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(SHUTDOWN_CLEANUP_SECONDS):
-                if self.joined and not self.closing:
+                if self.groups_joined and not self.closing:
                     self.closing = True
                     await self.base_send(
                         {"type": "websocket.close", "code": CLOSE_SHUTDOWN}
@@ -203,11 +194,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except ProtocolError as exc:
             await self.send_error(exc)
         except Exception:
+            # The frame was not done (e.g. the database is down); the client
+            # may retry it, and the connection lives on.
             logger.exception("frame handling failed in room %s", self.slug)
             await self.send_error(
-                ProtocolError(
-                    "internal_error", "The server could not handle this frame; retry."
-                )
+                ProtocolError(INTERNAL_ERROR, "The server could not do this; retry.")
             )
 
     async def handle(self, frame: protocol.ClientFrame) -> None:
@@ -221,28 +212,28 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self.send_frame(protocol.pong_frame())
 
     async def handle_send(self, frame: protocol.SendFrame) -> None:
+        client_id = frame.client_id
         if not self.user.is_authenticated:
             raise ProtocolError(
                 protocol.UNAUTHENTICATED,
                 "Sign in to send messages.",
-                client_id=frame.client_id,
+                client_id=client_id,
             )
-        self.check_rate(self.send_bucket, frame.client_id)
+        self.check_rate(self.send_bucket, client_id)
         try:
             result = await services.post_message(
                 room_id=self.room_id,
                 author=self.user,
                 body=frame.body,
-                client_id=frame.client_id,
+                client_id=client_id,
             )
         except services.AccessDenied:
             raise ProtocolError(
-                protocol.FORBIDDEN,
-                "You no longer have access to this room.",
-                client_id=frame.client_id,
-            ) from None
+                protocol.FORBIDDEN, "You no longer have access to this room.",
+                client_id=client_id,
+            ) from None  # fmt: skip
         await self.send_frame(
-            protocol.ack_frame(client_id=frame.client_id, seq=result.message["seq"])
+            protocol.ack_frame(client_id=client_id, seq=result.message["seq"])
         )
 
     async def handle_history(self, frame: protocol.HistoryFrame) -> None:
@@ -251,12 +242,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
             messages, has_more = await database_sync_to_async(
                 services.readable_history
             )(
-                user=self.user,
-                room_id=self.room_id,
-                before=frame.before,
-                after=frame.after,
-                limit=frame.limit,
-            )
+                user=self.user, room_id=self.room_id,
+                before=frame.before, after=frame.after, limit=frame.limit,
+            )  # fmt: skip
         except services.AccessDenied:
             raise ProtocolError(
                 protocol.FORBIDDEN, "You no longer have access to this room."
@@ -275,7 +263,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return  # relayed at most once per interval; the excess is dropped
         self.last_typing = now
         await services.broadcast_typing(
-            room=self.slug, user=self.username, sender_channel=self.channel_name
+            room=self.slug, user=self.username, sender=self.connection_id
         )
 
     def check_rate(self, bucket: TokenBucket, client_id: str | None) -> None:
@@ -288,20 +276,30 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 retry_after_ms=math.ceil(wait * 1000),
             )
 
-    # --- channel-layer events ---------------------------------------------------
+    # --- hub events ---------------------------------------------------------------
 
-    async def room_message(self, event: dict[str, Any]) -> None:
-        """A stored message, published by ``services.publish_message``."""
-        message = event["message"]
-        if message["seq"] > self.replayed_through:
-            await self.send_frame(message)
-
-    async def room_typing(self, event: dict[str, Any]) -> None:
-        if event["sender"] != self.channel_name:
-            await self.send_frame(protocol.typing_frame(user=event["user"]))
-
-    async def room_presence(self, event: dict[str, Any]) -> None:
-        await self.send_frame(event["frame"])
+    async def hub_event(self, event: dict[str, Any], text: str | None) -> None:
+        """One event of a joined group, from this process's hub."""
+        if self.closing:
+            return
+        if self.held is not None:
+            self.held.append((event, text))
+            return
+        kind = event["type"]
+        if kind == "room.message":
+            seq = event["message"]["seq"]
+            if seq > self.replayed_through:
+                self.last_seq_sent = max(seq, self.last_seq_sent)
+                if text is None:
+                    text = json.dumps(event["message"], ensure_ascii=False)
+                await self.send(text_data=text)
+        elif kind == "room.typing":
+            if event["sender"] != self.connection_id:
+                await self.send_frame(protocol.typing_frame(user=event["user"]))
+        elif kind == "room.presence":
+            await self.send_frame(event["frame"])
+        elif kind == "access.revoked":
+            await self.access_revoked(event)
 
     async def access_revoked(self, event: dict[str, Any]) -> None:
         """Close with 4403 if the revocation covers this connection."""
@@ -312,7 +310,20 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.closing = True
         await self.close(code=CLOSE_ACCESS_REVOKED)
 
-    # --- output ---------------------------------------------------------------
+    def catch_up_after_outage(self) -> None:
+        """Send what a channel-layer outage may have kept from this client."""
+        if not self.closing and self.held is None:
+            asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        with contextlib.suppress(Exception):
+            messages, _ = await database_sync_to_async(services.replay)(
+                room_id=self.room_id, after=self.last_seq_sent
+            )
+            for message in messages:
+                await self.hub_event({"type": "room.message", "message": message}, None)
+
+    # --- output -------------------------------------------------------------------
 
     async def send_frame(self, frame: Any) -> None:
         if not self.closing:

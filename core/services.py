@@ -179,11 +179,16 @@ def post_message_sync(
 
 
 async def publish(group: str, event: dict[str, Any]) -> bool:
-    """``group_send`` capped at the publish timeout; False if it failed."""
+    """``group_send`` capped at the publish timeout; False if it failed.
+
+    The event carries its group, so a process that listens to many groups
+    on one channel (``core.fanout``) knows whom it is for.
+    """
     layer = get_channel_layer()
     try:
         await asyncio.wait_for(
-            layer.group_send(group, event), settings.PUBLISH_TIMEOUT_SECONDS
+            layer.group_send(group, {**event, "group": group}),
+            settings.PUBLISH_TIMEOUT_SECONDS,
         )
     except Exception as exc:  # a Redis outage must not fail the caller
         publish_stats.failed += 1
@@ -340,11 +345,13 @@ def revoke_access(
     async_to_sync(publish)(user_group(user_id), event)
 
 
-async def broadcast_typing(*, room: str, user: str, sender_channel: str) -> None:
-    """Tell the room's other connections that ``user`` is typing."""
+async def broadcast_typing(*, room: str, user: str, sender: str) -> None:
+    """Tell the room's other connections that ``user`` is typing.
+
+    ``sender`` is the typing connection's id; it does not hear itself.
+    """
     await publish(
-        room_group(room),
-        {"type": "room.typing", "user": user, "sender": sender_channel},
+        room_group(room), {"type": "room.typing", "user": user, "sender": sender}
     )
 
 

@@ -7,13 +7,15 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _fresh_process_state():
-    """Each test starts with no presence entries and no throttle history."""
+    """Each test starts with no presence, throttle history or layer groups."""
     # Imported here so Django-free tests (-p no:django) can still collect.
+    from channels.layers import channel_layers
     from django.core.cache import cache
 
     from core import presence
 
     presence.reset_for_tests()
+    channel_layers.backends.clear()  # a fresh in-memory layer per test
     cache.clear()
     yield
     presence.reset_for_tests()

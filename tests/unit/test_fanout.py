@@ -1,0 +1,46 @@
+"""core.fanout: one channel-layer member per process, fanning out locally."""
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from core import services
+from core.fanout import get_hub
+from core.models import Room
+from tests.factories import RoomFactory, UserFactory
+from tests.unit.conftest import connected, token_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_many_connections_make_one_group_member_per_process():
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    layer = get_channel_layer()
+    async with connected("lobby"), connected("lobby"), connected("lobby"):
+        assert list(layer.groups[services.room_group("lobby")]) == [get_hub().channel]
+    assert services.room_group("lobby") not in layer.groups
+
+
+async def test_a_published_message_reaches_every_local_connection_once():
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with connected("lobby") as first, connected("lobby") as second:
+        room = await database_sync_to_async(Room.objects.get)(slug="lobby")
+        result = await services.post_message(room_id=room.pk, author=None, body="hi")
+        for ws in (first, second):
+            frame = await ws.receive_json_from()
+            assert frame == result.message
+            assert await ws.receive_nothing(timeout=0.2)
+
+
+async def test_after_an_outage_connections_catch_up_from_the_database():
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    user = await database_sync_to_async(UserFactory)(username="carol")
+    async with connected("lobby", token=await token_for(user)) as ws:
+        room = await database_sync_to_async(Room.objects.get)(slug="lobby")
+        # Stored while the layer was down: never published.
+        lost = await database_sync_to_async(services.store_message)(
+            room_id=room.pk, author=None, body="during the outage", client_id=None
+        )
+        get_hub()._catch_up_everyone()
+        frame = await ws.receive_json_from()
+        assert frame == lost.message
