@@ -31,7 +31,6 @@ CLOSE_TOO_BIG = 4009
 CLOSE_SHUTDOWN = 4012
 CLOSE_ACCESS_REVOKED = 4403
 SHUTDOWN_CLEANUP_SECONDS = 2.0
-INTERNAL_ERROR = "internal_error"
 
 
 def _exceeds_bytes(text: str, limit: int) -> bool:
@@ -188,6 +187,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.closing = True
             await self.close(code=CLOSE_TOO_BIG)
             return
+        frame = None
         try:
             frame = protocol.parse_client_frame(text_data)
             await self.handle(frame)
@@ -198,7 +198,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
             # may retry it, and the connection lives on.
             logger.exception("frame handling failed in room %s", self.slug)
             await self.send_error(
-                ProtocolError(INTERNAL_ERROR, "The server could not do this; retry.")
+                ProtocolError(
+                    protocol.INTERNAL_ERROR,
+                    "The server could not do this; retry.",
+                    client_id=getattr(frame, "client_id", None),
+                )
             )
 
     async def handle(self, frame: protocol.ClientFrame) -> None:

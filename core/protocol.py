@@ -19,6 +19,9 @@ TOO_LONG = "too_long"
 UNAUTHENTICATED = "unauthenticated"
 FORBIDDEN = "forbidden"
 RATE_LIMITED = "rate_limited"
+# An addition to the contract: the server could not complete a valid frame
+# (e.g. the database is down); the client may retry it as it was.
+INTERNAL_ERROR = "internal_error"
 
 MAX_BODY_CODE_POINTS = 4000
 MAX_NESTING_DEPTH = 32

@@ -9,6 +9,7 @@ and publishing never runs on the database thread: async callers store through
 import asyncio
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from core import access, protocol
-from core.models import Membership, Message, Room
+from core.models import SLUG_PATTERN, Membership, Message, Room
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +270,16 @@ def last_seq(*, room_id: int) -> int:
 # --- rooms and members ---------------------------------------------------------
 
 
+def slug_from_name(name: str) -> str:
+    """A room slug made from a display name, or ``InvalidRoomName``."""
+    # slugify keeps underscores, which room slugs do not allow.
+    slug = slugify(name).replace("_", "-")
+    slug = re.sub(r"-{2,}", "-", slug)[:50].strip("-")
+    if not re.fullmatch(SLUG_PATTERN, slug):
+        raise InvalidRoomName
+    return slug
+
+
 def create_room(
     *, owner: AbstractBaseUser, name: str, slug: str | None, is_private: bool
 ) -> Room:
@@ -277,9 +288,7 @@ def create_room(
     Raises ``SlugTaken`` or ``InvalidRoomName``.
     """
     if not slug:
-        slug = slugify(name)[:50].strip("-")
-        if not slug or not slug[0].isalnum():
-            raise InvalidRoomName
+        slug = slug_from_name(name)
     try:
         with transaction.atomic():
             room = Room.objects.create(

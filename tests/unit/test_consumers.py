@@ -679,3 +679,18 @@ async def test_published_events_survive_serialization(lobby, alice):
         events = [await layer.receive(channel) for _ in range(2)]
     for event in events:
         assert json.loads(json.dumps(event)) == event
+
+
+async def test_a_frame_the_server_cannot_complete_gets_internal_error(
+    lobby, alice, monkeypatch
+):
+    async def database_down(**kwargs):
+        raise ConnectionError("database is down")
+
+    monkeypatch.setattr(services, "post_message", database_down)
+    async with connected("lobby", token=await token_for(alice)) as ws:
+        await send_json(ws, {"type": "send", "body": "hi", "client_id": "retry-me"})
+        error = await ws.receive_json_from()
+        assert (error["code"], error["client_id"]) == ("internal_error", "retry-me")
+        await send_json(ws, {"type": "ping"})
+        assert await ws.receive_json_from() == {"type": "pong"}

@@ -1,0 +1,86 @@
+"""core.services: storing, numbering, deduplicating and publishing."""
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from core import services
+from core.models import Message
+from tests.factories import RoomFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("Team Chat", "team-chat"),
+        ("my_room", "my-room"),
+        ("  Ünïcode  ", "unicode"),
+        ("a" * 80, "a" * 50),
+        ("x -- y", "x-y"),
+    ],
+)
+def test_slugs_made_from_names_follow_the_slug_rule(name, slug):
+    assert services.slug_from_name(name) == slug
+
+
+@pytest.mark.parametrize("name", ["!!!", "___", "日本語"])
+def test_a_name_without_a_usable_slug_is_refused(name):
+    with pytest.raises(services.InvalidRoomName):
+        services.slug_from_name(name)
+
+
+def test_seq_is_taken_from_the_room_under_its_lock(django_assert_num_queries):
+    room = RoomFactory()
+    user = UserFactory()
+    services.store_message(room_id=room.pk, author=user, body="one", client_id=None)
+    # lock the room, check access (public: none), update last_seq, insert
+    with django_assert_num_queries(5):  # + savepoint pair of atomic in tests
+        result = services.store_message(
+            room_id=room.pk, author=user, body="two", client_id=None
+        )
+    assert result.message["seq"] == 2
+    room.refresh_from_db()
+    assert room.last_seq == 2
+    assert room.last_message_at is not None
+
+
+def test_publishing_waits_for_the_commit(django_capture_on_commit_callbacks):
+    """Sync callers (API, announce) publish after the transaction commits."""
+    room = RoomFactory(slug="lobby")
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(services.room_group("lobby"), channel)
+    result = services.post_message_sync(room_id=room.pk, author=None, body="hello")
+    event = async_to_sync(layer.receive)(channel)
+    assert event == {
+        "type": "room.message",
+        "message": result.message,
+        "group": "room.lobby",
+    }
+    assert Message.objects.filter(room=room).count() == 1
+
+
+def test_a_failed_publish_is_counted_and_the_message_kept(settings, monkeypatch):
+    room = RoomFactory(slug="lobby")
+
+    class BrokenLayer:
+        async def group_send(self, group, event):
+            raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(services, "get_channel_layer", BrokenLayer)
+    before = services.publish_stats.failed
+    result = services.post_message_sync(room_id=room.pk, author=None, body="kept")
+    assert result.created
+    assert services.publish_stats.failed == before + 1
+    assert Message.objects.get(room=room).body == "kept"
+
+
+def test_author_name_survives_the_users_deletion():
+    room = RoomFactory()
+    user = UserFactory(username="leaver")
+    services.store_message(room_id=room.pk, author=user, body="bye", client_id="x")
+    user.delete()
+    page, _ = services.history(room=room, before=None, after=None, limit=10)
+    assert page[0]["author"] == "leaver"
