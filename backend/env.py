@@ -5,6 +5,7 @@ variable and what is wrong; ``manage.py`` and ``asgi.py`` print that line and
 exit, so a bad deploy fails at start-up instead of at first use.
 """
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -66,7 +67,7 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
         raise ImproperlyConfigured(
             f"{name}: expected a number, got {value!r}"
         ) from None
-    if not number >= minimum:  # also refuses NaN
+    if not math.isfinite(number) or number < minimum:
         raise ImproperlyConfigured(f"{name}: must be at least {minimum}, got {value}")
     return number
 

@@ -150,6 +150,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_url("REDIS_URL", schemes={"redis", "rediss"})
 REDIS_CA_CERT = env_pem_or_path("REDIS_CA_CERT")
 CHANNEL_PREFIX = env_str("SWITCHBOARD_CHANNEL_PREFIX", "switchboard")
+# Per layer channel; with one hub channel per process (core.fanout) this is
+# how many events a process may fall behind before the layer drops them.
+CHANNEL_CAPACITY = env_int("SWITCHBOARD_CHANNEL_CAPACITY", 1000, minimum=1)
 
 
 def _redis_options(url: str, ca_pem: str | None) -> dict[str, object]:
@@ -177,9 +180,11 @@ if REDIS_URL:
                 "hosts": [{"address": REDIS_URL, **REDIS_OPTIONS}],
                 "prefix": CHANNEL_PREFIX,
                 # The default of 100 silently drops events to a busy channel.
-                "capacity": env_int("SWITCHBOARD_CHANNEL_CAPACITY", 1000, minimum=1),
+                "capacity": CHANNEL_CAPACITY,
                 "expiry": 60,
-                "group_expiry": 86400,
+                # Members not refreshed for this long are dropped (a killed
+                # process); the hub refreshes every GROUP_REFRESH_SECONDS.
+                "group_expiry": 7200,
             },
         }
     }
@@ -217,7 +222,12 @@ PRESENCE_REFRESH_SECONDS = env_float(
     "SWITCHBOARD_PRESENCE_REFRESH_SECONDS", 20.0, minimum=0.1
 )
 PRESENCE_BROADCAST_SECONDS = 1.0
-GROUP_REFRESH_SECONDS = 3600.0
+GROUP_REFRESH_SECONDS = 1800.0
+# A client whose unread output passes this is dropped (it resumes with
+# ?after=). Larger than a full 1000-message replay of maximal frames (~25 MB).
+SLOW_CLIENT_BUFFER_BYTES = env_int(
+    "SWITCHBOARD_SLOW_CLIENT_BUFFER_BYTES", 32 * 1024 * 1024, minimum=64 * 1024
+)
 
 # --- Auth, API ----------------------------------------------------------------
 _VALIDATORS = "django.contrib.auth.password_validation"
@@ -237,7 +247,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",
@@ -259,8 +269,7 @@ STORAGES = {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
     },
 }
-# Unhashed names when the manifest lacks a file (tests without collectstatic).
-WHITENOISE_MANIFEST_STRICT = False
+# Production serves the hashed names that collectstatic (the build) records.
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

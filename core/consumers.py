@@ -19,7 +19,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from core import protocol, services
+from core import backpressure, protocol, services
 from core.fanout import get_hub
 from core.presence import get_presence
 from core.protocol import ProtocolError
@@ -60,6 +60,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # Hub events that arrive while connect() runs wait here, so the welcome
     # comes first and a replay is never interleaved with live messages.
     held: list[tuple[dict[str, Any], str | None]] | None = None
+    write_buffer: backpressure.WriteBuffer | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -94,6 +95,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: HTTP 403, unknown or private alike
             return
         self.room_id = room.pk
+        self.write_buffer = backpressure.locate(
+            self.base_send, settings.SLOW_CLIENT_BUFFER_BYTES
+        )
         try:
             after = protocol.parse_resume_after(self.scope["query_string"])
             after_error = None
@@ -293,6 +297,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if kind == "room.message":
             seq = event["message"]["seq"]
             if seq > self.replayed_through:
+                if self._too_slow():
+                    return
                 self.last_seq_sent = max(seq, self.last_seq_sent)
                 if text is None:
                     text = json.dumps(event["message"], ensure_ascii=False)
@@ -304,6 +310,20 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self.send_frame(event["frame"])
         elif kind == "access.revoked":
             await self.access_revoked(event)
+
+    def _too_slow(self) -> bool:
+        """Drop a client that has stopped reading, before it costs the room.
+
+        The abort reaches the client as 1006; it reconnects and resumes with
+        ?after=, so nothing is lost.
+        """
+        buffer = self.write_buffer
+        if buffer is None or buffer.queued_bytes() <= settings.SLOW_CLIENT_BUFFER_BYTES:
+            return False
+        logger.warning("dropping a client of room %s: it stopped reading", self.slug)
+        self.closing = True
+        buffer.drop()
+        return True
 
     async def access_revoked(self, event: dict[str, Any]) -> None:
         """Close with 4403 if the revocation covers this connection."""

@@ -175,7 +175,9 @@ def post_message_sync(
         room_id=room_id, author=author, body=body, client_id=client_id
     )
     if result.created:
-        async_to_sync(publish_message)(result.message)
+        # At once when no outer transaction is open; otherwise after it commits.
+        message = result.message
+        transaction.on_commit(lambda: async_to_sync(publish_message)(message))
     return result
 
 

@@ -2,24 +2,30 @@
 
 import asyncio
 import logging
+from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
 from django.db import connection
+from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.timesince import timesince
 from django.views.decorators.http import require_http_methods
 
 from core import access, services
-from core.forms import RoomForm
+from core.forms import RoomForm, SignupForm
+from core.models import Room
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 2.0
+# Messages rendered into the room page; older ones load on demand.
+ROOM_PAGE_MESSAGES = 50
 
 
 def _database_answers() -> None:
@@ -53,15 +59,44 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def _activity(moment: datetime | None) -> str:
+    """The age of a last message in words, e.g. "5 minutes ago"; "" if none."""
+    if moment is None:
+        return ""
+    if timezone.now() - moment < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(moment, depth=1)} ago"
+
+
+def _rooms_for(user: access.User) -> list[Room]:
+    """Visible rooms, most recently active first, then the silent ones.
+
+    Each carries ``activity``, its last message's age in words.
+    """
+    # nulls_last: PostgreSQL sorts NULL first in a descending order.
+    rooms = list(
+        access.visible_rooms(user).order_by(
+            F("last_message_at").desc(nulls_last=True), "slug"
+        )
+    )
+    for room in rooms:
+        room.activity = _activity(room.last_message_at)
+    return rooms
+
+
 def home(request: HttpRequest) -> HttpResponse:
     """The rooms the visitor can see, and a form to create one."""
-    rooms = access.visible_rooms(request.user).order_by("-last_message_at", "slug")
-    return render(request, "core/home.html", {"rooms": rooms, "form": RoomForm()})
+    return render(
+        request,
+        "core/home.html",
+        {"rooms": _rooms_for(request.user), "form": RoomForm()},
+    )
 
 
 @login_required
 @require_http_methods(["POST"])
 def create_room(request: HttpRequest) -> HttpResponse:
+    """Create a room from the home page's form, then open it."""
     form = RoomForm(request.POST)
     if form.is_valid():
         try:
@@ -72,28 +107,43 @@ def create_room(request: HttpRequest) -> HttpResponse:
             form.add_error("slug", "Give a slug: none can be made from this name.")
         else:
             return redirect("room", slug=room.slug)
-    rooms = access.visible_rooms(request.user).order_by("-last_message_at", "slug")
-    return render(request, "core/home.html", {"rooms": rooms, "form": form}, status=400)
+    return render(
+        request,
+        "core/home.html",
+        {"rooms": _rooms_for(request.user), "form": form},
+        status=400,
+    )
 
 
 def room(request: HttpRequest, slug: str) -> HttpResponse:
-    """The chat page of one room; the live part is static/core/js/room.js."""
+    """The chat page of one room; the live part is static/core/js/room.js.
+
+    The latest messages are embedded in the page, so it shows them at once
+    and the socket resumes right after them with ``?after=``.
+    """
     found = access.readable_room(request.user, slug)
     if found is None:
         raise Http404("No such room.")
+    latest, has_more = services.history(
+        room=found, before=None, after=None, limit=ROOM_PAGE_MESSAGES
+    )
     return render(
         request,
         "core/room.html",
-        {"room": found, "can_post": access.can_post(request.user, found)},
+        {
+            "room": found,
+            "can_post": access.can_post(request.user, found),
+            "initial": {"messages": latest, "has_more": has_more},
+        },
     )
 
 
 def signup(request: HttpRequest) -> HttpResponse:
     """Create an account and sign in."""
-    form = UserCreationForm(request.POST or None)
+    form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, "Welcome to Switchboard.")
+        messages.success(request, f"Welcome to Switchboard, {user.get_username()}.")
         return redirect("home")
     return render(request, "registration/signup.html", {"form": form})

@@ -21,6 +21,23 @@ def _fresh_process_state():
     presence.reset_for_tests()
 
 
+@pytest.fixture(autouse=True)
+def _fast_hashing_and_plain_static_storage(settings):
+    """Cheap password hashing, and static URLs without collectstatic.
+
+    Production's manifest storage needs the build's collectstatic output;
+    in-process tests render pages without it. Real server processes
+    (integration, browser) run collectstatic like the build does.
+    """
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {
+            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        },
+    }
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """With SWITCHBOARD_REQUIRE_ALL_TIERS=1 (CI), a skipped test fails.

@@ -65,7 +65,7 @@ async def send_json(communicator: WebsocketCommunicator, frame: Any) -> None:
 async def receive_until(
     communicator: WebsocketCommunicator,
     predicate: Callable[[dict], bool],
-    timeout: float = 5,
+    timeout: float = 5,  # noqa: ASYNC109 - per frame, as receive_json_from takes it
 ) -> tuple[dict, list[dict]]:
     """Read frames until one matches; return it and the ones before it."""
     skipped = []

@@ -9,7 +9,8 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from backend.asgi import application
@@ -81,7 +82,7 @@ def post_many(slug, count):
         )
 
 
-# --- handshake -----------------------------------------------------------------
+# --- handshake ---------------------------------------------------------------
 
 
 async def test_anonymous_visitor_is_welcomed_read_only(lobby):
@@ -191,7 +192,7 @@ async def test_a_path_outside_the_routes_is_refused(lobby):
     assert not accepted
 
 
-# --- send, ack, message ----------------------------------------------------------
+# --- send, ack, message ------------------------------------------------------
 
 
 async def test_send_is_acked_and_delivered_to_everyone_in_the_room(lobby, alice, bob):
@@ -216,7 +217,8 @@ async def test_send_is_acked_and_delivered_to_everyone_in_the_room(lobby, alice,
                 "hello",
             )
             assert message["client_id"] == "c1"
-            assert message["sent_at"].endswith("Z") and len(message["sent_at"]) == 27
+            assert message["sent_at"].endswith("Z")
+            assert len(message["sent_at"]) == 27
     assert await stored() == [(1, "alice", "hello", "c1")]
 
 
@@ -301,7 +303,7 @@ async def test_posting_after_losing_membership_is_forbidden(alice, bob):
     assert await stored("secret") == []
 
 
-# --- bad input ---------------------------------------------------------------------
+# --- bad input ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -322,7 +324,8 @@ async def test_bad_frames_get_an_error_and_the_connection_stays(
     async with connected("lobby", token=await token_for(alice)) as ws:
         await ws.send_to(text_data=text)
         error = await ws.receive_json_from()
-        assert error["type"] == "error" and error["code"] == code
+        assert error["type"] == "error"
+        assert error["code"] == code
         assert "Traceback" not in error["detail"]
         await send_json(ws, {"type": "ping"})
         assert await ws.receive_json_from() == {"type": "pong"}
@@ -380,7 +383,7 @@ def test_any_text_frame_gets_a_valid_server_frame(lobby, alice, texts):
     async_to_sync(exchange)()
 
 
-# --- history and resume ---------------------------------------------------------------
+# --- history and resume ------------------------------------------------------
 
 
 async def history(ws, **bounds):
@@ -456,7 +459,7 @@ async def test_resume_replays_everything_after_the_given_seq(lobby, after, expec
 
 async def test_resume_past_the_replay_limit_is_incomplete(lobby):
     await post_many("lobby", 1003)
-    welcome, seqs, replayed, ws = await resume("lobby", 1)
+    _welcome, seqs, replayed, ws = await resume("lobby", 1)
     try:
         assert seqs == list(range(2, 1002))
         assert replayed == {
@@ -529,7 +532,7 @@ async def test_messages_sent_during_resume_arrive_once_in_order(lobby, alice, se
             await ws.disconnect()
 
 
-# --- typing, ping, presence --------------------------------------------------------------
+# --- typing, ping, presence --------------------------------------------------
 
 
 async def test_typing_is_relayed_to_others_at_most_every_three_seconds(
@@ -548,7 +551,7 @@ async def test_typing_is_relayed_to_others_at_most_every_three_seconds(
             await receive_until(alice_ws, lambda f: f["type"] in {"pong", "typing"})
         )[0] == {"type": "pong"}
         await send_json(bob_ws, {"type": "ping"})
-        pong, skipped = await receive_until(bob_ws, lambda f: f["type"] == "pong")
+        _pong, skipped = await receive_until(bob_ws, lambda f: f["type"] == "pong")
         assert not [f for f in skipped if f["type"] == "typing"]
 
 
@@ -582,7 +585,7 @@ async def test_two_connections_of_one_user_count_once(lobby, alice):
         assert (presence["users"], presence["total_users"]) == (["alice"], 1)
 
 
-# --- access changes and shutdown --------------------------------------------------------------
+# --- access changes and shutdown ---------------------------------------------
 
 
 async def test_removed_member_is_closed_with_4403_and_refused_after(alice, bob):

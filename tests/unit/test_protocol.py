@@ -146,9 +146,17 @@ def test_resume_after_parses(query, expected):
 
 @pytest.mark.parametrize(
     "query",
-    [b"after=", b"after=-1", b"after=1.5", b"after=abc", b"after=%201",
-     f"after={MAX + 1}".encode(), b"after=1&after=2", b"after=true",
-     b"after=" + b"9" * 30],
+    [
+        b"after=",
+        b"after=-1",
+        b"after=1.5",
+        b"after=abc",
+        b"after=%201",
+        f"after={MAX + 1}".encode(),
+        b"after=1&after=2",
+        b"after=true",
+        b"after=" + b"9" * 30,
+    ],
 )
 def test_malformed_resume_after_is_bad_frame(query):
     with pytest.raises(ProtocolError) as caught:
@@ -163,8 +171,12 @@ def test_timestamps_are_utc_with_microseconds_and_z():
 
 def test_message_frame_is_plain_json():
     frame = protocol.message_frame(
-        room="lobby", seq=3, author=None, body="hi",
-        sent_at=datetime(2026, 1, 1, tzinfo=UTC), client_id=None,
+        room="lobby",
+        seq=3,
+        author=None,
+        body="hi",
+        sent_at=datetime(2026, 1, 1, tzinfo=UTC),
+        client_id=None,
     )
     assert json.loads(json.dumps(frame)) == frame
     assert frame["sent_at"] == "2026-01-01T00:00:00.000000Z"
@@ -182,7 +194,7 @@ def test_any_text_yields_a_frame_or_a_protocol_error(text):
     try:
         frame = parse_client_frame(text)
     except ProtocolError as exc:
-        assert exc.code in {"bad_json", "bad_frame", "unknown_type", "too_long"}
+        assert exc.code in {"bad_json", "bad_frame", "unknown_type", "too_long"}  # noqa: PT017
         json.dumps(protocol.error_frame(exc))
     else:
         assert isinstance(frame, SendFrame | HistoryFrame | TypingFrame | PingFrame)
@@ -190,8 +202,10 @@ def test_any_text_yields_a_frame_or_a_protocol_error(text):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 

@@ -52,7 +52,11 @@ def test_publishing_waits_for_the_commit(django_capture_on_commit_callbacks):
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(services.room_group("lobby"), channel)
-    result = services.post_message_sync(room_id=room.pk, author=None, body="hello")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        result = services.post_message_sync(room_id=room.pk, author=None, body="hi")
+        # Not committed yet (the test's transaction is open): nothing sent.
+        assert layer.channels.get(channel) is None or layer.channels[channel].empty()
+    assert len(callbacks) == 1
     event = async_to_sync(layer.receive)(channel)
     assert event == {
         "type": "room.message",
@@ -62,7 +66,9 @@ def test_publishing_waits_for_the_commit(django_capture_on_commit_callbacks):
     assert Message.objects.filter(room=room).count() == 1
 
 
-def test_a_failed_publish_is_counted_and_the_message_kept(settings, monkeypatch):
+def test_a_failed_publish_is_counted_and_the_message_kept(
+    monkeypatch, django_capture_on_commit_callbacks
+):
     room = RoomFactory(slug="lobby")
 
     class BrokenLayer:
@@ -71,7 +77,8 @@ def test_a_failed_publish_is_counted_and_the_message_kept(settings, monkeypatch)
 
     monkeypatch.setattr(services, "get_channel_layer", BrokenLayer)
     before = services.publish_stats.failed
-    result = services.post_message_sync(room_id=room.pk, author=None, body="kept")
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.post_message_sync(room_id=room.pk, author=None, body="kept")
     assert result.created
     assert services.publish_stats.failed == before + 1
     assert Message.objects.get(room=room).body == "kept"

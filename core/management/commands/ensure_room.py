@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core import services
-from core.models import slug_validator
+from core.models import Room, slug_validator
 
 
 class Command(BaseCommand):
@@ -21,5 +21,9 @@ class Command(BaseCommand):
             slug_validator(slug)
         except ValidationError as exc:
             raise CommandError(f"Invalid slug {slug!r}: {exc.messages[0]}") from None
+        # SQLite stores an overlong name; PostgreSQL fails with a traceback.
+        max_length = Room._meta.get_field("name").max_length
+        if name is not None and len(name) > max_length:
+            raise CommandError(f"The name is over {max_length} characters.")
         room, created = services.ensure_room(slug=slug, name=name or slug)
         self.stdout.write(f"Room {room.slug} {'created' if created else 'exists'}.")

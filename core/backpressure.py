@@ -1,0 +1,68 @@
+"""How much a client has not read yet: the one place that reads server internals.
+
+ASGI gives an application no way to see a slow reader. Daphne's ``send``
+never blocks (Twisted buffers without limit) and uvicorn's blocks every
+sender behind one full socket. Both are bad for a room: memory grows without
+bound, or one client stalls everyone's fan-out. So this module finds the
+server's transport behind a connection's ``send`` callable, once, and offers
+two operations on it: the bytes still queued for the client, and dropping
+the connection. Everything else in the app stays plain ASGI; on an unknown
+server both are unavailable and nothing is guarded (documented in
+docs/performance.md).
+"""
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriteBuffer:
+    """A connection's outgoing buffer, as the server keeps it."""
+
+    queued_bytes: Callable[[], int]
+    drop: Callable[[], None]
+
+
+def _unwrap(send: Any) -> Any:
+    # Channels' session middleware wraps send; its original is real_send.
+    while hasattr(getattr(send, "__self__", None), "real_send"):
+        send = send.__self__.real_send
+    return send
+
+
+def _twisted(transport: Any) -> WriteBuffer:
+    def queued_bytes() -> int:
+        # twisted.internet.abstract.FileDescriptor's write buffers.
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+    return WriteBuffer(queued_bytes, transport.abortConnection)
+
+
+def _asyncio(transport: Any, limit_bytes: int) -> WriteBuffer:
+    # Pause (which blocks uvicorn's send for every sender in the process)
+    # only past the limit, by which time the client has been dropped.
+    transport.set_write_buffer_limits(high=limit_bytes * 2)
+    return WriteBuffer(transport.get_write_buffer_size, transport.abort)
+
+
+def locate(send: Any, limit_bytes: int) -> WriteBuffer | None:
+    """The write buffer behind an ASGI ``send``, or None on unknown servers."""
+    send = _unwrap(send)
+    try:
+        if isinstance(send, functools.partial) and send.args:
+            # Daphne: partial(Server.handle_reply, protocol)
+            transport = send.args[0].transport
+            if hasattr(transport, "abortConnection"):
+                return _twisted(transport)
+        owner = getattr(send, "__self__", None)
+        transport = getattr(owner, "transport", None)
+        if transport is not None and hasattr(transport, "get_write_buffer_size"):
+            return _asyncio(transport, limit_bytes)  # uvicorn
+    except Exception:  # an unfamiliar server version: run unguarded
+        logger.warning("cannot see write buffers of this server", exc_info=True)
+    return None

@@ -1,0 +1,102 @@
+// DOM for messages and people. User text goes in through textContent only:
+// a body such as <img onerror=...> shows as those characters and runs nothing.
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+const dayTimeFormat = new Intl.DateTimeFormat(undefined, {
+  month: "short",
+  day: "numeric",
+  hour: "numeric",
+  minute: "2-digit",
+});
+const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
+
+// Consecutive messages of one author closer than this share one header.
+const GROUP_GAP_MS = 5 * 60 * 1000;
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** A stable hue for a name, so each person keeps one avatar colour. */
+export function hueFor(name) {
+  let hash = 2166136261; // FNV-1a spreads similar names apart
+  for (const char of name) hash = Math.imul(hash ^ char.codePointAt(0), 16777619) >>> 0;
+  return hash % 360;
+}
+
+export function avatar(name, extraClass = "") {
+  const node = el("span", `avatar ${extraClass}`.trim());
+  node.setAttribute("aria-hidden", "true");
+  if (name) {
+    node.textContent = [...name][0].toUpperCase();
+    node.style.setProperty("--hue", String(hueFor(name)));
+  } else {
+    node.classList.add("avatar-system");
+    node.textContent = "★";
+  }
+  return node;
+}
+
+function sameDay(a, b) {
+  return a.toDateString() === b.toDateString();
+}
+
+/** Fill a <time> element with a short local time and a full title. */
+export function setTime(node, date) {
+  node.dateTime = date.toISOString();
+  node.textContent = sameDay(date, new Date()) ? timeFormat.format(date) : dayTimeFormat.format(date);
+  node.title = fullFormat.format(date);
+}
+
+/**
+ * A message list item.
+ * @param {{seq?: number, author: string|null, body: string, sentAt: Date}} message
+ * @param {string|null} me the signed-in username
+ */
+export function messageItem({ seq, author, body, sentAt }, me) {
+  const item = el("li", "msg");
+  if (seq !== undefined) item.dataset.seq = String(seq);
+  item.dataset.author = author ?? "";
+  item.dataset.sentAt = String(sentAt.getTime());
+  if (author === null) item.classList.add("msg-system");
+  if (author !== null && author === me) item.classList.add("msg-own");
+
+  const main = el("div", "msg-main");
+  const meta = el("div", "msg-meta");
+  meta.append(el("span", "msg-author", author ?? "Announcement"));
+  const time = el("time", "msg-time");
+  setTime(time, sentAt);
+  meta.append(time, el("span", "msg-status"));
+  main.append(meta, el("p", "msg-body", body));
+  item.append(avatar(author), main);
+  return item;
+}
+
+/** Show a pending message's state: "Sending…", "Queued", "Not sent: …". */
+export function setStatus(item, text) {
+  item.querySelector(".msg-status").textContent = text;
+}
+
+/** Mark ``item`` as continuing its predecessor's group (same author, soon). */
+export function regroup(item) {
+  if (!item) return;
+  const previous = item.previousElementSibling;
+  const continued =
+    previous !== null &&
+    item.dataset.author !== "" &&
+    previous.dataset.author === item.dataset.author &&
+    !previous.classList.contains("msg-failed") &&
+    Math.abs(Number(item.dataset.sentAt) - Number(previous.dataset.sentAt)) < GROUP_GAP_MS;
+  item.classList.toggle("msg-continued", continued);
+}
+
+/** One person in the presence list. */
+export function personItem(name, me) {
+  const item = el("li", "person");
+  item.append(avatar(name, "avatar-sm"), el("span", "person-name", name));
+  if (name === me) item.append(el("span", "person-you", "you"));
+  return item;
+}

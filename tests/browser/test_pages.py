@@ -1,0 +1,116 @@
+"""The pages around the room, a whole visit without console errors, screenshots."""
+
+import os
+import shutil
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.browsing import ARTIFACTS, DESKTOP, PHONE, PROJECT_ROOT, Browsing
+from tests.browser.deployment import Deployment
+from tests.support.services import manage
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+MAX_SCREENSHOT_BYTES = 300_000
+
+
+def test_a_visit_from_sign_up_to_log_out_logs_no_console_errors(
+    deployment: Deployment, browsing: Browsing, slug: str
+) -> None:
+    """Sign up, create a room, chat, look at the rooms, log out: no errors."""
+    page = browsing.new_page()
+    base = deployment.url(0)
+    username = f"dana{os.urandom(3).hex()}"
+    page.goto(f"{base}/accounts/signup/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill("a long passphrase 42")
+    page.get_by_label("Password confirmation").fill("a long passphrase 42")
+    page.get_by_role("button", name="Create account").click()
+    expect(page.locator(".notice")).to_contain_text(
+        f"Welcome to Switchboard, {username}"
+    )
+
+    page.get_by_label("Name").fill("Launch party")
+    page.get_by_label("Slug").fill(slug)
+    page.get_by_role("button", name="Create room").click()
+    page.wait_for_url(f"{base}/rooms/{slug}/")
+    expect(page.locator("#room")).to_have_attribute("data-ws-state", "open")
+    expect(page.locator("#presence")).to_contain_text(username)
+    page.locator("#composer [name=body]").fill("first!")
+    page.keyboard.press("Enter")
+    expect(page.locator("#messages > li[data-seq='1']")).to_contain_text("first!")
+
+    page.get_by_role("link", name="Switchboard").click()
+    expect(page.locator("#rooms")).to_contain_text("Launch party")
+    expect(page.locator("#rooms")).to_contain_text("1 message · active just now")
+    page.get_by_role("button", name="Log out").click()
+    account = page.get_by_role("navigation", name="Account")
+    expect(account.get_by_role("link", name="Log in")).to_be_visible()
+    page.goto(f"{base}/accounts/login/")
+    expect(page.get_by_label("Username")).to_be_focused()
+
+    assert browsing.console_errors == []
+
+
+def _fill_demo_room(deployment: Deployment, slug: str) -> None:
+    deployment.create_room(slug, name="Release planning")
+    script = [
+        ("alice", "Morning! Is the staging deploy done?"),
+        ("bob", "Yes, finished ten minutes ago. Migrations ran clean."),
+        ("bob", "Next up: the Redis failover drill."),
+        ("carol", "I'll keep an eye on the p99 latency dashboard while you run it."),
+    ]
+    for user, body in script:
+        deployment.post(slug, body, user=user)
+    # A system message, as cron would post it.
+    manage(
+        "announce",
+        slug,
+        "Maintenance window tonight, 22:00-22:30 UTC.",
+        env=deployment.env,
+    )
+    deployment.post(
+        slug,
+        "Thanks both. The room page now resumes with ?after= after a restart "
+        "and fills gaps from history — try killing a server mid-conversation.",
+        user="alice",
+    )
+    deployment.post(slug, "Ha, on it 🙂", user="carol")
+
+
+def _screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=path)
+    size = path.stat().st_size
+    assert size < MAX_SCREENSHOT_BYTES, f"{name} is {size} bytes"
+    # docs/screenshots/ is refreshed on request only, so that an ordinary
+    # test run leaves the work tree clean.
+    if os.environ.get("SWITCHBOARD_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / name)
+
+
+def test_room_page_screenshots_at_desktop_and_phone_widths(
+    deployment: Deployment, browsing: Browsing
+) -> None:
+    """The room page as people see it, for review and for the README."""
+    slug = "release-planning"
+    _fill_demo_room(deployment, slug)
+    bob = browsing.open_room(deployment.url(1), slug, user="bob")
+    views = {
+        name: browsing.open_room(deployment.url(0), slug, user="alice", viewport=size)
+        for name, size in (("room-desktop.png", DESKTOP), ("room-phone.png", PHONE))
+    }
+    for room in (bob, *views.values()):
+        room.wait_open()
+
+    bob.body_field.press_sequentially("Running it n")
+
+    for name, alice in views.items():
+        expect(alice.presence).to_contain_text("bob")
+        expect(alice.page.locator("#typing")).to_have_text("bob is typing…")
+        alice.body_field.fill("Go for it")
+        _screenshot(alice.page, name)

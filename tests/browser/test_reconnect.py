@@ -1,0 +1,139 @@
+"""The room page across server restarts and lost frames: nothing lost, nothing twice."""
+
+import json
+import re
+
+import pytest
+from playwright.sync_api import WebSocketRoute, expect
+
+from tests.browser.browsing import NETWORK_ERRORS, Browsing
+from tests.browser.deployment import Deployment
+from tests.support.services import wait_until
+
+pytestmark = pytest.mark.browser
+
+ROOM_SOCKET = re.compile(r"/ws/rooms/")
+
+
+def test_page_resumes_after_its_server_restarts_with_every_message_once_in_order(
+    pair: Deployment, browsing: Browsing, slug: str
+) -> None:
+    """Restart the instance the page is on: it reconnects by itself and resumes.
+
+    Messages posted while it was down (through the other instance) and right
+    after it came back arrive exactly once, in seq order.
+    """
+    browsing.allow_console_errors(*NETWORK_ERRORS)
+    server = pair.instances[0]
+    pair.create_room(slug)
+    pair.post(slug, "before the page", user="bob")
+    alice = browsing.open_room(pair.url(0), slug, user="alice")
+    alice.wait_open()
+    alice.send("from the page")
+    alice.expect_bodies(["before the page", "from the page"])
+
+    server.terminate()
+    alice.wait_state("reconnecting", timeout=5_000)
+    expect(alice.banner).to_contain_text("Connection lost")
+    while_down = [f"while down {n}" for n in range(3)]
+    for body in while_down:
+        pair.post(slug, body, user="bob", instance=1)
+    server.start()
+    after_restart = [f"after restart {n}" for n in range(2)]
+    for body in after_restart:
+        pair.post(slug, body, user="bob", instance=0)
+
+    alice.wait_open()
+    alice.expect_bodies(
+        ["before the page", "from the page", *while_down, *after_restart]
+    )
+    assert alice.seqs() == list(range(1, 8))
+    expect(alice.banner).to_be_hidden()
+
+
+def test_message_typed_while_disconnected_is_delivered_once_after_reconnect(
+    pair: Deployment, browsing: Browsing, slug: str
+) -> None:
+    """The composer works offline: the message waits, then goes out once."""
+    browsing.allow_console_errors(*NETWORK_ERRORS)
+    server = pair.instances[0]
+    pair.create_room(slug)
+    alice = browsing.open_room(pair.url(0), slug, user="alice")
+    bob = browsing.open_room(pair.url(0), slug, user="bob")
+    alice.wait_open()
+    bob.wait_open()
+
+    server.terminate()
+    alice.wait_state("reconnecting", timeout=5_000)
+    alice.send("typed while offline")
+    pending = alice.items.filter(has_text="typed while offline")
+    expect(pending).to_have_attribute("data-pending", "queued")
+    expect(alice.banner).to_contain_text("1 unsent message")
+    server.start()
+
+    alice.expect_bodies(["typed while offline"])
+    bob.expect_bodies(["typed while offline"])
+    stored = [message["body"] for message in pair.messages(slug)]
+    assert stored == ["typed while offline"]
+    expect(alice.page.locator("#messages [data-client-id]")).to_have_count(0)
+
+
+@pytest.mark.parametrize("lost", ["send", "ack"])
+def test_unacked_message_is_resent_with_the_same_client_id_and_stored_once(
+    deployment: Deployment, browsing: Browsing, slug: str, lost: str
+) -> None:
+    """The link dies after a send, before its ack; after reconnecting, the
+    page resends with the same client_id (or finds it in the replay), and the
+    server stores it once.
+    """
+    deployment.create_room(slug)
+    sent_client_ids: list[str] = []
+    links: list[WebSocketRoute] = []
+
+    def relay(page_side: WebSocketRoute) -> None:
+        server_side = page_side.connect_to_server()
+        first_link = not links
+        links.append(page_side)
+
+        def page_to_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "send":
+                sent_client_ids.append(frame["client_id"])
+                if first_link and lost == "send":
+                    page_side.close(code=4012)  # the frame never reaches the server
+                    server_side.close()
+                    return
+            server_side.send(message)
+
+        def server_to_page(message: str | bytes) -> None:
+            if first_link and lost == "ack" and json.loads(message)["type"] == "ack":
+                page_side.close(code=4012)  # stored, but the page never hears
+                server_side.close()
+                return
+            page_side.send(message)
+
+        page_side.on_message(page_to_server)
+        server_side.on_message(server_to_page)
+
+    room = browsing.open_room(
+        deployment.url(0),
+        slug,
+        user="alice",
+        prepare=lambda page: page.route_web_socket(ROOM_SOCKET, relay),
+    )
+    room.wait_open()
+
+    room.send("exactly once")
+
+    # page.evaluate lets Playwright run the relay's callbacks while polling.
+    wait_until(
+        lambda: room.page.evaluate("true") and len(links) == 2,
+        timeout=10,
+        message="the page reconnected",
+    )
+    room.wait_open()
+    room.expect_bodies(["exactly once"])
+    assert len(set(sent_client_ids)) == 1, sent_client_ids
+    if lost == "send":
+        assert len(sent_client_ids) == 2, "the lost send should have been resent"
+    assert [m["body"] for m in deployment.messages(slug)] == ["exactly once"]

@@ -1,0 +1,121 @@
+"""A client that stops reading is dropped; the room goes on without it."""
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+
+import pytest
+import websockets
+
+from tests.support.services import AppProcess, ServiceUnavailable, manage, wait_until
+
+pytestmark = pytest.mark.integration
+
+BUFFER_LIMIT = 256 * 1024
+# 4000 control characters: each is sent as a 6-byte JSON escape (\u0001),
+# so one frame is ~24 KB and a few hundred overflow every socket buffer.
+HEAVY_BODY = "\x01" * 4000
+MESSAGES = 400
+
+
+@pytest.fixture(params=["daphne", "uvicorn"])
+def server(request, tmp_path):
+    env = {
+        "DJANGO_SECRET_KEY": "slow-client-test-key",
+        "DJANGO_DEBUG": "1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "SWITCHBOARD_SLOW_CLIENT_BUFFER_BYTES": str(BUFFER_LIMIT),
+        "SWITCHBOARD_SEND_RATE_PER_SECOND": "10000",
+        "SWITCHBOARD_SEND_BURST": "10000",
+    }
+    manage("migrate", "--noinput", env=env)
+    manage("ensure_room", "lobby", env=env)
+    token = manage(
+        "shell", "-c",
+        "from django.contrib.auth.models import User;"
+        "from rest_framework.authtoken.models import Token;"
+        "u = User.objects.create_user('sender', password='x');"
+        "print(Token.objects.create(user=u).key)",
+        env=env,
+    ).stdout.split()[-1]  # fmt: skip
+    try:
+        app = AppProcess(env, server=request.param).start()
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    yield app, token
+    app.close()
+
+
+def stalled_client(port: int) -> socket.socket:
+    """A WebSocket client that completes the handshake and never reads."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            "GET /ws/rooms/lobby/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert b" 101 " in sock.recv(1024).split(b"\r\n", 1)[0] + b" "
+    return sock
+
+
+def test_a_client_that_stops_reading_is_dropped_and_others_get_everything(server):
+    app, token = server
+    stalled = stalled_client(app.port)
+
+    async def run() -> list[int]:
+        async with (
+            websockets.connect(app.ws_url("/ws/rooms/lobby/"), max_size=None) as reader,
+            websockets.connect(
+                app.ws_url("/ws/rooms/lobby/"),
+                additional_headers={"Authorization": f"Token {token}"},
+            ) as sender,
+        ):
+            seqs: list[int] = []
+
+            async def read() -> None:
+                async for raw in reader:
+                    frame = json.loads(raw)
+                    if frame["type"] == "message":
+                        seqs.append(frame["seq"])
+                        if len(seqs) == MESSAGES:
+                            return
+
+            async def drain_sender() -> None:
+                # The sender hears its own messages too; a sender that does
+                # not read them would itself be dropped as a slow client.
+                async for _ in sender:
+                    pass
+
+            reading = asyncio.ensure_future(read())
+            draining = asyncio.ensure_future(drain_sender())
+            for n in range(MESSAGES):
+                await sender.send(
+                    json.dumps(
+                        {"type": "send", "body": HEAVY_BODY, "client_id": f"h{n}"}
+                    )
+                )
+            async with asyncio.timeout(60):
+                await reading
+            draining.cancel()
+            return seqs
+
+    seqs = asyncio.run(run())
+    assert seqs == list(range(1, MESSAGES + 1))
+    wait_until(
+        lambda: "stopped reading" in app.log_text(), timeout=10,
+        message="the server dropped the stalled client",
+    )  # fmt: skip
+    # The stalled client's connection ends (reset, or EOF after the data the
+    # kernel already held); a connection left open would time out here.
+    stalled.settimeout(10)
+    with contextlib.suppress(ConnectionResetError):
+        while stalled.recv(1 << 20):
+            pass
+    stalled.close()

@@ -1,0 +1,398 @@
+"""Configuration comes from the environment (DESIGN.md section 2).
+
+Each case runs ``manage.py``, the ASGI module or a settings read in a fresh
+interpreter with an environment built from scratch, so nothing from the
+shell or from pytest-env (``DJANGO_*``, ``REDIS_URL`` ...) leaks in.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET_KEY = "k3y-for-settings-tests-" + "x" * 40
+FAKE_PEM = "-----BEGIN CERTIFICATE-----\nMIIBfakefakefake\n-----END CERTIFICATE-----\n"
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """A minimal environment plus ``variables``; nothing else is inherited."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(Path.home()),
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **variables,
+    }
+
+
+def run(*args: str, **variables: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=clean_env(**variables),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def read_settings(*names: str, **variables: str) -> dict:
+    """The named settings as a fresh process sees them under ``variables``."""
+    code = (
+        "import json, sys\n"
+        "from django.conf import settings\n"
+        "print(json.dumps({n: getattr(settings, n) for n in sys.argv[1:]},"
+        " default=str))\n"
+    )
+    result = run(
+        "-c", code, *names, DJANGO_SETTINGS_MODULE="backend.settings", **variables
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_stopped_naming(result: subprocess.CompletedProcess, variable: str) -> None:
+    """Exit 2 with exactly one line on stderr that names ``variable``."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+
+
+# --- bad values stop start-up with one line ----------------------------------------
+
+BAD_VALUES = [
+    pytest.param("DJANGO_DEBUG", "maybe", id="debug-maybe"),
+    pytest.param("DJANGO_HTTPS", "2", id="https-2"),
+    pytest.param("DATABASE_URL", "mysql://u:p@db.example.com/sb", id="db-mysql"),
+    pytest.param("DATABASE_URL", "not a url", id="db-not-a-url"),
+    pytest.param("DATABASE_URL", "postgres://u:p@db:99999/sb", id="db-bad-port"),
+    pytest.param("DATABASE_URL", "postgres:///sb", id="db-no-host"),
+    pytest.param("REDIS_URL", "http://x", id="redis-http"),
+    pytest.param("REDIS_URL", "redis://host:notaport", id="redis-bad-port"),
+    pytest.param("REDIS_URL", "rediss://", id="redis-no-host"),
+    pytest.param("DJANGO_CSRF_TRUSTED_ORIGINS", "example.com", id="csrf-bare-host"),
+    pytest.param("REDIS_CA_CERT", "/nonexistent", id="ca-missing-file"),
+    pytest.param("REDIS_CA_CERT", str(ROOT / "manage.py"), id="ca-not-pem"),
+    pytest.param("SWITCHBOARD_SEND_RATE_PER_SECOND", "fast", id="rate-word"),
+    pytest.param("SWITCHBOARD_SEND_RATE_PER_SECOND", "nan", id="rate-nan"),
+    pytest.param("SWITCHBOARD_SEND_BURST", "0", id="burst-zero"),
+]
+# Read only when REDIS_URL selects the Redis layer.
+BAD_REDIS_VALUES = [
+    pytest.param("SWITCHBOARD_CHANNEL_CAPACITY", "1.5", id="capacity-float"),
+    pytest.param("SWITCHBOARD_CHANNEL_CAPACITY", "0", id="capacity-zero"),
+]
+
+
+def bad_env(variable: str, value: str) -> dict[str, str]:
+    env = {"DJANGO_SECRET_KEY": SECRET_KEY, variable: value}
+    if variable == "SWITCHBOARD_CHANNEL_CAPACITY":
+        env.setdefault("REDIS_URL", "redis://localhost:6379/0")
+    return env
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_VALUES + BAD_REDIS_VALUES)
+def test_manage_py_stops_on_a_bad_value_with_one_line(variable, value):
+    result = run("manage.py", "check", **bad_env(variable, value))
+    assert_stopped_naming(result, variable)
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_VALUES + BAD_REDIS_VALUES)
+def test_asgi_app_stops_on_a_bad_value_with_one_line(variable, value):
+    result = run("-c", "import backend.asgi", **bad_env(variable, value))
+    assert_stopped_naming(result, variable)
+
+
+def test_a_bad_value_stops_even_the_build_time_commands():
+    result = run("manage.py", "collectstatic", "--noinput", DJANGO_DEBUG="maybe")
+    assert_stopped_naming(result, "DJANGO_DEBUG")
+
+
+# --- the secret key -----------------------------------------------------------------
+
+
+def test_settings_import_without_a_secret_key():
+    """App Platform's build runs with no runtime variables at all."""
+    result = run(
+        "-c",
+        "import django; from django.conf import settings; "
+        "print(len(settings.INSTALLED_APPS))",
+        DJANGO_SETTINGS_MODULE="backend.settings",
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 0
+
+
+def test_collectstatic_runs_without_a_secret_key():
+    result = run("manage.py", "collectstatic", "--noinput", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "DJANGO_SECRET_KEY" not in result.stderr
+
+
+def test_manage_py_check_stops_without_a_secret_key():
+    assert_stopped_naming(run("manage.py", "check"), "DJANGO_SECRET_KEY")
+
+
+def test_asgi_app_stops_without_a_secret_key():
+    assert_stopped_naming(run("-c", "import backend.asgi"), "DJANGO_SECRET_KEY")
+
+
+def test_blank_secret_key_counts_as_missing():
+    result = run("manage.py", "check", DJANGO_SECRET_KEY="   ")
+    assert_stopped_naming(result, "DJANGO_SECRET_KEY")
+
+
+def test_debug_runs_without_a_secret_key():
+    result = run("manage.py", "check", DJANGO_DEBUG="1")
+    assert result.returncode == 0, result.stderr
+    assert read_settings("SECRET_KEY", DJANGO_DEBUG="1")["SECRET_KEY"]
+
+
+def test_asgi_app_imports_with_a_secret_key():
+    result = run(
+        "-c",
+        "import backend.asgi; print(type(backend.asgi.application).__name__)",
+        DJANGO_SECRET_KEY=SECRET_KEY,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ProtocolTypeRouter"
+
+
+def test_secret_key_is_taken_from_the_environment():
+    assert read_settings("SECRET_KEY", DJANGO_SECRET_KEY=SECRET_KEY) == {
+        "SECRET_KEY": SECRET_KEY
+    }
+
+
+# --- defaults and good values ---------------------------------------------------------
+
+
+def test_defaults_are_local_and_safe():
+    values = read_settings(
+        "DEBUG",
+        "ALLOWED_HOSTS",
+        "HTTPS",
+        "SECURE_SSL_REDIRECT",
+        "USE_X_FORWARDED_FOR",
+        "DATABASES",
+        "CHANNEL_LAYERS",
+        "CACHES",
+    )
+    assert values["DEBUG"] is False
+    assert values["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
+    assert (values["HTTPS"], values["SECURE_SSL_REDIRECT"]) == (False, False)
+    assert values["USE_X_FORWARDED_FOR"] is False
+    database = values["DATABASES"]["default"]
+    assert database["ENGINE"] == "django.db.backends.sqlite3"
+    assert database["NAME"] == str(ROOT / "db.sqlite3")
+    assert database["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    assert values["CHANNEL_LAYERS"]["default"]["BACKEND"] == (
+        "channels.layers.InMemoryChannelLayer"
+    )
+    assert values["CACHES"]["default"]["BACKEND"].endswith("LocMemCache")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        ("TRUE", True),
+        (" yes ", True),
+        ("on", True),
+        ("0", False),
+        ("False", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
+def test_boolean_flags_accept_the_usual_spellings(value, expected):
+    assert read_settings("DEBUG", DJANGO_DEBUG=value) == {"DEBUG": expected}
+
+
+def test_redis_url_selects_the_redis_layer_and_cache():
+    values = read_settings(
+        "CHANNEL_LAYERS", "CACHES", REDIS_URL="redis://localhost:6379/0"
+    )
+    layer = values["CHANNEL_LAYERS"]["default"]
+    assert layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    [host] = layer["CONFIG"]["hosts"]
+    assert host["address"] == "redis://localhost:6379/0"
+    # redis-py's default timeout would kill the layer's blocking reads.
+    assert "socket_timeout" in host
+    assert host["socket_timeout"] is None
+    assert "ssl_ca_data" not in host
+    assert layer["CONFIG"]["prefix"] == "switchboard"
+    assert layer["CONFIG"]["capacity"] >= 1000
+    cache = values["CACHES"]["default"]
+    assert cache["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+    assert cache["LOCATION"] == "redis://localhost:6379/0"
+    assert cache["OPTIONS"]["socket_timeout"] > 0
+
+
+def test_channel_prefix_and_capacity_are_settings():
+    layer = read_settings(
+        "CHANNEL_LAYERS",
+        REDIS_URL="redis://localhost:6379/0",
+        SWITCHBOARD_CHANNEL_PREFIX="run42",
+        SWITCHBOARD_CHANNEL_CAPACITY="5000",
+    )["CHANNEL_LAYERS"]["default"]
+    assert (layer["CONFIG"]["prefix"], layer["CONFIG"]["capacity"]) == ("run42", 5000)
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> Path:
+    path = tmp_path / "ca.crt"
+    path.write_text(FAKE_PEM, encoding="ascii")
+    return path
+
+
+@pytest.mark.parametrize("given_as", ["text", "path"])
+def test_rediss_url_passes_the_ca_certificate(given_as, ca_file):
+    ca = FAKE_PEM if given_as == "text" else str(ca_file)
+    values = read_settings(
+        "CHANNEL_LAYERS",
+        "CACHES",
+        REDIS_URL="rediss://default:pw@redis.example.com:25061",
+        REDIS_CA_CERT=ca,
+    )
+    [host] = values["CHANNEL_LAYERS"]["default"]["CONFIG"]["hosts"]
+    assert host["ssl_ca_data"].strip() == FAKE_PEM.strip()
+    assert values["CACHES"]["default"]["OPTIONS"]["ssl_ca_data"].strip() == (
+        FAKE_PEM.strip()
+    )
+
+
+def test_redis_options_are_accepted_by_redis_py(ca_file):
+    """The options build real connection objects (without connecting)."""
+    code = (
+        "import django; django.setup()\n"
+        "from django.conf import settings\n"
+        "from redis.asyncio import ConnectionPool\n"
+        "from django.core.cache import cache\n"
+        "host = dict(settings.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0])\n"
+        "pool = ConnectionPool.from_url(host.pop('address'), **host)\n"
+        "layer = pool.make_connection()\n"
+        "client = cache._cache.get_client(write=True)\n"
+        "sync = client.connection_pool.make_connection()\n"
+        "print(type(layer).__name__, layer.socket_timeout, type(sync).__name__)\n"
+    )
+    result = run(
+        "-c",
+        code,
+        DJANGO_SETTINGS_MODULE="backend.settings",
+        DJANGO_SECRET_KEY=SECRET_KEY,
+        REDIS_URL="rediss://default:pw@redis.example.com:25061",
+        REDIS_CA_CERT=str(ca_file),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["SSLConnection", "None", "SSLConnection"]
+
+
+def test_postgres_url_with_sslmode_require():
+    database = read_settings(
+        "DATABASES",
+        DATABASE_URL="postgres://u:p@db.example.com:25060/sb?sslmode=require",
+    )["DATABASES"]["default"]
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert (database["HOST"], database["PORT"], database["NAME"]) == (
+        "db.example.com",
+        25060,
+        "sb",
+    )
+    assert (database["USER"], database["PASSWORD"]) == ("u", "p")
+    assert database["OPTIONS"] == {"sslmode": "require"}
+
+
+def test_https_flag_turns_on_proxy_trust_redirect_hsts_and_secure_cookies():
+    values = read_settings(
+        "SECURE_PROXY_SSL_HEADER",
+        "SECURE_SSL_REDIRECT",
+        "SECURE_REDIRECT_EXEMPT",
+        "SECURE_HSTS_SECONDS",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        "USE_X_FORWARDED_FOR",
+        DJANGO_HTTPS="1",
+    )
+    assert values["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]
+    assert values["SECURE_SSL_REDIRECT"] is True
+    assert values["SECURE_REDIRECT_EXEMPT"] == [r"^healthz$"]
+    assert values["SECURE_HSTS_SECONDS"] >= 60 * 60 * 24 * 365
+    assert values["SESSION_COOKIE_SECURE"] is True
+    assert values["CSRF_COOKIE_SECURE"] is True
+    assert values["USE_X_FORWARDED_FOR"] is True
+
+
+def test_without_https_nothing_trusts_the_proxy():
+    values = read_settings(
+        "SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE"
+    )
+    assert values == {
+        "SECURE_PROXY_SSL_HEADER": None,
+        "SECURE_SSL_REDIRECT": False,
+        "SESSION_COOKIE_SECURE": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("https", "expected"),
+    [
+        (
+            "1",
+            ["https://switchboard.example.com", "https://*.example.org"],
+        ),
+        (
+            "0",
+            [
+                "https://switchboard.example.com",
+                "http://switchboard.example.com",
+                "https://*.example.org",
+                "http://*.example.org",
+            ],
+        ),
+    ],
+)
+def test_csrf_trusted_origins_are_derived_from_the_allowed_hosts(https, expected):
+    values = read_settings(
+        "ALLOWED_HOSTS",
+        "CSRF_TRUSTED_ORIGINS",
+        DJANGO_ALLOWED_HOSTS=" switchboard.example.com , .example.org,",
+        DJANGO_HTTPS=https,
+    )
+    assert values["ALLOWED_HOSTS"] == ["switchboard.example.com", ".example.org"]
+    assert values["CSRF_TRUSTED_ORIGINS"] == expected
+
+
+def test_explicit_csrf_trusted_origins_win():
+    values = read_settings(
+        "CSRF_TRUSTED_ORIGINS",
+        DJANGO_ALLOWED_HOSTS="switchboard.example.com",
+        DJANGO_CSRF_TRUSTED_ORIGINS="https://a.example.com, https://b.example.com:8443",
+    )
+    assert values["CSRF_TRUSTED_ORIGINS"] == [
+        "https://a.example.com",
+        "https://b.example.com:8443",
+    ]
+
+
+def test_limits_are_read_from_the_environment():
+    values = read_settings(
+        "SEND_RATE_PER_SECOND",
+        "SEND_BURST",
+        "MAX_FRAME_BYTES",
+        SWITCHBOARD_SEND_RATE_PER_SECOND="2.5",
+        SWITCHBOARD_SEND_BURST="7",
+        SWITCHBOARD_MAX_FRAME_BYTES="2048",
+    )
+    assert values == {
+        "SEND_RATE_PER_SECOND": 2.5,
+        "SEND_BURST": 7,
+        "MAX_FRAME_BYTES": 2048,
+    }
