@@ -18,6 +18,7 @@ os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ import pytest
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from tests.browser.browsing import Browsing
-from tests.browser.deployment import Deployment, make_sqlite_template
+from tests.browser.deployment import Deployment, make_sqlite_template, prepare_database
+from tests.support.services import PostgresCluster, RedisServer, ServiceUnavailable
 
 CHROMIUM_ARGS = [
     "--no-sandbox",  # as root in a container; the page is our own app
@@ -86,7 +88,24 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_sqlite_template(tmp_path_factory.mktemp("template"))
 
 
-@pytest.fixture(scope="session", params=["sqlite-inmemory"])
+@pytest.fixture(scope="session")
+def shared_services() -> Iterator[tuple[str, str]]:
+    """A throwaway PostgreSQL database and Redis, as App Platform's instances share."""
+    try:
+        postgres = PostgresCluster().start()
+        redis = RedisServer().start()
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        database_url = postgres.create_database("browser")
+        prepare_database(database_url)
+        yield database_url, redis.url
+    finally:
+        redis.close()
+        postgres.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite-inmemory", "redis-postgres-2"])
 def deployment(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -94,12 +113,22 @@ def deployment(
 ) -> Iterator[Deployment]:
     """The app as a chat test sees it; ``url(0)``, ``url(1)`` per user.
 
-    One instance on SQLite with the in-memory layer. A multi-instance
-    variant (Redis + PostgreSQL) is one more ``params`` entry, whose
-    ``url(i)`` differ, with no change to the tests.
+    ``sqlite-inmemory``: one instance on SQLite with the in-memory layer, as
+    ``make run`` serves it. ``redis-postgres-2``: two instances sharing Redis
+    and PostgreSQL, as App Platform runs them; ``url(0)`` and ``url(1)`` are
+    different instances, so users chat across instances.
     """
     directory = tmp_path_factory.mktemp(request.param)
-    app = Deployment.on_sqlite(directory, sqlite_template, count=1)
+    if request.param == "sqlite-inmemory":
+        app = Deployment.on_sqlite(directory, sqlite_template, count=1)
+    else:
+        database_url, redis_url = request.getfixturevalue("shared_services")
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "SWITCHBOARD_CHANNEL_PREFIX": f"browser-{uuid.uuid4().hex[:8]}",
+        }
+        app = Deployment(directory, env, count=2)
     try:
         yield app.start()
     finally:
