@@ -53,3 +53,12 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"skipped under SWITCHBOARD_REQUIRE_ALL_TIERS=1: {reason}"
     return report
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the browser tier last.
+
+    Playwright's sync API keeps an event loop running in the main thread
+    until the session ends, and asyncio.run() refuses to start beside it.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
