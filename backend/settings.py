@@ -12,6 +12,11 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # redis-py before 7: no maintenance notifications
+    MaintNotificationsConfig = None
+
 from backend.env import (
     env_bool,
     env_float,
@@ -166,6 +171,13 @@ def _redis_options(url: str, ca_pem: str | None) -> dict[str, object]:
         "socket_keepalive": True,
         "health_check_interval": 30,
     }
+    if MaintNotificationsConfig is not None:
+        # With maintenance notifications on ("auto"), redis-py 8 skips its
+        # dead-socket check when a pool hands out a connection, so after a
+        # Redis restart the first command on every idle pooled connection
+        # fails: handshakes refused, publishes lost. DigitalOcean's managed
+        # Redis/Valkey sends no such notifications.
+        options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     if url.startswith("rediss://") and ca_pem:
         options["ssl_ca_data"] = ca_pem
     return options

@@ -4,6 +4,7 @@ Views validate with serializers and call ``core.services``; errors are JSON
 with a 4xx status. Unknown rooms and rooms the caller may not see are 404.
 """
 
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -23,6 +24,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from core import access, protocol, services
 from core.models import SLUG_PATTERN, Room
+
+logger = logging.getLogger(__name__)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -134,6 +137,18 @@ class SendThrottle(SimpleRateThrottle):
 
     def parse_rate(self, rate: str | None) -> tuple[int, float]:
         return settings.SEND_BURST, settings.SEND_BURST / settings.SEND_RATE_PER_SECOND
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        # The counters live in the cache, i.e. Redis. A Redis outage must not
+        # stop posting (the message is stored; publishing is best effort):
+        # let the request through unthrottled and say so in the log.
+        try:
+            return super().allow_request(request, view)
+        except Exception as exc:
+            logger.warning(
+                "send throttle unavailable (%s); not throttling", exc.__class__.__name__
+            )
+            return True
 
     def get_cache_key(self, request: Request, view: APIView) -> str:
         if request.user.is_authenticated:

@@ -70,6 +70,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
             # 4012 so clients resume elsewhere, and drop presence entries.
             await self._close_for_shutdown()
             raise
+        except Exception:
+            # Channels calls disconnect() only after a websocket.disconnect;
+            # a consumer that fails (e.g. Redis down during connect) must not
+            # stay subscribed to the hub or counted in presence.
+            with contextlib.suppress(Exception):
+                await self._leave()
+            raise
 
     # --- lifecycle ------------------------------------------------------------
 

@@ -99,6 +99,15 @@ class Hub:
             try:
                 if failed:
                     await self._rejoin()
+                    # Joined again, so anything committed from here on is
+                    # delivered live; fetch what the outage dropped now, not
+                    # when the next event happens to come (a quiet room has
+                    # none, and the first one may itself have been lost).
+                    logger.info(
+                        "channel layer is back; rejoined %d groups", len(self.members)
+                    )
+                    failed, delay = False, RETRY_MIN_SECONDS
+                    self._catch_up_everyone()
                 event = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
@@ -113,12 +122,6 @@ class Hub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 continue
-            if failed:
-                logger.info(
-                    "channel layer is back; rejoined %d groups", len(self.members)
-                )
-                failed, delay = False, RETRY_MIN_SECONDS
-                self._catch_up_everyone()
             await self._dispatch(event)
 
     async def _rejoin(self) -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import uuid
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -36,7 +37,11 @@ def _database_answers() -> None:
 
 async def _channel_layer_round_trip() -> None:
     layer = get_channel_layer()
-    channel = await layer.new_channel("readyz.")
+    # A plain channel, not a process-local one (new_channel's "...!"):
+    # channels_redis serves every process-local channel through one receive
+    # lock per process, which core.fanout's hub holds while it waits for
+    # events, so a process-local probe would time out on every busy instance.
+    channel = f"readyz.{uuid.uuid4().hex}"
     await layer.send(channel, {"type": "readyz.ping"})
     await layer.receive(channel)
 

@@ -1,0 +1,232 @@
+"""Two Daphne instances sharing Redis and PostgreSQL act as one service.
+
+Every test uses a room of its own on the module's instances A and B. Their
+send limits are raised (SWITCHBOARD_SEND_BURST, _RATE_PER_SECOND) so that
+pipelined senders are not rate limited; nothing else differs from defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.integration.conftest import (
+    Clients,
+    Deployment,
+    Launcher,
+    ahttp_json,
+    create_room,
+    handshake_status,
+    report,
+    unique_slug,
+)
+from tests.support.services import AppProcess, manage
+
+pytestmark = pytest.mark.integration
+
+USERS = 7
+
+RAISED_LIMITS = {
+    "SWITCHBOARD_SEND_BURST": "500",
+    "SWITCHBOARD_SEND_RATE_PER_SECOND": "500",
+}
+
+
+@pytest.fixture(scope="module")
+def pair(
+    module_launcher: Launcher, deployment: Deployment
+) -> tuple[AppProcess, AppProcess]:
+    a, b = module_launcher.launch("a", "b", env=RAISED_LIMITS)
+    deployment.fetch_tokens(a, b)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def tokens(pair: tuple[AppProcess, AppProcess], deployment: Deployment) -> list[str]:
+    """One API token per module user, in the order of ``deployment.usernames``."""
+    return [deployment.tokens[name] for name in deployment.usernames]
+
+
+async def test_messages_sent_on_one_instance_reach_both_once_in_seq_order(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], clients: Clients
+) -> None:
+    a, b = pair
+    slug = unique_slug("fanout")
+    create_room(a, tokens[0], slug)
+    sender = await clients.open(a, slug, token=tokens[1], name="sender@A")
+    watchers = [
+        await clients.open(a, slug, name="anonymous@A"),
+        await clients.open(a, slug, token=tokens[2], name="user@A"),
+        await clients.open(b, slug, name="anonymous@B"),
+        await clients.open(b, slug, token=tokens[3], name="user@B"),
+    ]
+
+    bodies = [f"message {n} from A" for n in range(1, 11)]
+    await sender.publish(bodies)
+    acked = sorted(sender.acks.values())
+    assert acked == list(range(1, 11))
+    # A last message fences the stream: anything duplicated would come before it.
+    fence = await sender.send_message("fence")
+
+    for client in [sender, *watchers]:
+        await client.wait_for_seqs(range(1, fence + 1))
+        assert client.seqs() == list(range(1, fence + 1)), client.name
+        assert [m["body"] for m in client.messages] == [*bodies, "fence"]
+        assert {m["author"] for m in client.messages} == {sender.frames[0]["user"]}
+
+
+async def test_http_post_on_b_reaches_websocket_clients_on_a(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], clients: Clients
+) -> None:
+    a, b = pair
+    slug = unique_slug("http-post")
+    create_room(a, tokens[0], slug)
+    on_a = [
+        await clients.open(a, slug, name="anonymous@A"),
+        await clients.open(a, slug, token=tokens[2], name="user@A"),
+    ]
+
+    status, posted = await ahttp_json(
+        b,
+        "POST",
+        f"/api/rooms/{slug}/messages/",
+        token=tokens[1],
+        body={"body": "posted over HTTP on B", "client_id": "http-1"},
+    )
+
+    assert status == 201, posted
+    assert posted["seq"] == 1
+    for client in on_a:
+        await client.wait_for_seqs({1})
+        assert client.messages == [posted]
+
+
+async def test_announce_reaches_both_instances_without_an_author(
+    pair: tuple[AppProcess, AppProcess],
+    tokens: list[str],
+    clients: Clients,
+    deployment: Deployment,
+) -> None:
+    a, b = pair
+    slug = unique_slug("announce")
+    create_room(a, tokens[0], slug)
+    listeners = [
+        await clients.open(a, slug, token=tokens[1], name="user@A"),
+        await clients.open(b, slug, name="anonymous@B"),
+    ]
+
+    result = await asyncio.to_thread(
+        manage,
+        "announce",
+        slug,
+        "Maintenance at 22:00 UTC",
+        env=deployment.instance_env(),
+    )
+
+    assert f"Posted to {slug} as seq 1." in result.stdout
+    for client in listeners:
+        await client.wait_for_seqs({1})
+        (message,) = client.messages
+        assert message["author"] is None
+        assert message["body"] == "Maintenance at 22:00 UTC"
+        assert message["client_id"] is None
+
+
+async def test_concurrent_senders_on_both_instances_get_one_gap_free_order(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], clients: Clients
+) -> None:
+    """Seqs come from Room.last_seq under a PostgreSQL row lock."""
+    a, b = pair
+    slug = unique_slug("concurrent")
+    create_room(a, tokens[0], slug)
+    per_sender = 30
+    senders = [
+        await clients.open(app, slug, token=tokens[n], name=f"sender{n}@{app.name}")
+        for n, app in enumerate([a, b, a, b, a, b], start=1)
+    ]
+    watchers = [
+        await clients.open(a, slug, name="watcher@A"),
+        await clients.open(b, slug, name="watcher@B"),
+    ]
+
+    await asyncio.gather(
+        *(
+            sender.publish([f"{sender.name} #{k}" for k in range(per_sender)])
+            for sender in senders
+        )
+    )
+
+    total = per_sender * len(senders)
+    acked = [seq for sender in senders for seq in sender.acks.values()]
+    assert sorted(acked) == list(range(1, total + 1)), "seq is not gap-free and unique"
+    for sender in senders:
+        own = [sender.acks[cid] for cid in sender.sent]
+        assert own == sorted(own), f"{sender.name}: acks out of send order"
+
+    orders = []
+    for client in [*watchers, *senders]:
+        await client.wait_for_seqs(range(1, total + 1), timeout=15)
+        assert not client.duplicate_seqs(), client.name
+        by_seq = sorted(client.messages, key=lambda m: m["seq"])
+        orders.append([(m["seq"], m["author"], m["body"]) for m in by_seq])
+    assert all(order == orders[0] for order in orders)
+
+    expected = {
+        seq: sender.sent[cid] for sender in senders for cid, seq in sender.acks.items()
+    }
+    assert {seq: body for seq, _, body in orders[0]} == expected
+
+
+async def test_member_removed_on_a_is_cut_off_on_b_and_refused(
+    pair: tuple[AppProcess, AppProcess],
+    tokens: list[str],
+    clients: Clients,
+    deployment: Deployment,
+) -> None:
+    a, b = pair
+    owner_token, member_token = tokens[4], tokens[5]
+    member = deployment.usernames[5]
+    slug = unique_slug("private")
+    create_room(a, owner_token, slug, private=True)
+    status, _ = await ahttp_json(
+        a,
+        "POST",
+        f"/api/rooms/{slug}/members/",
+        token=owner_token,
+        body={"username": member},
+    )
+    assert status == 201
+    member_on_b = await clients.open(b, slug, token=member_token, name="member@B")
+    owner_on_b = await clients.open(b, slug, token=owner_token, name="owner@B")
+
+    removed_at = time.monotonic()
+    status, _ = await ahttp_json(
+        a, "DELETE", f"/api/rooms/{slug}/members/{member}/", token=owner_token
+    )
+    assert status == 204
+
+    assert await member_on_b.wait_closed(timeout=5) == 4403
+    cut_off_after = member_on_b.closed_at - removed_at
+    figures = report("member removed", {"cut_off_after_s": f"{cut_off_after:.3f}"})
+    assert cut_off_after < 2.0, figures
+    assert await handshake_status(b, slug, member_token) == 403
+    assert await handshake_status(a, slug, member_token) == 403
+    # The owner's connection is not affected and still gets messages.
+    seq = await owner_on_b.send_message("still here")
+    await owner_on_b.wait_for_seqs({seq})
+    assert not owner_on_b.closed
+
+
+async def test_readyz_is_ok_while_an_instance_serves_websockets(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], clients: Clients
+) -> None:
+    a, _ = pair
+    slug = unique_slug("ready")
+    create_room(a, tokens[0], slug)
+    await clients.open(a, slug, name="anonymous@A")
+
+    answers = [await ahttp_json(a, "GET", "/readyz") for _ in range(2)]
+
+    assert answers == [(200, {"status": "ok"})] * 2
