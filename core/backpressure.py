@@ -1,18 +1,20 @@
-"""How much a client has not read yet: the one place that reads server internals.
+"""The connection under ASGI: the one place that reads server internals.
 
 ASGI gives an application no way to see a slow reader. Daphne's ``send``
 never blocks (Twisted buffers without limit) and uvicorn's blocks every
 sender behind one full socket. Both are bad for a room: memory grows without
 bound, or one client stalls everyone's fan-out. So this module finds the
 server's transport behind a connection's ``send`` callable, once, and offers
-two operations on it: the bytes still queued for the client, and dropping
-the connection. Everything else in the app stays plain ASGI; on an unknown
-server both are unavailable and nothing is guarded (documented in
-docs/performance.md).
+operations on it: the bytes still queued for the client, dropping the
+connection, and (Daphne) writing a WebSocket frame that was encoded once for
+every recipient, skipping ASGI's per-recipient work. Everything else in the
+app stays plain ASGI; on an unknown server these are unavailable and
+nothing is guarded (documented in docs/performance.md).
 """
 
 import functools
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,21 @@ class WriteBuffer:
 
     queued_bytes: Callable[[], int]
     drop: Callable[[], None]
+    # Writes a whole, unmasked text frame; False when the connection cannot
+    # take one right now (the caller then sends through ASGI).
+    write_frame: Callable[[bytes], bool] | None = None
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented, uncompressed WebSocket text frame (RFC 6455)."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
 
 
 def _unwrap(send: Any) -> Any:
@@ -35,12 +52,27 @@ def _unwrap(send: Any) -> Any:
     return send
 
 
-def _twisted(transport: Any) -> WriteBuffer:
+def _twisted(protocol: Any) -> WriteBuffer:
+    transport = protocol.transport
+    open_state = protocol.STATE_OPEN
+
     def queued_bytes() -> int:
         # twisted.internet.abstract.FileDescriptor's write buffers.
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
-    return WriteBuffer(queued_bytes, transport.abortConnection)
+    def write_frame(frame: bytes) -> bool:
+        # What autobahn's sendMessage would write, minus its per-call work;
+        # only while nothing of autobahn's own is queued or negotiated.
+        if (
+            protocol.state != open_state
+            or protocol.send_queue
+            or protocol._perMessageCompress is not None
+        ):
+            return False
+        transport.write(frame)
+        return True
+
+    return WriteBuffer(queued_bytes, transport.abortConnection, write_frame)
 
 
 def _asyncio(transport: Any, limit_bytes: int) -> WriteBuffer:
@@ -56,9 +88,9 @@ def locate(send: Any, limit_bytes: int) -> WriteBuffer | None:
     try:
         if isinstance(send, functools.partial) and send.args:
             # Daphne: partial(Server.handle_reply, protocol)
-            transport = send.args[0].transport
-            if hasattr(transport, "abortConnection"):
-                return _twisted(transport)
+            protocol = send.args[0]
+            if hasattr(protocol.transport, "abortConnection"):
+                return _twisted(protocol)
         owner = getattr(send, "__self__", None)
         transport = getattr(owner, "transport", None)
         if transport is not None and hasattr(transport, "get_write_buffer_size"):

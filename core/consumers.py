@@ -20,7 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core import backpressure, protocol, services
-from core.fanout import get_hub
+from core.fanout import Encoded, get_hub
 from core.presence import get_presence
 from core.protocol import ProtocolError
 from core.ratelimit import TokenBucket
@@ -59,7 +59,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     last_seq_sent = 0
     # Hub events that arrive while connect() runs wait here, so the welcome
     # comes first and a replay is never interleaved with live messages.
-    held: list[tuple[dict[str, Any], str | None]] | None = None
+    held: list[tuple[dict[str, Any], Encoded | None]] | None = None
     write_buffer: backpressure.WriteBuffer | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -155,8 +155,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _release_held(self) -> None:
         held, self.held = self.held or [], None
-        for event, text in held:
-            await self.hub_event(event, text)
+        for event, encoded in held:
+            await self.hub_event(event, encoded)
 
     async def disconnect(self, code: int) -> None:
         """Leave the hub's groups and presence."""
@@ -293,23 +293,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     # --- hub events ---------------------------------------------------------------
 
-    async def hub_event(self, event: dict[str, Any], text: str | None) -> None:
+    async def hub_event(self, event: dict[str, Any], encoded: Encoded | None) -> None:
         """One event of a joined group, from this process's hub."""
         if self.closing:
             return
         if self.held is not None:
-            self.held.append((event, text))
+            self.held.append((event, encoded))
             return
         kind = event["type"]
         if kind == "room.message":
             seq = event["message"]["seq"]
             if seq > self.replayed_through:
-                if self._too_slow():
-                    return
-                self.last_seq_sent = max(seq, self.last_seq_sent)
-                if text is None:
-                    text = json.dumps(event["message"], ensure_ascii=False)
-                await self.send(text_data=text)
+                await self._deliver(seq, encoded or Encoded(event["message"]))
         elif kind == "room.typing":
             if event["sender"] != self.connection_id:
                 await self.send_frame(protocol.typing_frame(user=event["user"]))
@@ -317,6 +312,17 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self.send_frame(event["frame"])
         elif kind == "access.revoked":
             await self.access_revoked(event)
+
+    async def _deliver(self, seq: int, encoded: Encoded) -> None:
+        """Send a live message: the shared frame straight to the socket when
+        the server allows it (Daphne), else through ASGI."""
+        if self._too_slow():
+            return
+        self.last_seq_sent = max(seq, self.last_seq_sent)
+        wire = self.write_buffer
+        sent = wire is not None and wire.write_frame is not None
+        if not (sent and wire.write_frame(encoded.frame)):
+            await self.send(text_data=encoded.text)
 
     def _too_slow(self) -> bool:
         """Drop a client that has stopped reading, before it costs the room.

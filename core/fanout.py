@@ -27,17 +27,36 @@ from typing import Any, Protocol
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from core import backpressure
+
 logger = logging.getLogger(__name__)
 
 RETRY_MIN_SECONDS = 0.1
 RETRY_MAX_SECONDS = 5.0
 
 
+class Encoded:
+    """A message frame encoded once for every local connection."""
+
+    __slots__ = ("_frame", "text")
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.text = json.dumps(message, ensure_ascii=False)
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        """The whole WebSocket text frame, built on first use."""
+        if self._frame is None:
+            self._frame = backpressure.text_frame(self.text.encode())
+        return self._frame
+
+
 class Listener(Protocol):
     """What a hub member (a ``RoomConsumer``) offers the hub."""
 
-    async def hub_event(self, event: dict[str, Any], text: str | None) -> None:
-        """Handle one event; ``text`` is the pre-encoded message frame."""
+    async def hub_event(self, event: dict[str, Any], encoded: Encoded | None) -> None:
+        """Handle one event; ``encoded`` is the message frame, encoded once."""
 
     def catch_up_after_outage(self) -> None:
         """Fetch from the database whatever the outage may have dropped."""
@@ -147,12 +166,12 @@ class Hub:
             return
         # Encoded once for every local connection; a sequential loop beats a
         # task or gather per recipient (see docs/performance.md).
-        text = None
+        encoded = None
         if event.get("type") == "room.message":
-            text = json.dumps(event["message"], ensure_ascii=False)
+            encoded = Encoded(event["message"])
         for listener in list(members):
             try:
-                await listener.hub_event(event, text)
+                await listener.hub_event(event, encoded)
             except Exception:
                 logger.exception("delivering %s failed", event.get("type"))
 

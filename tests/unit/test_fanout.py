@@ -44,3 +44,22 @@ async def test_after_an_outage_connections_catch_up_from_the_database():
         get_hub()._catch_up_everyone()
         frame = await ws.receive_json_from()
         assert frame == lost.message
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_shared_frames_are_valid_websocket_text_frames(size):
+    """The frame written once for many sockets parses as a client would."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    from core.backpressure import text_frame
+
+    payload = ("é" * size).encode()[:size]
+    reader = StreamReader()
+    reader.feed_data(text_frame(payload))
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame = done.value
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, payload)
