@@ -1,0 +1,106 @@
+"""Scenario sizes, timing budgets and seeds: the numbers a run is made of.
+
+The full run is budgeted to finish in under 15 minutes on a 2-core machine;
+``--quick`` shrinks every scenario for iteration and is not comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEED = 20261125
+
+# Switchboard's default send limit is 10/s per connection with a burst of 20
+# (SWITCHBOARD_SEND_RATE_PER_SECOND, SWITCHBOARD_SEND_BURST). The bench keeps
+# the defaults and spreads a total rate over enough publisher connections
+# that each stays below this rate; the burst absorbs scheduling jitter.
+PER_CONNECTION_RATE = 8.0
+
+# Daphne drops a handshake its application has not accepted within 5 s
+# (--websocket_connect_timeout); more in flight only queue longer.
+CONNECT_CONCURRENCY = 24
+HANDSHAKE_SECONDS = 30.0
+QUIET_CPU_FRACTION = 0.10  # servers are "quiet" below 10% of a core
+QUIET_LIMIT_SECONDS = 8.0
+
+# Targets from issue 6 ("Performance"), checked in the report.
+KEEP_UP_FRACTION = 0.95
+FANOUT_500_P99_MS = 100.0
+VS_TUTORIAL_MIN = 5.0
+DAPHNE_VS_RAW_MIN = 0.85
+UVICORN_VS_RAW_MIN = 0.9
+CPU_US_PER_DELIVERY_MAX = 30.0
+IDLE_KIB_PER_CONN_MAX = 30.0
+SEND_ACK_P99_MS_MAX = 25.0
+SEND_CHECK_RATE = 200
+# "Bounded, not one per room": far fewer Redis connections than rooms.
+REDIS_CONNECTIONS_PER_PROCESS_MAX = 20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and timings of one invocation."""
+
+    warmup_seconds: float
+    window_seconds: float
+    tail_seconds: float
+    drain_seconds: float
+    settle_seconds: float
+    fanout_steps: tuple[tuple[int, int], ...]  # (subscribers, messages/s)
+    rooms: int
+    room_members: int
+    room_interval_seconds: float
+    idle_connections: int
+    idle_warm_connections: int
+    idle_hold_seconds: float
+    # Handshakes stop starting after these budgets (see Session.connect);
+    # the fanout budget is for all its steps together.
+    fanout_connect_seconds: float
+    rooms_connect_seconds: float
+    idle_connect_seconds: float
+    send_rates: tuple[int, ...]
+    deflate_step: tuple[int, int]
+    asyncio_loop_steps: tuple[tuple[int, int], ...]
+
+
+FULL = Plan(
+    warmup_seconds=2.0,
+    window_seconds=10.0,
+    tail_seconds=0.3,
+    drain_seconds=2.0,
+    settle_seconds=1.0,
+    fanout_steps=((100, 50), (500, 50), (1000, 50), (1000, 100)),
+    rooms=1000,
+    room_members=5,
+    room_interval_seconds=5.0,
+    idle_connections=10_000,
+    idle_warm_connections=100,
+    idle_hold_seconds=2.0,
+    fanout_connect_seconds=45.0,
+    rooms_connect_seconds=25.0,
+    idle_connect_seconds=25.0,
+    send_rates=(50, 100, 200),
+    deflate_step=(500, 50),
+    asyncio_loop_steps=((500, 50),),
+)
+
+QUICK = Plan(
+    warmup_seconds=1.0,
+    window_seconds=4.0,
+    tail_seconds=0.5,
+    drain_seconds=3.0,
+    settle_seconds=3.0,
+    fanout_steps=((100, 50), (300, 50)),
+    rooms=100,
+    room_members=5,
+    room_interval_seconds=2.0,
+    idle_connections=1000,
+    idle_warm_connections=50,
+    idle_hold_seconds=1.0,
+    fanout_connect_seconds=30.0,
+    rooms_connect_seconds=30.0,
+    idle_connect_seconds=30.0,
+    send_rates=(50, 100),
+    deflate_step=(200, 50),
+    asyncio_loop_steps=((300, 50),),
+)

@@ -1,0 +1,143 @@
+"""Markdown tables of a results file, for docs/performance.md.
+
+python -m bench --markdown [bench/results/latest.json]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.report import _fmt, label
+
+Run = dict[str, Any]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    return [_row(headers), _row(align), *(_row(r) for r in rows), ""]
+
+
+def _pct(run: Run) -> str:
+    fraction = run.get("delivered_fraction")
+    return "-" if fraction is None else f"{fraction * 100:.0f}%"
+
+
+def deliveries(runs: list[Run], scenario: str) -> list[str]:
+    chosen = [r for r in runs if r["scenario"] == scenario]
+    if not chosen:
+        return []
+    headers = ["target/server", "subs", "msg/s", "offered/s", "delivered/s", "%",
+               "p50 ms", "p95 ms", "p99 ms", "lost", "dup", "server CPU µs/delivery",
+               "PostgreSQL CPU %", "other CPU %"]  # fmt: skip
+    if scenario == "send":
+        headers[-3:-3] = ["ack p50 ms", "ack p99 ms", "stored/s"]
+    if scenario == "rooms":
+        headers[-3:-3] = ["rooms", "Redis conns per process"]
+    rows = []
+    for run in chosen:
+        row = [
+            label(run),
+            _fmt(run["subscribers"]),
+            _fmt(run["rate_per_s"], 0),
+            _fmt(run["offered_per_s"], 0),
+            _fmt(run["deliveries_per_s"], 0),
+            _pct(run),
+            _fmt(run["p50_ms"]),
+            _fmt(run["p95_ms"]),
+            _fmt(run["p99_ms"]),
+            _fmt(run["lost"]),
+            _fmt(run["duplicates"]),
+            _fmt(run["cpu_us_per_delivery"]),
+            _fmt(run.get("database_cpu_pct"), 0),
+            _fmt(run.get("other_cpu_pct"), 0),
+        ]
+        if scenario == "send":
+            row[-3:-3] = [
+                _fmt(run.get("ack_p50_ms")),
+                _fmt(run.get("ack_p99_ms")),
+                _fmt(run.get("stored_per_s")),
+            ]
+        if scenario == "rooms":
+            row[-3:-3] = [
+                _fmt(run.get("rooms")),
+                " / ".join(
+                    str(n) for n in run.get("redis_connections_per_process", [])
+                ),
+            ]
+        rows.append(row)
+    return _table(headers, rows)
+
+
+def idle(runs: list[Run]) -> list[str]:
+    chosen = [r for r in runs if r["scenario"] == "idle"]
+    if not chosen:
+        return []
+    headers = ["target/server (one instance)", "open", "attempted",
+               "RSS before MiB", "RSS after MiB", "KiB per connection",
+               "connects/s"]  # fmt: skip
+    rows = [
+        [
+            label(run),
+            _fmt(run["connections"]),
+            _fmt(run["attempted"]),
+            _fmt(run["rss_before_mib"]),
+            _fmt(run["rss_after_mib"]),
+            _fmt(run["rss_kib_per_conn"]),
+            _fmt(run["connects_per_s"], 0),
+        ]
+        for run in chosen
+    ]
+    return _table(headers, rows)
+
+
+def checks(document: dict[str, Any]) -> list[str]:
+    rows = [
+        [item["status"], item["target"], _fmt(item["value"], 2), item["goal"]]
+        for item in document.get("checks", [])
+    ]
+    return _table(["status", "target", "measured", "goal"], rows)
+
+
+def ratios(document: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            f"{item['scenario']} {item['subscribers']} @ {item['rate_per_s']:g}/s",
+            f"{item['a']} / {item['b']}",
+            _fmt(item["deliveries"], 2),
+            _fmt(item["cpu_per_delivery"], 2),
+            _fmt(item["p99"], 2),
+        ]
+        for item in document.get("ratios", [])
+    ]
+    headers = ["load", "a / b", "deliveries/s", "CPU per delivery", "p99"]
+    return _table(headers, rows)
+
+
+def render(path: Path) -> str:
+    """Every table of a results file, as Markdown."""
+    document = json.loads(path.read_text())
+    runs = document["runs"]
+    parts: list[str] = []
+    for scenario in ("fanout", "rooms", "send"):
+        section = deliveries(runs, scenario)
+        if section:
+            parts += [f"#### {scenario}", "", *section]
+    if idle(runs):
+        parts += ["#### idle", "", *idle(runs)]
+    parts += ["#### ratios (same run)", "", *ratios(document)]
+    parts += ["#### targets", "", *checks(document)]
+    machine = document.get("machine", {})
+    parts.append(
+        f"Machine: {machine.get('cpu_model')}, {machine.get('cores')} cores, "
+        f"Python {machine.get('python')}; load average at start "
+        f"{machine.get('load_average_at_start')}, at end "
+        f"{machine.get('load_average_at_end')}; wall time "
+        f"{document.get('wall_seconds')} s; code {document.get('code')}."
+    )
+    return "\n".join(parts) + "\n"

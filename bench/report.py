@@ -1,0 +1,348 @@
+"""The report: a table per scenario, same-run ratios, and the issue's targets.
+
+Checks print PASS or FAIL and never change the exit status: only a broken
+harness does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bench import config
+from bench.stats import ratio
+
+Run = dict[str, Any]
+
+
+def label(run: Run) -> str:
+    variant = f" ({run['variant']})" if run.get("variant") else ""
+    return f"{run['target']}/{run['server']}{variant}"
+
+
+def find(
+    runs: Iterable[Run],
+    scenario: str,
+    target: str,
+    server: str,
+    *,
+    variant: str = "",
+    subscribers: int | None = None,
+    rate: float | None = None,
+) -> Run | None:
+    """The first run matching; ``subscribers`` and ``rate`` when given."""
+    for run in runs:
+        if (
+            run["scenario"] == scenario
+            and run["target"] == target
+            and run["server"] == server
+            and run.get("variant", "") == variant
+            and (subscribers is None or planned(run) == subscribers)
+            and (rate is None or run["rate_per_s"] == rate)
+        ):
+            return run
+    return None
+
+
+def planned(run: Run) -> int:
+    """The subscriber count a step asked for (some may have failed to join)."""
+    return run.get("planned_subscribers") or run["subscribers"]
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(
+        h.rjust(w) if i else h.ljust(w)
+        for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+    )
+    out = [line, "-" * len(line)]
+    for row in rows:
+        out.append(
+            "  ".join(
+                cell.rjust(w) if i else cell.ljust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return out
+
+
+def delivery_table(runs: list[Run], scenario: str) -> list[str]:
+    chosen = [r for r in runs if r["scenario"] == scenario]
+    if not chosen:
+        return []
+    headers = [
+        "target/server", "subs", "msg/s", "offered/s", "deliv/s", "%",
+        "p50 ms", "p95 ms", "p99 ms", "lost", "dup", "cpu µs/d", "srv %", "db %",
+        "other %",
+    ]  # fmt: skip
+    if scenario == "send":
+        headers[-3:-3] = ["ack p50", "ack p99", "stored/s"]
+    if scenario == "rooms":
+        headers[-3:-3] = ["redis conns/proc"]
+    rows = []
+    for run in chosen:
+        fraction = run.get("delivered_fraction")
+        row = [
+            label(run),
+            _fmt(run["subscribers"]),
+            _fmt(run["rate_per_s"], 0),
+            _fmt(run["offered_per_s"], 0),
+            _fmt(run["deliveries_per_s"], 0),
+            "-" if fraction is None else f"{fraction * 100:.0f}",
+            _fmt(run["p50_ms"]),
+            _fmt(run["p95_ms"]),
+            _fmt(run["p99_ms"]),
+            _fmt(run["lost"]),
+            _fmt(run["duplicates"]),
+            _fmt(run["cpu_us_per_delivery"]),
+            _fmt(run.get("server_cpu_pct"), 0),
+            _fmt(run.get("database_cpu_pct"), 0),
+            _fmt(run.get("other_cpu_pct"), 0),
+        ]
+        if scenario == "send":
+            row[-3:-3] = [
+                _fmt(run.get("ack_p50_ms")),
+                _fmt(run.get("ack_p99_ms")),
+                _fmt(run.get("stored_per_s")),
+            ]
+        if scenario == "rooms":
+            row[-3:-3] = [
+                "/".join(str(n) for n in run.get("redis_connections_per_process", []))
+            ]
+        rows.append(row)
+    return [f"[{scenario}]", *_table(headers, rows), ""]
+
+
+def idle_table(runs: list[Run]) -> list[str]:
+    chosen = [r for r in runs if r["scenario"] == "idle"]
+    if not chosen:
+        return []
+    headers = ["target/server", "open", "of", "RSS before MiB", "after MiB",
+               "KiB/conn", "connects/s"]  # fmt: skip
+    rows = [
+        [
+            label(run),
+            _fmt(run["connections"]),
+            _fmt(run["attempted"]),
+            _fmt(run["rss_before_mib"]),
+            _fmt(run["rss_after_mib"]),
+            _fmt(run["rss_kib_per_conn"]),
+            _fmt(run["connects_per_s"], 0),
+        ]
+        for run in chosen
+    ]
+    return ["[idle] (one instance)", *_table(headers, rows), ""]
+
+
+def tables(runs: list[Run]) -> str:
+    lines: list[str] = []
+    for scenario in ("fanout", "rooms", "send"):
+        lines += delivery_table(runs, scenario)
+    lines += idle_table(runs)
+    return "\n".join(lines)
+
+
+# --- ratios -------------------------------------------------------------------
+
+PAIRS = (
+    (("switchboard", "daphne"), ("tutorial", "daphne")),
+    (("switchboard", "daphne"), ("raw", "websockets")),
+    (("switchboard", "uvicorn"), ("tutorial", "daphne")),
+    (("switchboard", "uvicorn"), ("raw", "websockets")),
+    (("switchboard", "uvicorn"), ("switchboard", "daphne")),
+    (("tutorial", "daphne"), ("raw", "websockets")),
+)
+
+
+def ratios(runs: list[Run]) -> list[dict[str, Any]]:
+    """Same-run ratios of deliveries/s and CPU per delivery, per load point."""
+    points = sorted(
+        {(r["scenario"], planned(r), r["rate_per_s"]) for r in runs
+         if r["scenario"] in ("fanout", "rooms") and not r.get("variant")}
+    )  # fmt: skip
+    found = []
+    for scenario, subscribers, rate in points:
+        for (a_target, a_server), (b_target, b_server) in PAIRS:
+            a = find(
+                runs, scenario, a_target, a_server, subscribers=subscribers, rate=rate
+            )
+            b = find(
+                runs, scenario, b_target, b_server, subscribers=subscribers, rate=rate
+            )
+            if a is None or b is None:
+                continue
+            found.append(
+                {
+                    "scenario": scenario,
+                    "subscribers": subscribers,
+                    "rate_per_s": rate,
+                    "a": f"{a_target}/{a_server}",
+                    "b": f"{b_target}/{b_server}",
+                    "deliveries": ratio(a["deliveries_per_s"], b["deliveries_per_s"]),
+                    "cpu_per_delivery": ratio(
+                        a["cpu_us_per_delivery"], b["cpu_us_per_delivery"]
+                    ),
+                    "p99": ratio(a["p99_ms"], b["p99_ms"]),
+                }
+            )
+    return found
+
+
+def ratio_lines(found: list[dict[str, Any]]) -> str:
+    lines = ["[ratios, same run: a / b]"]
+    for item in found:
+        lines.append(
+            f"{item['scenario']} {item['subscribers']} subs "
+            f"@ {item['rate_per_s']:g}/s: {item['a']} / {item['b']}: "
+            f"deliveries x{_fmt(item['deliveries'], 2)}, "
+            f"CPU per delivery x{_fmt(item['cpu_per_delivery'], 2)}, "
+            f"p99 x{_fmt(item['p99'], 2)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- targets ------------------------------------------------------------------
+
+
+def _check(name: str, value: Any, passed: bool | None, goal: str) -> dict[str, Any]:
+    status = "n/a" if passed is None else ("PASS" if passed else "FAIL")
+    return {"target": name, "goal": goal, "value": value, "status": status}
+
+
+def _at_most(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _at_least(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value >= limit
+
+
+def checks(runs: list[Run]) -> list[dict[str, Any]]:
+    """The issue's targets, evaluated on this run's records."""
+    out = []
+    d500 = find(runs, "fanout", "switchboard", "daphne", subscribers=500, rate=50)
+    out.append(_check(
+        "daphne fanout 500: keeps up",
+        d500 and d500["delivered_fraction"],
+        _at_least(d500 and d500["delivered_fraction"], config.KEEP_UP_FRACTION),
+        f">= {config.KEEP_UP_FRACTION:.0%} of offered",
+    ))  # fmt: skip
+    out.append(_check(
+        "daphne fanout 500: p99",
+        d500 and d500["p99_ms"],
+        _at_most(d500 and d500["p99_ms"], config.FANOUT_500_P99_MS),
+        f"<= {config.FANOUT_500_P99_MS:g} ms",
+    ))  # fmt: skip
+    out.append(_check(
+        "daphne fanout 500: lost", d500 and d500["lost"],
+        None if d500 is None else d500["lost"] == 0, "0",
+    ))  # fmt: skip
+    out += _versus(
+        runs, "daphne", 1000, 50, "tutorial", "daphne", config.VS_TUTORIAL_MIN
+    )
+    out += _versus(
+        runs, "daphne", 1000, 50, "raw", "websockets", config.DAPHNE_VS_RAW_MIN
+    )
+    d1000 = find(runs, "fanout", "switchboard", "daphne", subscribers=1000, rate=50)
+    cpu = d1000 and d1000["cpu_us_per_delivery"]
+    out.append(_check(
+        "daphne fanout 1000: server CPU per delivery", cpu,
+        _at_most(cpu, config.CPU_US_PER_DELIVERY_MAX),
+        f"<= {config.CPU_US_PER_DELIVERY_MAX:g} µs",
+    ))  # fmt: skip
+    for rate in (50, 100):
+        out += _versus(
+            runs, "uvicorn", 1000, rate, "raw", "websockets", config.UVICORN_VS_RAW_MIN
+        )
+    for server in ("daphne", "uvicorn"):
+        out += _rooms_checks(runs, server)
+    idle = find(runs, "idle", "switchboard", "daphne")
+    out.append(_check(
+        "daphne idle: connections held open",
+        idle and idle["connections"],
+        None if idle is None else idle["connections"] >= 10_000,
+        ">= 10,000",
+    ))  # fmt: skip
+    out.append(_check(
+        "daphne idle: RSS per connection",
+        idle and idle["rss_kib_per_conn"],
+        _at_most(idle and idle["rss_kib_per_conn"], config.IDLE_KIB_PER_CONN_MAX),
+        f"<= {config.IDLE_KIB_PER_CONN_MAX:g} KiB",
+    ))  # fmt: skip
+    for server in ("daphne", "uvicorn"):
+        send = find(runs, "send", "switchboard", server, rate=config.SEND_CHECK_RATE)
+        out.append(_check(
+            f"{server} send {config.SEND_CHECK_RATE}/s: ack p99",
+            send and send["ack_p99_ms"],
+            _at_most(send and send["ack_p99_ms"], config.SEND_ACK_P99_MS_MAX),
+            f"<= {config.SEND_ACK_P99_MS_MAX:g} ms",
+        ))  # fmt: skip
+    return out
+
+
+def _versus(
+    runs: list[Run],
+    server: str,
+    subscribers: int,
+    rate: int,
+    b_target: str,
+    b_server: str,
+    minimum: float,
+) -> list[dict[str, Any]]:
+    a = find(runs, "fanout", "switchboard", server, subscribers=subscribers, rate=rate)
+    b = find(runs, "fanout", b_target, b_server, subscribers=subscribers, rate=rate)
+    value = ratio(a and a["deliveries_per_s"], b and b["deliveries_per_s"])
+    return [
+        _check(
+            f"{server} fanout {subscribers} @ {rate}/s: deliveries vs {b_target}",
+            value,
+            _at_least(value, minimum),
+            f">= {minimum:g} x",
+        )
+    ]
+
+
+def _rooms_checks(runs: list[Run], server: str) -> list[dict[str, Any]]:
+    rooms = find(runs, "rooms", "switchboard", server)
+    kept = None
+    if rooms is not None:
+        everyone = rooms["subscribers"] >= planned(rooms)
+        kept = bool(everyone and rooms["kept_up"] and rooms["lost"] == 0)
+    connections = rooms and max(rooms["redis_connections_per_process"], default=None)
+    return [
+        _check(
+            f"{server} rooms: all joined, keeps up, 0 lost",
+            rooms
+            and f"{rooms['subscribers']}/{planned(rooms)} joined, "
+            f"{rooms['delivered_fraction']:.0%}, lost {rooms['lost']}",
+            kept,
+            f"all joined, >= {config.KEEP_UP_FRACTION:.0%}, 0 lost",
+        ),
+        _check(
+            f"{server} rooms: Redis connections per process",
+            connections,
+            _at_most(connections, config.REDIS_CONNECTIONS_PER_PROCESS_MAX),
+            f"<= {config.REDIS_CONNECTIONS_PER_PROCESS_MAX} (not one per room)",
+        ),
+    ]
+
+
+def check_lines(found: list[dict[str, Any]]) -> str:
+    lines = ["[targets from issue 6]"]
+    width = max((len(c["target"]) for c in found), default=0)
+    for item in found:
+        lines.append(
+            f"{item['status']:<4}  {item['target']:<{width}}  "
+            f"{_fmt(item['value'], 2):>10}  (goal {item['goal']})"
+        )
+    return "\n".join(lines) + "\n"
