@@ -18,8 +18,11 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    align = ["---"] + ["---:"] * (len(headers) - 1)
+def _table(
+    headers: list[str], rows: list[list[str]], *, text_columns: int = 1
+) -> list[str]:
+    """A Markdown table; the first ``text_columns`` align left, others right."""
+    align = ["---"] * text_columns + ["---:"] * (len(headers) - text_columns)
     return [_row(headers), _row(align), *(_row(r) for r in rows), ""]
 
 
@@ -101,7 +104,7 @@ def checks(document: dict[str, Any]) -> list[str]:
         [item["status"], item["target"], _fmt(item["value"], 2), item["goal"]]
         for item in document.get("checks", [])
     ]
-    return _table(["status", "target", "measured", "goal"], rows)
+    return _table(["status", "target", "measured", "goal"], rows, text_columns=4)
 
 
 def ratios(document: dict[str, Any]) -> list[str]:
@@ -116,7 +119,7 @@ def ratios(document: dict[str, Any]) -> list[str]:
         for item in document.get("ratios", [])
     ]
     headers = ["load", "a / b", "deliveries/s", "CPU per delivery", "p99"]
-    return _table(headers, rows)
+    return _table(headers, rows, text_columns=2)
 
 
 def render(path: Path) -> str:

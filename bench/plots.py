@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench import config
 from bench.report import label
 
 Run = dict[str, Any]
@@ -70,6 +71,9 @@ def fanout(runs: list[Run], directory: Path) -> list[Path]:
             color=line[0].get_color(),
             label=f"{name} p50",
         )
+    ax.axhline(
+        config.FANOUT_500_P99_MS, color="0.5", linestyle=":", label="p99 target at 500"
+    )
     ax.set_yscale("log")
     ax.set_xlabel("offered deliveries/s")
     ax.set_ylabel("end-to-end latency, ms (log)")
@@ -101,6 +105,9 @@ def send(runs: list[Run], directory: Path) -> list[Path]:
             color=line[0].get_color(),
             label=f"{name} ack p50",
         )
+    ax.axhline(
+        config.SEND_ACK_P99_MS_MAX, color="0.5", linestyle=":", label="ack p99 target"
+    )
     ax.set_yscale("log")
     ax.set_xlabel("messages/s into one room (senders on both instances)")
     ax.set_ylabel("send -> ack, ms (log)")

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -100,11 +101,15 @@ def run(
     finally:
         infra.close()
     wall = time.monotonic() - started
-    if scenarios.git_state() != code_at_start:
+    code_at_end = scenarios.git_state()
+    code_at_end.pop("commit")
+    if code_at_end.items() - code_at_start.items():
         notes.append(
             f"the code under test changed during the run (at start: {code_at_start})"
         )
-    document = _document(runs, machine, server_versions, notes, extras, wall, plan)
+    document = _document(
+        runs, machine, server_versions, code_at_start, notes, extras, wall, plan
+    )
     _write(document, output_dir)
     say("")
     say(report.tables(runs))
@@ -241,13 +246,12 @@ def _document(
     runs: list[dict[str, Any]],
     machine: dict[str, Any],
     server_versions: dict[str, str],
+    code: dict[str, str],
     notes: list[str],
     extras: dict[str, Any],
     wall: float,
     plan: Plan,
 ) -> dict[str, Any]:
-    import os
-
     machine = machine | {
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
@@ -255,7 +259,7 @@ def _document(
         "runs": runs,
         "machine": machine,
         "versions": environment.versions(server_versions),
-        "code": scenarios.git_state(),
+        "code": code,
         "plan": dataclasses.asdict(plan),
         "wall_seconds": round(wall, 1),
         "ratios": report.ratios(runs),

@@ -423,7 +423,11 @@ def negotiated_extensions(session: Session) -> dict[str, str | None]:
 
 
 def git_state() -> dict[str, str]:
-    """The commit under test and whether core/ or backend/ had local changes."""
+    """The commit, the trees of core/ and backend/, and their local changes.
+
+    The trees and local changes identify the code under test (a commit that
+    touches only bench/ or docs/ leaves them alone).
+    """
 
     def run(*args: str) -> str:
         try:
@@ -441,5 +445,7 @@ def git_state() -> dict[str, str]:
     changed = run("status", "--porcelain", "--", "core", "backend")
     return {
         "commit": run("rev-parse", "--short", "HEAD"),
+        "core_tree": run("rev-parse", "--short", "HEAD:core"),
+        "backend_tree": run("rev-parse", "--short", "HEAD:backend"),
         "local_changes": ", ".join(line[3:] for line in changed.splitlines()) or "none",
     }
