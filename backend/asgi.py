@@ -21,8 +21,10 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from core import routing  # noqa: E402
+from core import daphne_fix, routing  # noqa: E402
 from core.auth import OriginPolicyMiddleware, TokenAuthMiddlewareStack  # noqa: E402
+
+daphne_fix.apply()  # shutdown closes every socket with 4012 (Daphne 4.2.3 bug)
 
 application = ProtocolTypeRouter(
     {
