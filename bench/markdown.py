@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.report import _fmt, label
 
 Run = dict[str, Any]
@@ -99,15 +100,15 @@ def idle(runs: list[Run]) -> list[str]:
     return _table(headers, rows)
 
 
-def checks(document: dict[str, Any]) -> list[str]:
+def checks(runs: list[Run]) -> list[str]:
     rows = [
         [item["status"], item["target"], _fmt(item["value"], 2), item["goal"]]
-        for item in document.get("checks", [])
+        for item in report.checks(runs)
     ]
     return _table(["status", "target", "measured", "goal"], rows, text_columns=4)
 
 
-def ratios(document: dict[str, Any]) -> list[str]:
+def ratios(runs: list[Run]) -> list[str]:
     rows = [
         [
             f"{item['scenario']} {item['subscribers']} @ {item['rate_per_s']:g}/s",
@@ -116,7 +117,7 @@ def ratios(document: dict[str, Any]) -> list[str]:
             _fmt(item["cpu_per_delivery"], 2),
             _fmt(item["p99"], 2),
         ]
-        for item in document.get("ratios", [])
+        for item in report.ratios(runs)
     ]
     headers = ["load", "a / b", "deliveries/s", "CPU per delivery", "p99"]
     return _table(headers, rows, text_columns=2)
@@ -133,8 +134,9 @@ def render(path: Path) -> str:
             parts += [f"#### {scenario}", "", *section]
     if idle(runs):
         parts += ["#### idle", "", *idle(runs)]
-    parts += ["#### ratios (same run)", "", *ratios(document)]
-    parts += ["#### targets", "", *checks(document)]
+    # Ratios and targets are recomputed, so an older file reads the same way.
+    parts += ["#### ratios (same run)", "", *ratios(runs)]
+    parts += ["#### targets", "", *checks(runs)]
     machine = document.get("machine", {})
     parts.append(
         f"Machine: {machine.get('cpu_model')}, {machine.get('cores')} cores, "
