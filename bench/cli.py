@@ -58,8 +58,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="also sample Switchboard instance 0 with py-spy during one extra "
-        "fanout 1000 step (needs ptrace rights: root)",
+        help="also sample instance 0 of each stack with py-spy during one extra "
+        "step at the largest fanout at 50 msg/s (1000 subscribers; needs ptrace "
+        "rights: root)",
     )
     p.add_argument(
         "--markdown",

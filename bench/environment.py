@@ -1,15 +1,19 @@
-"""The machine, package versions and code under test, for the report."""
+"""The machine, versions and code under test; and waiting for quiet servers."""
 
 from __future__ import annotations
 
 import os
 import platform
 import resource
+import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from bench import config
 
 PACKAGES = (
     "Django",
@@ -77,3 +81,57 @@ def raise_open_files_limit(wanted: int) -> int:
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def wait_quiet(pids: list[int], limit: float = config.QUIET_LIMIT_SECONDS) -> bool:
+    """Wait until the servers use under ``QUIET_CPU_FRACTION`` of a core."""
+    processes = []
+    for pid in pids:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = sum(_cpu(p) for p in processes)
+        time.sleep(0.5)
+        if sum(_cpu(p) for p in processes) - before < config.QUIET_CPU_FRACTION * 0.5:
+            return True
+    return False
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
+
+
+def git_state() -> dict[str, str]:
+    """The commit, the trees of core/ and backend/, and their local changes.
+
+    The trees and local changes identify the code under test (a commit that
+    touches only bench/ or docs/ leaves them alone).
+    """
+
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+                cwd=Path(__file__).resolve().parents[1],
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    changed = run("status", "--porcelain", "--", "core", "backend")
+    return {
+        "commit": run("rev-parse", "--short", "HEAD"),
+        "core_tree": run("rev-parse", "--short", "HEAD:core"),
+        "backend_tree": run("rev-parse", "--short", "HEAD:backend"),
+        "local_changes": ", ".join(line[3:] for line in changed.splitlines()) or "none",
+    }

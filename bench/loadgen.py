@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import resource
 import sys
 import time
 import traceback
@@ -31,8 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
+from bench import probes
 from bench.stats import latency_summary
 from bench.wsclient import HandshakeFailed, WsClient, open_client
 
@@ -74,7 +72,8 @@ class Recorder:
     duplicates: int = 0
     stale: int = 0
     other_frames: int = 0
-    acks_window: int = 0
+    acks_window: int = 0  # acks of messages sent in the window
+    acks_received_in_window: int = 0  # acks that arrived in it, any message
     expected: int | None = None  # known once sending is over
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     errors: Counter[str] = field(default_factory=Counter)
@@ -125,6 +124,8 @@ class Generator:
             self._delivery(rec, state, step, key, sent, now)
         elif kind == "ack":
             sent = rec.pending_acks.pop(frame.get("client_id"), None)
+            if rec.t0 <= now < rec.t1:
+                rec.acks_received_in_window += 1
             if sent is not None and rec.t0 <= sent < rec.t1:
                 rec.acks_window += 1
                 rec.ack_latencies.append(now - sent)
@@ -318,12 +319,12 @@ class Generator:
         for client in members:
             client.tag.seen.clear()
             client.tag.window_got = 0
-        schedule = _schedule(streams, warmup + window + tail)
+        schedule = probes.schedule(streams, warmup + window + tail)
         samples: dict[str, Any] = {}
         now = time.monotonic()
         for label, at in (("t0", t0), ("t1", t1)):
             self.loop.call_later(
-                at - now, _sample, samples, label, pids, redis_pid, db_pid
+                at - now, probes.sample_cpu, samples, label, pids, redis_pid, db_pid
             )
         self.recorder = rec
         try:
@@ -357,6 +358,7 @@ class Generator:
             "other_frames": rec.other_frames,
             "errors": dict(rec.errors),
             "acks_window": rec.acks_window,
+            "acks_received_in_window": rec.acks_received_in_window,
             "max_send_lag_ms": round(lag * 1e3, 1),
             "settled": settled,
             "cpu": samples,
@@ -414,65 +416,6 @@ class Generator:
                 return True
             await asyncio.sleep(DRAIN_POLL_SECONDS)
         return False
-
-
-def _schedule(streams: list[list[Any]], duration: float) -> list[tuple[float, int]]:
-    """Every (offset, publisher) of ``streams`` before ``duration``, in order."""
-    events: list[tuple[float, int]] = []
-    for publisher, rate, phase in streams:
-        interval = 1.0 / rate
-        count = max(0, int((duration - phase) / interval) + 1)
-        events += [(phase + i * interval, publisher) for i in range(count)]
-    events = [event for event in events if event[0] < duration]
-    events.sort()
-    return events
-
-
-def _cpu_seconds(pid: int | None, *, with_children: bool = False) -> float | None:
-    """User + system CPU seconds of a process; optionally of its children too.
-
-    For PostgreSQL's postmaster, ``with_children`` adds the backends it has
-    reaped (the kernel's cumulative child times) and those alive now, so
-    short-lived backends (one per Django connection) are counted.
-    """
-    if pid is None:
-        return None
-    try:
-        process = psutil.Process(pid)
-        times = process.cpu_times()
-        seconds = times.user + times.system
-        if with_children:
-            seconds += times.children_user + times.children_system
-            for child in process.children():
-                with contextlib.suppress(psutil.Error):
-                    child_times = child.cpu_times()
-                    seconds += child_times.user + child_times.system
-    except psutil.Error:
-        return None
-    return seconds
-
-
-def _sample(
-    samples: dict[str, Any],
-    label: str,
-    pids: list[int],
-    redis_pid: int | None,
-    db_pid: int | None,
-) -> None:
-    """CPU seconds so far of servers, Redis, PostgreSQL, us and the machine."""
-    servers = {str(pid): _cpu_seconds(pid) for pid in pids}
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    machine = psutil.cpu_times()
-    busy = machine.user + machine.nice + machine.system
-    busy += machine.irq + machine.softirq + machine.steal
-    samples[label] = {
-        "at": time.monotonic(),
-        "servers": servers,
-        "redis": _cpu_seconds(redis_pid),
-        "database": _cpu_seconds(db_pid, with_children=True),
-        "generator": own.ru_utime + own.ru_stime,
-        "machine_busy": busy,
-    }
 
 
 async def serve(seed: int) -> None:

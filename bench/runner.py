@@ -64,7 +64,7 @@ def run(
     log_dir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
     output_dir.mkdir(parents=True, exist_ok=True)
     machine = environment.machine()
-    code_at_start = scenarios.git_state()
+    code_at_start = environment.git_state()
     say(f"bench: {description}; logs in {log_dir}; open files limit {limit}")
     infra = Infrastructure(log_dir=log_dir)
     runs: list[dict[str, Any]] = []
@@ -101,7 +101,7 @@ def run(
     finally:
         infra.close()
     wall = time.monotonic() - started
-    code_at_end = scenarios.git_state()
+    code_at_end = environment.git_state()
     code_at_end.pop("commit")
     if code_at_end.items() - code_at_start.items():
         notes.append(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from bench import config, profiling
+from bench import config, environment, profiling
 from bench.config import Plan
 from bench.driver import LoadGenerator
 from bench.records import delivery_record, idle_record
@@ -123,35 +122,10 @@ class Session:
 
     def close(self, group: str) -> None:
         self.gen.call("close", timeout=60, group=group, wait_seconds=20)
-        wait_quiet(self.stack.pids)
+        environment.wait_quiet(self.stack.pids)
 
     def header_index(self, position: int) -> int:
         return position % len(self.stack.headers)
-
-
-def wait_quiet(pids: list[int], limit: float = config.QUIET_LIMIT_SECONDS) -> bool:
-    """Wait until the servers use under ``QUIET_CPU_FRACTION`` of a core."""
-    processes = []
-    for pid in pids:
-        try:
-            processes.append(psutil.Process(pid))
-        except psutil.Error:
-            continue
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        before = sum(_cpu(p) for p in processes)
-        time.sleep(0.5)
-        if sum(_cpu(p) for p in processes) - before < config.QUIET_CPU_FRACTION * 0.5:
-            return True
-    return False
-
-
-def _cpu(process: psutil.Process) -> float:
-    try:
-        times = process.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return times.user + times.system
 
 
 def publisher_streams(rate: float, publishers: int) -> list[list[Any]]:
@@ -178,12 +152,12 @@ def run_idle(session: Session) -> list[dict[str, Any]]:
     ]
     first = session.connect("idle", specs[:warm], budget=plan.idle_connect_seconds)
     time.sleep(1.0)
-    wait_quiet([pid], limit=10)
+    environment.wait_quiet([pid], limit=10)
     rss_before = psutil.Process(pid).memory_info().rss
     started = time.monotonic()
     rest = session.connect("idle", specs[warm:], budget=plan.idle_connect_seconds)
     connect_seconds = time.monotonic() - started
-    wait_quiet([pid], limit=15)
+    environment.wait_quiet([pid], limit=15)
     rss_after = psutil.Process(pid).memory_info().rss
     time.sleep(plan.idle_hold_seconds)
     counted = session.gen.call("count", timeout=30, group="idle")
@@ -245,6 +219,8 @@ def run_fanout(
         pool.spend(reply)
         return reply["group_size"]
 
+    # Profiled: the largest step at 50 msg/s (fanout 1000 in a full run).
+    profile_at = max((step for step in steps if step[1] == 50), default=None)
     requested = connected = 0
     backlog = False
     records = []
@@ -265,7 +241,7 @@ def run_fanout(
         records.append(
             delivery_record(base, result, rate=rate, offered=rate * connected)
         )
-        if session.profile and subscribers >= 1000 and rate == 50 and not deflate:
+        if session.profile and (subscribers, rate) == profile_at and not deflate:
             records[-1]["profile"] = _profile(session, group, streams)
         backlog = not result["settled"]
         if backlog and index + 1 < len(steps) and pool.affords(requested):
@@ -391,7 +367,10 @@ def run_send(session: Session) -> list[dict[str, Any]]:
             "planned_subscribers": most,
         }
         record = delivery_record(base, result, rate=rate, offered=rate * most)
-        record["stored_per_s"] = round(result["acks_window"] / plan.window_seconds, 1)
+        # Every ack follows a commit: acks arriving in the window are the
+        # store rate, however late they are for their own message.
+        stored = result["acks_received_in_window"] / plan.window_seconds
+        record["stored_per_s"] = round(stored, 1)
         records.append(record)
     session.close("send")
     return records
@@ -420,32 +399,3 @@ def negotiated_extensions(session: Session) -> dict[str, str | None]:
             granted = websocket.response.headers.get("Sec-WebSocket-Extensions")
         offered["offered" if compression else "not offered"] = granted
     return offered
-
-
-def git_state() -> dict[str, str]:
-    """The commit, the trees of core/ and backend/, and their local changes.
-
-    The trees and local changes identify the code under test (a commit that
-    touches only bench/ or docs/ leaves them alone).
-    """
-
-    def run(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-                cwd=Path(__file__).resolve().parents[1],
-            ).stdout.strip()
-        except OSError:
-            return ""
-
-    changed = run("status", "--porcelain", "--", "core", "backend")
-    return {
-        "commit": run("rev-parse", "--short", "HEAD"),
-        "core_tree": run("rev-parse", "--short", "HEAD:core"),
-        "backend_tree": run("rev-parse", "--short", "HEAD:backend"),
-        "local_changes": ", ".join(line[3:] for line in changed.splitlines()) or "none",
-    }

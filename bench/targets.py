@@ -33,13 +33,6 @@ INSTANCES = 2
 BENCH_USERS = 50
 ROOMS_SLUG = "r-{:04d}"
 
-TARGETS = ("switchboard", "tutorial", "raw")
-SERVERS = {
-    "switchboard": ("daphne", "uvicorn"),
-    "tutorial": ("daphne",),
-    "raw": ("websockets",),
-}
-
 
 class TutorialProcess(AppProcess):
     """The tutorial baseline under Daphne, as ``daphne`` would be run."""
