@@ -141,6 +141,20 @@ else:
         }
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from None
+# Opening a PostgreSQL connection costs milliseconds (TLS, auth, a backend
+# fork) and Django opens one per request or database_sync_to_async call when
+# connections are not persistent. Persistent connections (CONN_MAX_AGE) are
+# unsafe under ASGI, so each process keeps a small psycopg pool instead; the
+# health check (CONN_HEALTH_CHECKS) hands out only live connections. The
+# size bounds one process's share of the server's connection limit.
+DB_POOL_SIZE = env_int("SWITCHBOARD_DB_POOL_SIZE", 8)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_SIZE:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, DB_POOL_SIZE),
+        "max_size": DB_POOL_SIZE,
+        # A request waits this long for a free connection, then fails.
+        "timeout": 10,
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes the write lock when a transaction starts, so two writers
     # queue on the busy timeout instead of failing with "database is locked".

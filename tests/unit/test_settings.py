@@ -83,6 +83,8 @@ BAD_VALUES = [
     pytest.param("SWITCHBOARD_SEND_RATE_PER_SECOND", "fast", id="rate-word"),
     pytest.param("SWITCHBOARD_SEND_RATE_PER_SECOND", "nan", id="rate-nan"),
     pytest.param("SWITCHBOARD_SEND_BURST", "0", id="burst-zero"),
+    pytest.param("SWITCHBOARD_DB_POOL_SIZE", "-1", id="pool-negative"),
+    pytest.param("SWITCHBOARD_DB_POOL_SIZE", "eight", id="pool-word"),
 ]
 # Read only when REDIS_URL selects the Redis layer.
 BAD_REDIS_VALUES = [
@@ -307,7 +309,28 @@ def test_postgres_url_with_sslmode_require():
         "sb",
     )
     assert (database["USER"], database["PASSWORD"]) == ("u", "p")
-    assert database["OPTIONS"] == {"sslmode": "require"}
+    assert database["OPTIONS"]["sslmode"] == "require"
+
+
+def test_postgres_connections_come_from_a_bounded_pool_with_health_checks():
+    url = "postgres://u:p@db.example.com:25060/sb"
+    database = read_settings("DATABASES", DATABASE_URL=url)["DATABASES"]["default"]
+    assert database["OPTIONS"]["pool"] == {"min_size": 2, "max_size": 8, "timeout": 10}
+    # Django refuses a pool with persistent connections; checks need this.
+    assert database["CONN_MAX_AGE"] == 0
+    assert database["CONN_HEALTH_CHECKS"] is True
+
+    sized = read_settings("DATABASES", DATABASE_URL=url, SWITCHBOARD_DB_POOL_SIZE="1")
+    assert sized["DATABASES"]["default"]["OPTIONS"]["pool"]["max_size"] == 1
+    assert sized["DATABASES"]["default"]["OPTIONS"]["pool"]["min_size"] == 1
+
+    off = read_settings("DATABASES", DATABASE_URL=url, SWITCHBOARD_DB_POOL_SIZE="0")
+    assert "pool" not in off["DATABASES"]["default"].get("OPTIONS", {})
+
+
+def test_sqlite_has_no_pool():
+    database = read_settings("DATABASES")["DATABASES"]["default"]
+    assert "pool" not in database["OPTIONS"]
 
 
 def test_https_flag_turns_on_proxy_trust_redirect_hsts_and_secure_cookies():
