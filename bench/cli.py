@@ -59,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
         "--profile",
         action="store_true",
         help="also sample instance 0 of each stack with py-spy during one extra "
-        "step at the largest fanout at 50 msg/s (1000 subscribers; needs ptrace "
-        "rights: root)",
+        "step at the largest fanout at 50 msg/s (1000 subscribers) and at the "
+        "highest send rate (needs ptrace rights: root)",
     )
     p.add_argument(
         "--markdown",

@@ -274,14 +274,16 @@ class _ConnectPool:
         return connections / self.per_second < self.left_seconds
 
 
-def _profile(session: Session, group: str, streams: list[list[Any]]) -> str:
+def _profile(
+    session: Session, group: str, streams: list[list[Any]], suffix: str = ""
+) -> str:
     """Sample instance 0 with py-spy during one more step at the same load.
 
     The raw stacks stay with the logs; the summary goes to
-    ``<results>/profiles/<target>-<server>.txt``.
+    ``<results>/profiles/<target>-<server><suffix>.txt``.
     """
     stack = session.stack
-    name = f"{stack.target}-{stack.server}"
+    name = f"{stack.target}-{stack.server}{suffix}"
     raw = session.infra.log_dir / f"py-spy-{name}.txt"
     seconds = int(session.plan.warmup_seconds + session.plan.window_seconds)
     with profiling.record(stack.pids[0], seconds, raw) as done:
@@ -372,6 +374,10 @@ def run_send(session: Session) -> list[dict[str, Any]]:
         stored = result["acks_received_in_window"] / plan.window_seconds
         record["stored_per_s"] = round(stored, 1)
         records.append(record)
+        if session.profile and rate == max(plan.send_rates):
+            record["profile"] = _profile(
+                session, "send", publisher_streams(rate, senders), "-send"
+            )
     session.close("send")
     return records
 
