@@ -6,8 +6,9 @@ sender behind one full socket. Both are bad for a room: memory grows without
 bound, or one client stalls everyone's fan-out. So this module finds the
 server's transport behind a connection's ``send`` callable, once, and offers
 operations on it: the bytes still queued for the client, dropping the
-connection, and (Daphne) writing a WebSocket frame that was encoded once for
-every recipient, skipping ASGI's per-recipient work. Everything else in the
+connection, and writing a WebSocket frame that was encoded once for every
+recipient, skipping ASGI's per-recipient work (Daphne, and uvicorn's default
+websockets-sansio implementation). Everything else in the
 app stays plain ASGI; on an unknown server these are unavailable and
 nothing is guarded (documented in docs/performance.md).
 """
@@ -88,11 +89,43 @@ def _twisted(protocol: Any) -> WriteBuffer:
     return WriteBuffer(queued_bytes, transport.abortConnection, write_frame)
 
 
-def _asyncio(transport: Any, limit_bytes: int) -> WriteBuffer:
+def _asyncio(owner: Any, transport: Any, limit_bytes: int) -> WriteBuffer:
     # Pause (which blocks uvicorn's send for every sender in the process)
     # only past the limit, by which time the client has been dropped.
     transport.set_write_buffer_limits(high=limit_bytes * 2)
-    return WriteBuffer(transport.get_write_buffer_size, transport.abort)
+    return WriteBuffer(
+        transport.get_write_buffer_size, transport.abort, _sansio_writer(owner)
+    )
+
+
+def _sansio_writer(owner: Any) -> Callable[[bytes], bool] | None:
+    """uvicorn's websockets-sansio protocol: what its ``send`` would write
+    for a text message (``conn.send_text``, then ``transport.write``), minus
+    the per-call framing, when nothing is negotiated and the socket is open.
+    """
+    conn = getattr(owner, "conn", None)
+    if (
+        conn is None
+        or not hasattr(conn, "extensions")
+        or not hasattr(owner, "close_sent")
+    ):
+        return None  # wsproto or an unfamiliar implementation: ASGI only
+    from websockets.protocol import State
+
+    def write_frame(frame: bytes) -> bool:
+        if (
+            owner.disconnected
+            or owner.close_sent
+            or not owner.handshake_complete
+            or not owner.writable.is_set()
+            or conn.state is not State.OPEN
+            or conn.extensions
+        ):
+            return False
+        owner.transport.write(frame)
+        return True
+
+    return write_frame
 
 
 def locate(send: Any, limit_bytes: int) -> WriteBuffer | None:
@@ -107,7 +140,7 @@ def locate(send: Any, limit_bytes: int) -> WriteBuffer | None:
         owner = getattr(send, "__self__", None)
         transport = getattr(owner, "transport", None)
         if transport is not None and hasattr(transport, "get_write_buffer_size"):
-            return _asyncio(transport, limit_bytes)  # uvicorn
+            return _asyncio(owner, transport, limit_bytes)  # uvicorn
     except Exception:  # an unfamiliar server version: run unguarded
         logger.warning("cannot see write buffers of this server", exc_info=True)
     return None

@@ -52,6 +52,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     room_id: int
     slug: str
     groups_joined: tuple[str, ...] = ()
+    in_presence = False
     closing = False
     # Live copies at or below the last replayed seq are duplicates.
     replayed_through = 0
@@ -95,10 +96,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
         )
         self.last_typing = -math.inf
 
+        # Join before reading the room (and its last_seq) and the replay, so
+        # nothing committed after the read can be missed; duplicates are
+        # dropped by seq. One database call admits and positions the client.
+        self.held = []
+        await self._join()
         room = await database_sync_to_async(services.room_for_connection)(
             slug=self.slug, user=self.user
         )
         if room is None:
+            await self._leave()
             await self.close()  # before accept: HTTP 403, unknown or private alike
             return
         self.room_id = room.pk
@@ -111,15 +118,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except ProtocolError as exc:
             after, after_error = None, exc
 
-        # Join before reading last_seq and the replay, so nothing committed
-        # after the read can be missed; duplicates are dropped by seq.
-        self.held = []
-        await self._join()
         await self.accept()
-        last_seq = await database_sync_to_async(services.last_seq)(room_id=self.room_id)
         await self.send_frame(
             protocol.welcome_frame(
-                room=self.slug, user=self.username, last_seq=last_seq
+                room=self.slug, user=self.username, last_seq=room.last_seq
             )
         )
         if after_error is not None:
@@ -128,6 +130,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._replay(after)
         await self._release_held()
         presence = get_presence()
+        self.in_presence = True
         await presence.join(self.slug, self.username, self.connection_id)
         await self.send_frame(await presence.frame(self.slug))
 
@@ -164,12 +167,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _leave(self) -> None:
         groups, self.groups_joined = self.groups_joined, ()
-        if not groups:
-            return
         hub = get_hub()
         for group in groups:
             await hub.unsubscribe(group, self)
-        await get_presence().leave(self.slug, self.username, self.connection_id)
+        # Only a connection that was counted in may count out: a user's
+        # entry must not go while their other connections are open.
+        if self.in_presence:
+            self.in_presence = False
+            await get_presence().leave(self.slug, self.username, self.connection_id)
 
     async def _close_for_shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -313,9 +318,26 @@ class RoomConsumer(AsyncWebsocketConsumer):
         elif kind == "access.revoked":
             await self.access_revoked(event)
 
+    async def send(
+        self,
+        text_data: str | None = None,
+        bytes_data: bytes | None = None,
+        close: bool | int = False,
+    ) -> None:
+        """A frame for the client, where a client that has gone is no error.
+
+        uvicorn raises ClientDisconnected (an OSError) for a send after the
+        client left, where Daphne drops the message. The disconnect event
+        that follows cleans up; until then nothing more is sent.
+        """
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except OSError:
+            self.closing = True
+
     async def _deliver(self, seq: int, encoded: Encoded) -> None:
         """Send a live message: the shared frame straight to the socket when
-        the server allows it (Daphne), else through ASGI."""
+        the server allows it (see core.backpressure), else through ASGI."""
         if self._too_slow():
             return
         self.last_seq_sent = max(seq, self.last_seq_sent)

@@ -269,10 +269,6 @@ def replay(*, room_id: int, after: int) -> tuple[list[protocol.MessageFrame], bo
     return messages, not has_more
 
 
-def last_seq(*, room_id: int) -> int:
-    return Room.objects.values_list("last_seq", flat=True).get(pk=room_id)
-
-
 # --- rooms and members ---------------------------------------------------------
 
 

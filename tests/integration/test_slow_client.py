@@ -1,4 +1,6 @@
-"""A client that stops reading is dropped; the room goes on without it."""
+"""Writing to clients on each server: frames written once for every
+recipient arrive intact, and a client that stops reading is dropped while the
+room goes on without it."""
 
 import asyncio
 import base64
@@ -119,3 +121,45 @@ def test_a_client_that_stops_reading_is_dropped_and_others_get_everything(server
         while stalled.recv(1 << 20):
             pass
     stalled.close()
+
+
+# A body for each WebSocket payload length encoding (7-bit, 16-bit, 64-bit),
+# with text that JSON escapes and text it keeps as UTF-8.
+BODIES = ["short é ☃", "\U0001f600" * 100, "x" * 4000]
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_every_frame_arrives_intact_with_or_without_compression(server, compression):
+    """Without an extension the servers write the shared frame themselves
+    (core.backpressure); with permessage-deflate they frame it through ASGI."""
+    app, token = server
+    lobby = app.ws_url("/ws/rooms/lobby/")
+
+    async def run() -> list[dict]:
+        async with (
+            websockets.connect(lobby, compression=compression) as reader,
+            websockets.connect(
+                lobby,
+                additional_headers={"Authorization": f"Token {token}"},
+                # It reads nothing; unbounded, its close need not wait.
+                max_queue=None,
+            ) as sender,
+        ):
+            for n in range(30):
+                body = BODIES[n % len(BODIES)]
+                await sender.send(
+                    json.dumps({"type": "send", "body": body, "client_id": f"f{n}"})
+                )
+            received = []
+            async with asyncio.timeout(30):
+                async for raw in reader:
+                    frame = json.loads(raw)
+                    if frame["type"] == "message":
+                        received.append(frame)
+                        if len(received) == 30:
+                            return received
+            return received
+
+    received = asyncio.run(run())
+    assert [m["seq"] for m in received] == list(range(1, 31))
+    assert [m["body"] for m in received] == [BODIES[n % 3] for n in range(30)]

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from backend.asgi import application
 from core import services
+from core.fanout import get_hub
 from core.models import Membership, Message, Room
+from core.presence import get_presence
 from tests.factories import RoomFactory, UserFactory, private_room
 from tests.unit.conftest import (
     connected,
@@ -697,3 +699,61 @@ async def test_a_frame_the_server_cannot_complete_gets_internal_error(
         assert (error["code"], error["client_id"]) == ("internal_error", "retry-me")
         await send_json(ws, {"type": "ping"})
         assert await ws.receive_json_from() == {"type": "pong"}
+
+
+async def test_a_handshake_that_fails_leaves_the_users_other_connections_counted(
+    lobby, alice, bob, monkeypatch
+):
+    token = await token_for(alice)
+    async with connected("lobby", token=token):
+        real_lookup = services.room_for_connection
+
+        def database_down(**kwargs):
+            raise ConnectionError("database is down")
+
+        monkeypatch.setattr(services, "room_for_connection", database_down)
+        failing = WebsocketCommunicator(
+            application,
+            ws_path("lobby"),
+            headers=[(b"authorization", f"Token {token}".encode())],
+        )
+        with pytest.raises(ConnectionError):
+            await failing.connect()
+        monkeypatch.setattr(services, "room_for_connection", real_lookup)
+
+        async with connected(
+            "lobby", token=await token_for(bob), skip_greeting=False
+        ) as bob_ws:
+            await bob_ws.receive_json_from()  # welcome
+            presence = await bob_ws.receive_json_from()
+            assert presence["users"] == ["alice", "bob"]
+        assert dict(get_presence().users["lobby"]) == {"alice": 1}
+
+
+async def test_a_delivery_to_a_client_that_has_gone_is_not_an_error(
+    lobby, alice, caplog
+):
+    """uvicorn raises ClientDisconnected (an OSError) for a send that races
+    the client's disconnect; Daphne drops it. Either way the room goes on."""
+    async with (
+        connected("lobby") as gone,
+        connected("lobby", token=await token_for(alice)) as sender,
+    ):
+        listeners = get_hub().members[services.room_group("lobby")]
+        gone_consumer = next(c for c in listeners if c.username is None)
+
+        async def client_left(message):
+            raise OSError("client disconnected")
+
+        gone_consumer.base_send = client_left
+        await send_json(
+            sender, {"type": "send", "body": "still here", "client_id": "c1"}
+        )
+        for _ in range(2):  # the ack and the message, in either order
+            frame = await sender.receive_json_from()
+            assert frame["type"] in {"ack", "message"}
+        await send_json(sender, {"type": "send", "body": "and here", "client_id": "c2"})
+        for _ in range(2):
+            assert (await sender.receive_json_from())["type"] in {"ack", "message"}
+        del gone
+    assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}]
