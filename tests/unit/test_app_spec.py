@@ -36,7 +36,10 @@ SCHEMA_DIR = (
 ).resolve()
 SCHEMA_BASE_URI = SCHEMA_DIR.as_uri() + "/"
 
-RUN_COMMAND = "daphne -b 0.0.0.0 -p 8080 backend.asgi:application"
+# DESIGN.md's command, plus: Daphne closes every WebSocket after 24 h by default.
+RUN_COMMAND = (
+    "daphne -b 0.0.0.0 -p 8080 --websocket_timeout -1 backend.asgi:application"
+)
 MIGRATE_COMMAND = "python manage.py migrate --noinput"
 
 # DESIGN.md section 2, less PORT, which App Platform derives from http_port.
@@ -413,8 +416,9 @@ def test_out_of_range_termination_is_a_schema_error() -> None:
 # What the app relies on.
 
 
-def test_web_runs_daphne_on_port_8080_verbatim() -> None:
-    """The run command is DESIGN.md's, and Daphne's port is the http_port."""
+def test_web_runs_daphne_on_port_8080() -> None:
+    """The run command is DESIGN.md's plus the socket lifetime, and Daphne's
+    port is the http_port."""
     web = component(app_spec(), "services", "web")
     assert web["run_command"] == RUN_COMMAND
     assert web["http_port"] == 8080
@@ -601,7 +605,8 @@ def test_procfile_starts_the_same_daphne_command_on_port() -> None:
     lines = (ROOT / "Procfile").read_text(encoding="utf-8").splitlines()
     processes = dict(line.split(": ", 1) for line in lines if line.strip())
     assert processes == {
-        "web": "daphne -b 0.0.0.0 -p ${PORT:-8080} backend.asgi:application"
+        "web": "daphne -b 0.0.0.0 -p ${PORT:-8080} --websocket_timeout -1 "
+        "backend.asgi:application"
     }
     assert processes["web"].replace("${PORT:-8080}", "8080") == RUN_COMMAND
 
@@ -609,3 +614,20 @@ def test_procfile_starts_the_same_daphne_command_on_port() -> None:
 def test_python_version_file_pins_the_minor_version() -> None:
     """The buildpack reads .python-version; 3.11 is the supported floor."""
     assert (ROOT / ".python-version").read_text(encoding="utf-8") == "3.11\n"
+
+
+def test_daphne_as_deployed_never_closes_a_websocket_for_its_age() -> None:
+    """Read by Daphne's own argument parser: no socket lifetime, and the
+    DESIGN.md bind, port and application."""
+    from daphne.cli import CommandLineInterface
+
+    for spec in (app_spec(), deploy_template()["spec"]):
+        program, *arguments = component(spec, "services", "web")["run_command"].split()
+        assert program == "daphne"
+        parsed = CommandLineInterface().parser.parse_args(arguments)
+        assert parsed.websocket_timeout < 0  # Daphne: "-1 for infinite"
+        assert (parsed.host, parsed.port, parsed.application) == (
+            "0.0.0.0",
+            8080,
+            "backend.asgi:application",
+        )
