@@ -203,7 +203,14 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, **REDIS_OPTIONS}],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        **REDIS_OPTIONS,
+                        # CLIENT LIST tells whose connection is whose.
+                        "client_name": f"{CHANNEL_PREFIX}-layer",
+                    }
+                ],
                 "prefix": CHANNEL_PREFIX,
                 # The default of 100 silently drops events to a busy channel.
                 "capacity": CHANNEL_CAPACITY,
@@ -224,7 +231,7 @@ if REDIS_URL:
                 for key, value in REDIS_OPTIONS.items()
                 if key != "socket_timeout"
             }
-            | {"socket_timeout": 5},
+            | {"socket_timeout": 5, "client_name": f"{CHANNEL_PREFIX}-cache"},
         }
     }
 else:

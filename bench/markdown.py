@@ -27,55 +27,9 @@ def _table(
     return [_row(headers), _row(align), *(_row(r) for r in rows), ""]
 
 
-def _pct(run: Run) -> str:
-    fraction = run.get("delivered_fraction")
-    return "-" if fraction is None else f"{fraction * 100:.0f}%"
-
-
 def deliveries(runs: list[Run], scenario: str) -> list[str]:
-    chosen = [r for r in runs if r["scenario"] == scenario]
-    if not chosen:
-        return []
-    headers = ["target/server", "subs", "msg/s", "offered/s", "delivered/s", "%",
-               "p50 ms", "p95 ms", "p99 ms", "lost", "dup", "server CPU µs/delivery",
-               "PostgreSQL CPU %", "other CPU %"]  # fmt: skip
-    if scenario == "send":
-        headers[-3:-3] = ["ack p50 ms", "ack p99 ms", "stored/s"]
-    if scenario == "rooms":
-        headers[-3:-3] = ["rooms", "Redis conns per process"]
-    rows = []
-    for run in chosen:
-        row = [
-            label(run),
-            _fmt(run["subscribers"]),
-            _fmt(run["rate_per_s"], 0),
-            _fmt(run["offered_per_s"], 0),
-            _fmt(run["deliveries_per_s"], 0),
-            _pct(run),
-            _fmt(run["p50_ms"]),
-            _fmt(run["p95_ms"]),
-            _fmt(run["p99_ms"]),
-            _fmt(run["lost"]),
-            _fmt(run["duplicates"]),
-            _fmt(run["cpu_us_per_delivery"]),
-            _fmt(run.get("database_cpu_pct"), 0),
-            _fmt(run.get("other_cpu_pct"), 0),
-        ]
-        if scenario == "send":
-            row[-3:-3] = [
-                _fmt(run.get("ack_p50_ms")),
-                _fmt(run.get("ack_p99_ms")),
-                _fmt(run.get("stored_per_s")),
-            ]
-        if scenario == "rooms":
-            row[-3:-3] = [
-                _fmt(run.get("rooms")),
-                " / ".join(
-                    str(n) for n in run.get("redis_connections_per_process", [])
-                ),
-            ]
-        rows.append(row)
-    return _table(headers, rows)
+    headers, rows = report.delivery_cells(runs, scenario, markdown=True)
+    return _table(headers, rows) if rows else []
 
 
 def idle(runs: list[Run]) -> list[str]:

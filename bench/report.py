@@ -6,7 +6,7 @@ harness does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bench import config
@@ -76,50 +76,75 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def delivery_table(runs: list[Run], scenario: str) -> list[str]:
+def _percent(run: Run, sign: str = "") -> str:
+    fraction = run.get("delivered_fraction")
+    return "-" if fraction is None else f"{fraction * 100:.0f}{sign}"
+
+
+Column = tuple[str, str, Callable[[Run], str]]  # short header, long header, cell
+
+
+def delivery_columns(scenario: str, *, markdown: bool = False) -> list[Column]:
+    """The columns of a delivery scenario's table, for stdout or Markdown."""
+    columns: list[Column] = [
+        ("target/server", "target/server", label),
+        ("subs", "subs", lambda r: _fmt(r["subscribers"])),
+        ("msg/s", "msg/s", lambda r: _fmt(r["rate_per_s"], 0)),
+        ("offered/s", "offered/s", lambda r: _fmt(r["offered_per_s"], 0)),
+        ("deliv/s", "delivered/s", lambda r: _fmt(r["deliveries_per_s"], 0)),
+        ("%", "%", lambda r: _percent(r, "%" if markdown else "")),
+        ("p50 ms", "p50 ms", lambda r: _fmt(r["p50_ms"])),
+        ("p95 ms", "p95 ms", lambda r: _fmt(r["p95_ms"])),
+        ("p99 ms", "p99 ms", lambda r: _fmt(r["p99_ms"])),
+        ("lost", "lost", lambda r: _fmt(r["lost"])),
+        ("dup", "dup", lambda r: _fmt(r["duplicates"])),
+    ]
+    if scenario == "send":
+        columns += [
+            ("ack p50", "ack p50 ms", lambda r: _fmt(r.get("ack_p50_ms"))),
+            ("ack p99", "ack p99 ms", lambda r: _fmt(r.get("ack_p99_ms"))),
+            ("stored/s", "stored/s", lambda r: _fmt(r.get("stored_per_s"))),
+        ]
+    if scenario == "rooms":
+        columns += [
+            ("rooms", "rooms", lambda r: _fmt(r.get("rooms"))),
+            (
+                "redis conns/proc",
+                "Redis conns per process",
+                lambda r: "/".join(
+                    str(n) for n in r.get("redis_connections_per_process", [])
+                ),
+            ),
+        ]
+    columns += [
+        (
+            "cpu µs/d",
+            "server CPU µs/delivery",
+            lambda r: _fmt(r["cpu_us_per_delivery"]),
+        ),
+        ("srv %", "server CPU %", lambda r: _fmt(r.get("server_cpu_pct"), 0)),
+        ("db %", "PostgreSQL CPU %", lambda r: _fmt(r.get("database_cpu_pct"), 0)),
+        ("other %", "other CPU %", lambda r: _fmt(r.get("other_cpu_pct"), 0)),
+    ]
+    return columns
+
+
+def delivery_cells(
+    runs: list[Run], scenario: str, *, markdown: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of a delivery scenario's table; empty without runs."""
     chosen = [r for r in runs if r["scenario"] == scenario]
     if not chosen:
+        return [], []
+    columns = delivery_columns(scenario, markdown=markdown)
+    headers = [long if markdown else short for short, long, _ in columns]
+    return headers, [[cell(run) for _, _, cell in columns] for run in chosen]
+
+
+def delivery_table(runs: list[Run], scenario: str) -> list[str]:
+    headers, rows = delivery_cells(runs, scenario)
+    if not rows:
         return []
-    headers = [
-        "target/server", "subs", "msg/s", "offered/s", "deliv/s", "%",
-        "p50 ms", "p95 ms", "p99 ms", "lost", "dup", "cpu µs/d", "srv %", "db %",
-        "other %",
-    ]  # fmt: skip
-    if scenario == "send":
-        headers[-3:-3] = ["ack p50", "ack p99", "stored/s"]
-    if scenario == "rooms":
-        headers[-3:-3] = ["redis conns/proc"]
-    rows = []
-    for run in chosen:
-        fraction = run.get("delivered_fraction")
-        row = [
-            label(run),
-            _fmt(run["subscribers"]),
-            _fmt(run["rate_per_s"], 0),
-            _fmt(run["offered_per_s"], 0),
-            _fmt(run["deliveries_per_s"], 0),
-            "-" if fraction is None else f"{fraction * 100:.0f}",
-            _fmt(run["p50_ms"]),
-            _fmt(run["p95_ms"]),
-            _fmt(run["p99_ms"]),
-            _fmt(run["lost"]),
-            _fmt(run["duplicates"]),
-            _fmt(run["cpu_us_per_delivery"]),
-            _fmt(run.get("server_cpu_pct"), 0),
-            _fmt(run.get("database_cpu_pct"), 0),
-            _fmt(run.get("other_cpu_pct"), 0),
-        ]
-        if scenario == "send":
-            row[-3:-3] = [
-                _fmt(run.get("ack_p50_ms")),
-                _fmt(run.get("ack_p99_ms")),
-                _fmt(run.get("stored_per_s")),
-            ]
-        if scenario == "rooms":
-            row[-3:-3] = [
-                "/".join(str(n) for n in run.get("redis_connections_per_process", []))
-            ]
-        rows.append(row)
     return [f"[{scenario}]", *_table(headers, rows), ""]
 
 

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 INSTANCE_ID = uuid.uuid4().hex[:12]
 SWEEP_EVERY_SECONDS = 5.0
+# Redis connections one process uses for presence, and how long a command
+# waits for one of them before it fails.
+REDIS_CONNECTIONS = 4
+REDIS_WAIT_SECONDS = 5.0
 
 Snapshot = tuple[frozenset[str], int]
 
@@ -91,9 +95,18 @@ class RedisStore:
     """Entries in Redis, shared by every instance."""
 
     def __init__(self) -> None:
-        self.redis = aioredis.Redis.from_url(
-            settings.REDIS_URL, **settings.REDIS_OPTIONS, decode_responses=True
+        # A burst of handshakes makes as many concurrent presence writes; a
+        # blocking pool queues them on a few connections instead of opening
+        # one each (redis-py's default pool has no practical limit).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            **settings.REDIS_OPTIONS,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=REDIS_WAIT_SECONDS,
+            client_name=f"{settings.CHANNEL_PREFIX}-presence",
+            decode_responses=True,
         )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.prefix = f"{settings.CHANNEL_PREFIX}:presence"
 
     def _key(self, room: str, suffix: str = "") -> str:

@@ -85,15 +85,20 @@ def postgres() -> Iterator[PostgresCluster]:
         yield cluster
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """The Redis most modules share; tests that stop Redis start their own."""
+def throwaway_redis() -> Iterator[RedisServer]:
+    """A redis-server with a password of its own, for a fixture to yield from."""
     try:
         server = RedisServer(password=secrets.token_hex(12))
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The Redis most modules share; tests that stop Redis start their own."""
+    yield from throwaway_redis()
 
 
 def module_tag(request: pytest.FixtureRequest) -> str:

@@ -65,16 +65,23 @@ def app(module_launcher: Launcher) -> AppProcess:
     return app
 
 
+@pytest.fixture
+def room(app: AppProcess, deployment: Deployment) -> tuple[str, str]:
+    """A new room of this test: (slug, its owner's token)."""
+    owner = deployment.fetch_tokens(app)[deployment.usernames[0]]
+    slug = unique_slug("pool")
+    create_room(app, owner, slug)
+    return slug, owner
+
+
 async def test_requests_and_messages_reuse_a_bounded_pool(
     app: AppProcess,
+    room: tuple[str, str],
     deployment: Deployment,
     postgres: PostgresCluster,
     clients: Clients,
 ) -> None:
-    tokens = deployment.fetch_tokens(app)
-    owner = tokens[deployment.usernames[0]]
-    slug = unique_slug("pool")
-    create_room(app, owner, slug)
+    slug, owner = room
     database = database_name(deployment)
     before = sessions_opened(postgres, database)
 
@@ -95,14 +102,12 @@ async def test_requests_and_messages_reuse_a_bounded_pool(
 
 async def test_connections_dropped_by_the_server_are_replaced_unseen(
     app: AppProcess,
+    room: tuple[str, str],
     deployment: Deployment,
     postgres: PostgresCluster,
     clients: Clients,
 ) -> None:
-    tokens = deployment.fetch_tokens(app)
-    owner = tokens[deployment.usernames[0]]
-    slug = unique_slug("dropped")
-    create_room(app, owner, slug)
+    slug, owner = room
     writer = await clients.open(app, slug, token=owner, name="writer")
     assert await writer.send_message("before") == 1
     database = database_name(deployment)

@@ -6,14 +6,17 @@ and App Platform hands the app its CA as PEM text (``REDIS_CA_CERT``).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
+from core import presence
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -89,6 +92,34 @@ async def test_idle_connections_stay_open_and_keep_receiving(
         if " WARNING " in line or " ERROR " in line
     ]
     assert not complaints, complaints[:5]
+
+
+async def test_a_burst_of_handshakes_shares_a_few_presence_connections(
+    launcher: Launcher,
+    deployment: Deployment,
+    redis_server: RedisServer,
+    clients: Clients,
+) -> None:
+    """Every handshake writes and reads presence at once; the connections
+    for it are capped per process, and every connection says whose it is."""
+    (app,) = launcher.launch("burst")
+    tokens = deployment.fetch_tokens(app)
+    slug = unique_slug("burst")
+    create_room(app, tokens[deployment.usernames[0]], slug)
+    await asyncio.gather(
+        *(clients.open(app, slug, name=f"anonymous{n}") for n in range(60))
+    )
+
+    prefix = deployment.env["SWITCHBOARD_CHANNEL_PREFIX"]
+    names = Counter(
+        entry["name"]
+        for entry in redis_server.client().client_list()
+        if entry["name"].startswith(prefix)
+    )
+    # Unbounded, redis-py opened one connection per concurrent handshake.
+    assert 1 <= names[f"{prefix}-presence"] <= presence.REDIS_CONNECTIONS < 60, names
+    assert names[f"{prefix}-layer"] >= 1, names
+    assert set(names) <= {f"{prefix}-presence", f"{prefix}-layer", f"{prefix}-cache"}
 
 
 @pytest.fixture

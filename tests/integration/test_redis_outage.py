@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import time
 from collections.abc import Iterator
 
@@ -26,22 +25,19 @@ from tests.integration.conftest import (
     ahttp_json,
     create_room,
     report,
+    throwaway_redis,
     unique_slug,
     wait_for_readyz,
 )
-from tests.support.services import AppProcess, RedisServer, ServiceUnavailable, manage
+from tests.support.services import AppProcess, RedisServer, manage
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def own_redis() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(password=secrets.token_hex(12))
-    except ServiceUnavailable as exc:
-        pytest.skip(str(exc))
-    with server:
-        yield server
+    """This module stops and restarts its Redis."""
+    yield from throwaway_redis()
 
 
 @pytest.fixture(scope="module")

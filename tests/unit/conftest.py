@@ -1,12 +1,15 @@
 """Unit-tier helpers: WebSocket clients against the real ASGI application."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from rest_framework.authtoken.models import Token
 
@@ -84,3 +87,34 @@ def token_for(user: Any) -> str:
 @pytest.fixture
 def token_of():
     return token_for
+
+
+# --- the channel layer ---------------------------------------------------------
+
+
+@pytest.fixture
+def listen():
+    """Add a test channel to a channel-layer group; read what it receives."""
+    layer = get_channel_layer()
+    joined = []
+
+    def join(group: str) -> str:
+        channel = async_to_sync(layer.new_channel)("test.")
+        async_to_sync(layer.group_add)(group, channel)
+        joined.append((group, channel))
+        return channel
+
+    yield join
+    for group, channel in joined:
+        async_to_sync(layer.group_discard)(group, channel)
+
+
+def next_event(channel: str, timeout: float = 2) -> dict:
+    """The next event on ``channel``, after a JSON round trip (as on Redis)."""
+
+    async def receive() -> dict:
+        return await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
+
+    event = async_to_sync(receive)()
+    assert json.loads(json.dumps(event)) == event, "event is not plain JSON"
+    return event

@@ -6,14 +6,11 @@ in-memory layer by a test channel added to the group a consumer would join,
 and round-tripped through JSON as Redis would serialize them.
 """
 
-import asyncio
 import json
 import re
 
 import pytest
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.utils.dateparse import parse_datetime
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -21,7 +18,13 @@ from rest_framework.test import APIClient
 from core import services
 from core.models import Membership, Message, Room
 from tests.factories import PASSWORD, RoomFactory, UserFactory, private_room
-from tests.unit.conftest import connected, receive_until, send_json, token_for
+from tests.unit.conftest import (
+    connected,
+    next_event,
+    receive_until,
+    send_json,
+    token_for,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -62,34 +65,6 @@ def store(room: Room, count: int, author: object = None) -> None:
 def _fast_password_hashing(settings):
     """PBKDF2's million rounds are for attackers, not for this suite."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def listen():
-    """Add a test channel to a channel-layer group; read what it receives."""
-    layer = get_channel_layer()
-    joined = []
-
-    def join(group: str) -> str:
-        channel = async_to_sync(layer.new_channel)("test.")
-        async_to_sync(layer.group_add)(group, channel)
-        joined.append((group, channel))
-        return channel
-
-    yield join
-    for group, channel in joined:
-        async_to_sync(layer.group_discard)(group, channel)
-
-
-def next_event(channel: str, timeout: float = 2) -> dict:
-    """The next event on ``channel``, after a JSON round trip (as on Redis)."""
-
-    async def receive() -> dict:
-        return await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
-
-    event = async_to_sync(receive)()
-    assert json.loads(json.dumps(event)) == event, "event is not plain JSON"
-    return event
 
 
 def fields(event: dict, *names: str) -> dict:

@@ -1,45 +1,16 @@
 """The management commands ``announce`` and ``ensure_room``."""
 
-import asyncio
-import json
 from io import StringIO
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.management import CommandError, call_command
 
 from core import services
 from core.models import Message, Room
 from tests.factories import RoomFactory
+from tests.unit.conftest import next_event
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def room_listener():
-    """A test channel in a room's channel-layer group, as a consumer would be."""
-    layer = get_channel_layer()
-    joined = []
-
-    def join(slug: str) -> str:
-        channel = async_to_sync(layer.new_channel)("test.")
-        async_to_sync(layer.group_add)(services.room_group(slug), channel)
-        joined.append((services.room_group(slug), channel))
-        return channel
-
-    yield join
-    for group, channel in joined:
-        async_to_sync(layer.group_discard)(group, channel)
-
-
-def next_event(channel: str, timeout: float = 2) -> dict:
-    async def receive() -> dict:
-        return await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
-
-    event = async_to_sync(receive)()
-    assert json.loads(json.dumps(event)) == event, "event is not plain JSON"
-    return event
 
 
 def announce(*args: str) -> str:
@@ -58,10 +29,10 @@ def ensure_room(*args: str) -> str:
 
 
 def test_announce_posts_a_system_message_and_publishes_it(
-    room_listener, django_capture_on_commit_callbacks
+    listen, django_capture_on_commit_callbacks
 ):
     RoomFactory(slug="lobby")
-    channel = room_listener("lobby")
+    channel = listen(services.room_group("lobby"))
 
     # The test's transaction stands in for the command's autocommit.
     with django_capture_on_commit_callbacks(execute=True):
