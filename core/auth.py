@@ -92,7 +92,9 @@ class TokenAuthMiddleware(BaseMiddleware):
             session = scope.get("session")
             key = getattr(session, "session_key", None)
             scope = dict(scope, credential=credential_id(key) if key else None)
-            await super().__call__(scope, receive, send)
+            # self.inner, not super(): BaseMiddleware would copy the scope
+            # again, and each copy lives as long as the connection.
+            await self.inner(scope, receive, send)
             return
         scheme, _, key = authorization.partition(" ")
         key = key.strip()
@@ -104,7 +106,7 @@ class TokenAuthMiddleware(BaseMiddleware):
             await WebsocketDenier()(scope, receive, send)
             return
         scope = dict(scope, user=user, credential=credential_id(key))
-        await super().__call__(scope, receive, send)
+        await self.inner(scope, receive, send)
 
 
 def TokenAuthMiddlewareStack(inner: Any) -> Any:
