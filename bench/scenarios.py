@@ -283,7 +283,8 @@ def _profile(
     ``<results>/profiles/<target>-<server><suffix>.txt``.
     """
     stack = session.stack
-    name = f"{stack.target}-{stack.server}{suffix}"
+    variant = f"-{stack.variant.replace(' ', '-')}" if stack.variant else ""
+    name = f"{stack.target}-{stack.server}{variant}{suffix}"
     raw = session.infra.log_dir / f"py-spy-{name}.txt"
     seconds = int(session.plan.warmup_seconds + session.plan.window_seconds)
     with profiling.record(stack.pids[0], seconds, raw) as done:
