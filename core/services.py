@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -106,30 +107,23 @@ def store_message(
     body: str,
     client_id: str | None,
 ) -> PostResult:
-    """Store a message under the room's row lock; ``author=None``: system.
+    """Store a message with the room's next ``seq``; ``author=None``: system.
 
-    Takes ``seq`` from ``Room.last_seq`` in the same transaction, so seq is
-    gap-free and unique. A repeated ``(room, author, client_id)`` returns the
-    original message with ``created=False``. Raises ``NotSignedIn`` or
-    ``AccessDenied``. Does not publish.
+    ``seq`` comes from ``Room.last_seq`` in the transaction that stores the
+    message, under the room row's lock, so it is gap-free and unique. A
+    repeated ``(room, author, client_id)`` returns the original message with
+    ``created=False``. Raises ``NotSignedIn``, ``AccessDenied`` or
+    ``Room.DoesNotExist``. Does not publish.
     """
     body = protocol.validate_body(body)
     client_id = protocol.validate_client_id(client_id)
+    if connection.vendor == "postgresql":
+        return _store_in_one_statement(room_id, author, body, client_id)
     with transaction.atomic():
         room = Room.objects.select_for_update().get(pk=room_id)
-        if author is not None:
-            if not author.is_authenticated:
-                raise NotSignedIn
-            if not access.can_post(author, room):
-                raise AccessDenied
+        _check_can_post(author, room)
         if client_id is not None and author is not None:
-            # No ordering: Message's default one joins Room and sorts, which
-            # costs more than the unique-index lookup itself.
-            original = (
-                Message.objects.filter(room=room, author=author, client_id=client_id)
-                .order_by()
-                .first()
-            )
+            original = _original(room, author, client_id)
             if original is not None:
                 return PostResult(frame_for(original, room.slug), created=False)
         now = timezone.now()
@@ -144,6 +138,95 @@ def store_message(
             client_id=client_id,
             sent_at=now,
         )
+    return PostResult(frame_for(message, room.slug), created=True)
+
+
+def _check_can_post(author: User | None, room: Room) -> None:
+    if author is None:
+        return  # a system message (announce)
+    if not author.is_authenticated:
+        raise NotSignedIn
+    if not access.can_post(author, room):
+        raise AccessDenied
+
+
+def _original(room: Room, author: User, client_id: str) -> Message | None:
+    # No ordering: Message's default one joins Room and sorts, which costs
+    # more than the unique-index lookup itself.
+    return (
+        Message.objects.filter(room=room, author=author, client_id=client_id)
+        .order_by()
+        .first()
+    )
+
+
+# Table and column names as core/models.py defines them (a unit test keeps
+# them in step).
+INSERT_WITH_NEXT_SEQ = """
+WITH next AS (
+    UPDATE core_room SET last_seq = last_seq + 1, last_message_at = %(now)s
+    WHERE id = %(room)s
+    RETURNING last_seq
+)
+INSERT INTO core_message
+    (room_id, seq, author_id, author_name, body, client_id, sent_at)
+SELECT %(room)s, last_seq, %(author)s, %(author_name)s, %(body)s, %(client_id)s,
+    %(now)s
+FROM next
+RETURNING id, seq
+"""
+
+
+def _store_in_one_statement(
+    room_id: int, author: User | None, body: str, client_id: str | None
+) -> PostResult:
+    """PostgreSQL: the same rules in one round trip instead of five.
+
+    The UPDATE locks the room row and takes the next seq; the INSERT stores
+    the message; being one statement, they commit together or not at all
+    (docs/performance.md). A repeated client_id hits the unique constraint,
+    which undoes the seq too, and the original is returned.
+    """
+    room = Room.objects.get(pk=room_id)
+    _check_can_post(author, room)
+    now = timezone.now()
+    author_name = author.get_username() if author is not None else ""
+    params = {
+        "room": room.pk,
+        "author": author.pk if author is not None else None,
+        "author_name": author_name,
+        "body": body,
+        "client_id": client_id,
+        "now": now,
+    }
+    # Inside a caller's transaction, a savepoint keeps a repeat from
+    # breaking it; in autocommit the statement is its own transaction.
+    scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    try:
+        with scope, connection.cursor() as cursor:
+            cursor.execute(INSERT_WITH_NEXT_SEQ, params)
+            row = cursor.fetchone()
+    except IntegrityError:
+        original = (
+            _original(room, author, client_id)
+            if author is not None and client_id is not None
+            else None
+        )
+        if original is None:
+            raise
+        return PostResult(frame_for(original, room.slug), created=False)
+    if row is None:  # the room went between the read and the statement
+        raise Room.DoesNotExist
+    message = Message(
+        id=row[0],
+        room=room,
+        seq=row[1],
+        author=author,
+        author_name=author_name,
+        body=body,
+        client_id=client_id,
+        sent_at=now,
+    )
     return PostResult(frame_for(message, room.slug), created=True)
 
 

@@ -230,3 +230,63 @@ async def test_readyz_is_ok_while_an_instance_serves_websockets(
     answers = [await ahttp_json(a, "GET", "/readyz") for _ in range(2)]
 
     assert answers == [(200, {"status": "ok"})] * 2
+
+
+async def test_a_repeated_client_id_on_either_instance_is_stored_once(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], clients: Clients
+) -> None:
+    """On PostgreSQL a repeat hits the unique constraint inside the statement
+    that takes the seq, so the seq is undone with it: no gap follows."""
+    a, b = pair
+    slug = unique_slug("repeat")
+    create_room(a, tokens[0], slug)
+    on_a = await clients.open(a, slug, token=tokens[1], name="author@A")
+    on_b = await clients.open(b, slug, token=tokens[1], name="author@B")
+
+    frame = {"type": "send", "body": "once", "client_id": "same-id"}
+    await asyncio.gather(on_a.send(frame), on_b.send(frame))  # racing repeats
+    for client in (on_a, on_b):
+        await client.wait_for(lambda c=client: "same-id" in c.acks, 10, "the ack")
+    assert on_a.acks["same-id"] == on_b.acks["same-id"] == 1
+    status, repeat = await ahttp_json(
+        b,
+        "POST",
+        f"/api/rooms/{slug}/messages/",
+        token=tokens[1],
+        body={"body": "different body", "client_id": "same-id"},
+    )
+    assert (status, repeat["seq"], repeat["body"]) == (200, 1, "once")
+
+    assert await on_a.send_message("next") == 2
+    status, page = await ahttp_json(a, "GET", f"/api/rooms/{slug}/messages/")
+    assert status == 200
+    assert [(m["seq"], m["body"]) for m in page["messages"]] == [
+        (1, "once"),
+        (2, "next"),
+    ]
+    assert not on_a.errors()
+    assert not on_b.errors()
+
+
+async def test_a_non_member_cannot_post_to_a_private_room(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str]
+) -> None:
+    a, b = pair
+    slug = unique_slug("private")
+    create_room(a, tokens[0], slug, private=True)
+    status, _ = await ahttp_json(
+        b,
+        "POST",
+        f"/api/rooms/{slug}/messages/",
+        token=tokens[2],
+        body={"body": "let me in"},
+    )
+    assert status == 404
+    status, page = await ahttp_json(
+        a, "GET", f"/api/rooms/{slug}/messages/", token=tokens[0]
+    )
+    assert (status, page["messages"]) == (200, [])
+    status, posted = await ahttp_json(
+        a, "POST", f"/api/rooms/{slug}/messages/", token=tokens[0], body={"body": "hi"}
+    )
+    assert (status, posted["seq"]) == (201, 1)

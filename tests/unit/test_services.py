@@ -91,3 +91,28 @@ def test_author_name_survives_the_users_deletion():
     user.delete()
     page, _ = services.history(room=room, before=None, after=None, limit=10)
     assert page[0]["author"] == "leaver"
+
+
+def test_the_postgresql_statement_names_the_models_tables_and_columns():
+    """INSERT_WITH_NEXT_SEQ is plain SQL; a renamed table or column must fail
+    here, not in production (the statement runs on PostgreSQL only, in the
+    integration tier)."""
+    from core.models import Room
+
+    sql = services.INSERT_WITH_NEXT_SEQ
+    assert f"UPDATE {Room._meta.db_table} SET" in sql
+    for name in ("last_seq", "last_message_at", "id"):
+        assert Room._meta.get_field(name).column in sql
+    columns = [
+        Message._meta.get_field(name).column
+        for name in (
+            "room",
+            "seq",
+            "author",
+            "author_name",
+            "body",
+            "client_id",
+            "sent_at",
+        )
+    ]
+    assert f"INSERT INTO {Message._meta.db_table}\n    ({', '.join(columns)})" in sql
