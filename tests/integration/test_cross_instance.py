@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     ahttp_json,
     create_room,
     handshake_status,
+    http_json,
     report,
     unique_slug,
 )
@@ -290,3 +291,38 @@ async def test_a_non_member_cannot_post_to_a_private_room(
         a, "POST", f"/api/rooms/{slug}/messages/", token=tokens[0], body={"body": "hi"}
     )
     assert (status, posted["seq"]) == (201, 1)
+
+
+def test_a_repeat_inside_a_callers_transaction_leaves_that_transaction_usable(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], deployment: Deployment
+) -> None:
+    """On PostgreSQL the repeat's failed insert runs in a savepoint when the
+    caller holds a transaction, so the caller's later work still commits."""
+    a, _ = pair
+    slug = unique_slug("savepoint")
+    create_room(a, tokens[0], slug)
+    code = (
+        "from django.contrib.auth import get_user_model\n"
+        "from django.db import transaction\n"
+        "from core import services\n"
+        "from core.models import Room\n"
+        f"room = Room.objects.get(slug={slug!r})\n"
+        f"user = get_user_model().objects.get(username={deployment.usernames[1]!r})\n"
+        "with transaction.atomic():\n"
+        "    first = services.store_message(room_id=room.pk, author=user,"
+        " body='once', client_id='in-txn')\n"
+        "    again = services.store_message(room_id=room.pk, author=user,"
+        " body='twice', client_id='in-txn')\n"
+        "    after = services.store_message(room_id=room.pk, author=user,"
+        " body='after', client_id=None)\n"
+        "print(first.created, again.created, again.message['seq'],"
+        " after.message['seq'])\n"
+    )
+    result = manage("shell", "-c", code, env=deployment.instance_env())
+    assert result.stdout.split()[-4:] == ["True", "False", "1", "2"], result.stdout
+    status, page = http_json(a, "GET", f"/api/rooms/{slug}/messages/")
+    assert status == 200
+    assert [(m["seq"], m["body"]) for m in page["messages"]] == [
+        (1, "once"),
+        (2, "after"),
+    ]
