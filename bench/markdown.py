@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.report import _fmt, label
+from bench.report import _fmt
 
 Run = dict[str, Any]
 
@@ -33,25 +33,8 @@ def deliveries(runs: list[Run], scenario: str) -> list[str]:
 
 
 def idle(runs: list[Run]) -> list[str]:
-    chosen = [r for r in runs if r["scenario"] == "idle"]
-    if not chosen:
-        return []
-    headers = ["target/server (one instance)", "open", "attempted",
-               "RSS before MiB", "RSS after MiB", "KiB per connection",
-               "connects/s"]  # fmt: skip
-    rows = [
-        [
-            label(run),
-            _fmt(run["connections"]),
-            _fmt(run["attempted"]),
-            _fmt(run["rss_before_mib"]),
-            _fmt(run["rss_after_mib"]),
-            _fmt(run["rss_kib_per_conn"]),
-            _fmt(run["connects_per_s"], 0),
-        ]
-        for run in chosen
-    ]
-    return _table(headers, rows)
+    headers, rows = report.idle_cells(runs, markdown=True)
+    return _table(headers, rows) if rows else []
 
 
 def checks(runs: list[Run]) -> list[str]:

@@ -56,24 +56,8 @@ def fanout(runs: list[Run], directory: Path) -> list[Path]:
     written.append(_save(fig, directory / "fanout_throughput.png"))
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, points in grouped.items():
-        line = ax.plot(
-            [r["offered_per_s"] for r in points],
-            [r["p99_ms"] or float("nan") for r in points],
-            marker="o",
-            label=f"{name} p99",
-        )
-        ax.plot(
-            [r["offered_per_s"] for r in points],
-            [r["p50_ms"] or float("nan") for r in points],
-            marker=".",
-            linestyle="--",
-            color=line[0].get_color(),
-            label=f"{name} p50",
-        )
-    ax.axhline(
-        config.FANOUT_500_P99_MS, color="0.5", linestyle=":", label="p99 target at 500"
-    )
+    _p99_and_p50(ax, grouped, "offered_per_s", "", config.FANOUT_500_P99_MS,
+                 "p99 target at 500")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("offered deliveries/s")
     ax.set_ylabel("end-to-end latency, ms (log)")
@@ -84,30 +68,43 @@ def fanout(runs: list[Run], directory: Path) -> list[Path]:
     return written
 
 
+def _p99_and_p50(
+    ax: Any,
+    grouped: dict[str, list[Run]],
+    x: str,
+    prefix: str,
+    target: float,
+    target_label: str,
+) -> None:
+    """p99 (solid) and p50 (dashed, same colour) per series, and the target."""
+    kind = prefix.replace("_", " ")
+    for name, points in grouped.items():
+        xs = [r[x] for r in points]
+        line = ax.plot(
+            xs,
+            [r[f"{prefix}p99_ms"] or float("nan") for r in points],
+            marker="o",
+            label=f"{name} {kind}p99",
+        )
+        ax.plot(
+            xs,
+            [r[f"{prefix}p50_ms"] or float("nan") for r in points],
+            marker=".",
+            linestyle="--",
+            color=line[0].get_color(),
+            label=f"{name} {kind}p50",
+        )
+    ax.axhline(target, color="0.5", linestyle=":", label=target_label)
+
+
 def send(runs: list[Run], directory: Path) -> list[Path]:
     """Ack latency against the total send rate into one room."""
     grouped = _series(runs, "send")
     if not grouped:
         return []
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, points in grouped.items():
-        line = ax.plot(
-            [r["rate_per_s"] for r in points],
-            [r["ack_p99_ms"] or float("nan") for r in points],
-            marker="o",
-            label=f"{name} ack p99",
-        )
-        ax.plot(
-            [r["rate_per_s"] for r in points],
-            [r["ack_p50_ms"] or float("nan") for r in points],
-            marker=".",
-            linestyle="--",
-            color=line[0].get_color(),
-            label=f"{name} ack p50",
-        )
-    ax.axhline(
-        config.SEND_ACK_P99_MS_MAX, color="0.5", linestyle=":", label="ack p99 target"
-    )
+    _p99_and_p50(ax, grouped, "rate_per_s", "ack_", config.SEND_ACK_P99_MS_MAX,
+                 "ack p99 target")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("messages/s into one room (senders on both instances)")
     ax.set_ylabel("send -> ack, ms (log)")

@@ -148,12 +148,20 @@ def delivery_table(runs: list[Run], scenario: str) -> list[str]:
     return [f"[{scenario}]", *_table(headers, rows), ""]
 
 
-def idle_table(runs: list[Run]) -> list[str]:
+def idle_cells(
+    runs: list[Run], *, markdown: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the idle table; empty without idle runs."""
     chosen = [r for r in runs if r["scenario"] == "idle"]
     if not chosen:
-        return []
-    headers = ["target/server", "open", "of", "RSS before MiB", "after MiB",
-               "KiB/conn", "connects/s"]  # fmt: skip
+        return [], []
+    if markdown:
+        headers = ["target/server (one instance)", "open", "attempted",
+                   "RSS before MiB", "RSS after MiB", "KiB per connection",
+                   "connects/s"]  # fmt: skip
+    else:
+        headers = ["target/server", "open", "of", "RSS before MiB", "after MiB",
+                   "KiB/conn", "connects/s"]  # fmt: skip
     rows = [
         [
             label(run),
@@ -166,6 +174,13 @@ def idle_table(runs: list[Run]) -> list[str]:
         ]
         for run in chosen
     ]
+    return headers, rows
+
+
+def idle_table(runs: list[Run]) -> list[str]:
+    headers, rows = idle_cells(runs)
+    if not rows:
+        return []
     return ["[idle] (one instance)", *_table(headers, rows), ""]
 
 

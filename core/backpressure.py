@@ -110,6 +110,7 @@ def _sansio_writer(owner: Any) -> Callable[[bytes], bool] | None:
         or not hasattr(owner, "close_sent")
     ):
         return None  # wsproto or an unfamiliar implementation: ASGI only
+    # Imported here: websockets comes with uvicorn[standard], not with Daphne.
     from websockets.protocol import State
 
     def write_frame(frame: bytes) -> bool:
