@@ -334,7 +334,7 @@ class MessageListView(APIView):
         data.is_valid(raise_exception=True)
         try:
             result = services.post_message_sync(
-                room_id=room.pk, author=request.user, **data.validated_data
+                room=room, author=request.user, **data.validated_data
             )
         except services.AccessDenied:
             raise Http404("No such room.") from None

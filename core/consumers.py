@@ -22,6 +22,7 @@ from django.conf import settings
 
 from core import backpressure, protocol, services
 from core.fanout import Encoded, get_hub
+from core.models import Room
 from core.presence import get_presence
 from core.protocol import ProtocolError
 from core.ratelimit import TokenBucket
@@ -50,7 +51,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # everyone (core.fanout). An unknown alias makes Channels skip its own.
     channel_layer_alias = "per-process-hub-only"
 
-    room_id: int
+    room: Room
     slug: str
     groups_joined: tuple[str, ...] = ()
     in_presence = False
@@ -122,7 +123,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._leave()
             await self.close()  # before accept: HTTP 403, unknown or private alike
             return
-        self.room_id = room.pk
+        self.room = room
         self.write_buffer = backpressure.locate(
             self.base_send, settings.SLOW_CLIENT_BUFFER_BYTES
         )
@@ -160,7 +161,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _replay(self, after: int) -> None:
         """Send what the client missed, then ``replayed``."""
         messages, complete = await database_sync_to_async(services.replay)(
-            room_id=self.room_id, after=after
+            room_id=self.room.pk, after=after
         )
         for message in messages:
             await self.send_frame(message)
@@ -256,7 +257,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.check_rate(self.send_bucket, client_id)
         try:
             result = await services.post_message(
-                room_id=self.room_id,
+                room=self.room,
                 author=self.user,
                 body=frame.body,
                 client_id=client_id,
@@ -276,7 +277,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             messages, has_more = await database_sync_to_async(
                 services.readable_history
             )(
-                user=self.user, room_id=self.room_id,
+                user=self.user, room_id=self.room.pk,
                 before=frame.before, after=frame.after, limit=frame.limit,
             )  # fmt: skip
         except services.AccessDenied:
@@ -391,7 +392,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _catch_up(self) -> None:
         with contextlib.suppress(Exception):
             messages, _ = await database_sync_to_async(services.replay)(
-                room_id=self.room_id, after=self.last_seq_sent
+                room_id=self.room.pk, after=self.last_seq_sent
             )
             for message in messages:
                 await self.hub_event({"type": "room.message", "message": message}, None)

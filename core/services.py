@@ -102,13 +102,14 @@ def frame_for(message: Message, room_slug: str) -> protocol.MessageFrame:
 
 def store_message(
     *,
-    room_id: int,
+    room: Room,
     author: User | None,
     body: str,
     client_id: str | None,
 ) -> PostResult:
     """Store a message with the room's next ``seq``; ``author=None``: system.
 
+    ``room`` is the caller's copy, read when its connection or request began.
     ``seq`` comes from ``Room.last_seq`` in the transaction that stores the
     message, under the room row's lock, so it is gap-free and unique. A
     repeated ``(room, author, client_id)`` returns the original message with
@@ -118,9 +119,9 @@ def store_message(
     body = protocol.validate_body(body)
     client_id = protocol.validate_client_id(client_id)
     if connection.vendor == "postgresql":
-        return _store_in_one_statement(room_id, author, body, client_id)
+        return _store_in_one_statement(room, author, body, client_id)
     with transaction.atomic():
-        room = Room.objects.select_for_update().get(pk=room_id)
+        room = Room.objects.select_for_update().get(pk=room.pk)
         _check_can_post(author, room)
         if client_id is not None and author is not None:
             original = _original(room, author, client_id)
@@ -165,7 +166,7 @@ def _original(room: Room, author: User, client_id: str) -> Message | None:
 INSERT_WITH_NEXT_SEQ = """
 WITH next AS (
     UPDATE core_room SET last_seq = last_seq + 1, last_message_at = %(now)s
-    WHERE id = %(room)s
+    WHERE id = %(room)s AND is_private = %(is_private)s
     RETURNING last_seq
 )
 INSERT INTO core_message
@@ -178,21 +179,39 @@ RETURNING id, seq
 
 
 def _store_in_one_statement(
-    room_id: int, author: User | None, body: str, client_id: str | None
+    room: Room, author: User | None, body: str, client_id: str | None
 ) -> PostResult:
     """PostgreSQL: the same rules in one round trip instead of five.
 
     The UPDATE locks the room row and takes the next seq; the INSERT stores
     the message; being one statement, they commit together or not at all
-    (docs/performance.md). A repeated client_id hits the unique constraint,
+    (docs/protocol.md). A repeated client_id hits the unique constraint,
     which undoes the seq too, and the original is returned.
+
+    The access check runs on the caller's copy of the room, and the UPDATE
+    matches only while the room's privacy (the room field that
+    ``access.can_post`` reads) is still what the check saw. If the room has
+    gone or changed, it is read again and checked again, once.
     """
-    room = Room.objects.get(pk=room_id)
-    _check_can_post(author, room)
+    for fresh in (False, True):
+        if fresh:
+            room = Room.objects.get(pk=room.pk)  # Room.DoesNotExist: it went
+        _check_can_post(author, room)
+        stored = _insert_with_next_seq(room, author, body, client_id)
+        if stored is not None:
+            return stored
+    raise AccessDenied  # the room's privacy changed twice under us
+
+
+def _insert_with_next_seq(
+    room: Room, author: User | None, body: str, client_id: str | None
+) -> PostResult | None:
+    """Run ``INSERT_WITH_NEXT_SEQ``; None if the room no longer matches."""
     now = timezone.now()
     author_name = author.get_username() if author is not None else ""
     params = {
         "room": room.pk,
+        "is_private": room.is_private,
         "author": author.pk if author is not None else None,
         "author_name": author_name,
         "body": body,
@@ -215,8 +234,8 @@ def _store_in_one_statement(
         if original is None:
             raise
         return PostResult(frame_for(original, room.slug), created=False)
-    if row is None:  # the room went between the read and the statement
-        raise Room.DoesNotExist
+    if row is None:
+        return None
     message = Message(
         id=row[0],
         room=room,
@@ -232,7 +251,7 @@ def _store_in_one_statement(
 
 async def post_message(
     *,
-    room_id: int,
+    room: Room,
     author: User | None,
     body: str,
     client_id: str | None = None,
@@ -243,7 +262,7 @@ async def post_message(
     publish is logged and counted, never raised: the message is stored.
     """
     result = await database_sync_to_async(store_message)(
-        room_id=room_id, author=author, body=body, client_id=client_id
+        room=room, author=author, body=body, client_id=client_id
     )
     if result.created:
         await publish_message(result.message)
@@ -252,15 +271,13 @@ async def post_message(
 
 def post_message_sync(
     *,
-    room_id: int,
+    room: Room,
     author: User | None,
     body: str,
     client_id: str | None = None,
 ) -> PostResult:
     """The synchronous twin of ``post_message`` (API views, commands)."""
-    result = store_message(
-        room_id=room_id, author=author, body=body, client_id=client_id
-    )
+    result = store_message(room=room, author=author, body=body, client_id=client_id)
     if result.created:
         # At once when no outer transaction is open; otherwise after it commits.
         message = result.message

@@ -293,6 +293,48 @@ async def test_a_non_member_cannot_post_to_a_private_room(
     assert (status, posted["seq"]) == (201, 1)
 
 
+async def test_a_room_made_private_refuses_a_connected_non_members_next_send(
+    pair: tuple[AppProcess, AppProcess],
+    tokens: list[str],
+    clients: Clients,
+    deployment: Deployment,
+) -> None:
+    """The store checks access on the room the connection read at its
+    handshake, and its statement matches only while the room's privacy is
+    still what the check saw: a stale copy is read again, never trusted."""
+    a, b = pair
+    slug = unique_slug("turned")
+    create_room(a, tokens[0], slug)
+    outsider = await clients.open(b, slug, token=tokens[3], name="outsider@B")
+    assert await outsider.send_message("while public") == 1
+
+    code = (
+        "from core.models import Room\n"
+        f"print(Room.objects.filter(slug={slug!r}).update(is_private=True))\n"
+    )
+    result = manage("shell", "-c", code, env=deployment.instance_env())
+    assert result.stdout.split()[-1] == "1", result.stdout
+
+    client_id = await outsider.post("after it turned private")
+    await outsider.wait_for(
+        lambda: client_id in outsider.acks or outsider.error_for(client_id),
+        10,
+        "the answer to the send",
+    )
+    assert client_id not in outsider.acks
+    assert outsider.error_for(client_id)["code"] == "forbidden"
+    owner = await clients.open(a, slug, token=tokens[0], name="owner@A")
+    assert await owner.send_message("members only now") == 2  # no gap
+    status, page = await ahttp_json(
+        a, "GET", f"/api/rooms/{slug}/messages/", token=tokens[0]
+    )
+    assert status == 200
+    assert [(m["seq"], m["body"]) for m in page["messages"]] == [
+        (1, "while public"),
+        (2, "members only now"),
+    ]
+
+
 def test_a_repeat_inside_a_callers_transaction_leaves_that_transaction_usable(
     pair: tuple[AppProcess, AppProcess], tokens: list[str], deployment: Deployment
 ) -> None:
@@ -309,11 +351,11 @@ def test_a_repeat_inside_a_callers_transaction_leaves_that_transaction_usable(
         f"room = Room.objects.get(slug={slug!r})\n"
         f"user = get_user_model().objects.get(username={deployment.usernames[1]!r})\n"
         "with transaction.atomic():\n"
-        "    first = services.store_message(room_id=room.pk, author=user,"
+        "    first = services.store_message(room=room, author=user,"
         " body='once', client_id='in-txn')\n"
-        "    again = services.store_message(room_id=room.pk, author=user,"
+        "    again = services.store_message(room=room, author=user,"
         " body='twice', client_id='in-txn')\n"
-        "    after = services.store_message(room_id=room.pk, author=user,"
+        "    after = services.store_message(room=room, author=user,"
         " body='after', client_id=None)\n"
         "print(first.created, again.created, again.message['seq'],"
         " after.message['seq'])\n"

@@ -57,7 +57,7 @@ def messages_url(slug: str) -> str:
 def store(room: Room, count: int, author: object = None) -> None:
     for number in range(1, count + 1):
         services.store_message(
-            room_id=room.pk, author=author, body=f"m{number}", client_id=None
+            room=room, author=author, body=f"m{number}", client_id=None
         )
 
 
@@ -553,8 +553,8 @@ def test_message_page_defaults_to_the_latest_50():
 def test_message_page_has_the_frame_shape():
     author = UserFactory(username="ada")
     room = RoomFactory(slug="lobby")
-    services.store_message(room_id=room.pk, author=author, body="hi", client_id="c1")
-    services.store_message(room_id=room.pk, author=None, body="sys", client_id=None)
+    services.store_message(room=room, author=author, body="hi", client_id="c1")
+    services.store_message(room=room, author=None, body="sys", client_id=None)
     messages = APIClient().get(messages_url("lobby")).json()["messages"]
     assert [set(message) for message in messages] == [MESSAGE_FIELDS] * 2
     first, second = messages

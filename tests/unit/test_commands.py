@@ -59,7 +59,7 @@ def test_announce_posts_a_system_message_and_publishes_it(
 
 def test_announce_takes_the_next_seq():
     room = RoomFactory(slug="lobby")
-    services.store_message(room_id=room.pk, author=None, body="a", client_id=None)
+    services.store_message(room=room, author=None, body="a", client_id=None)
     announce("lobby", "b")
     room.refresh_from_db()
     assert room.last_seq == 2

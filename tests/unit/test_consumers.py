@@ -71,7 +71,7 @@ def stored(slug="lobby"):
 def post(slug, body, author=None, client_id=None):
     room = Room.objects.get(slug=slug)
     return services.store_message(
-        room_id=room.pk, author=author, body=body, client_id=client_id
+        room=room, author=author, body=body, client_id=client_id
     ).message
 
 
@@ -79,9 +79,7 @@ def post(slug, body, author=None, client_id=None):
 def post_many(slug, count):
     room = Room.objects.get(slug=slug)
     for n in range(count):
-        services.store_message(
-            room_id=room.pk, author=None, body=f"m{n}", client_id=None
-        )
+        services.store_message(room=room, author=None, body=f"m{n}", client_id=None)
 
 
 # --- handshake ---------------------------------------------------------------

@@ -25,7 +25,7 @@ async def test_a_published_message_reaches_every_local_connection_once():
     await database_sync_to_async(RoomFactory)(slug="lobby")
     async with connected("lobby") as first, connected("lobby") as second:
         room = await database_sync_to_async(Room.objects.get)(slug="lobby")
-        result = await services.post_message(room_id=room.pk, author=None, body="hi")
+        result = await services.post_message(room=room, author=None, body="hi")
         for ws in (first, second):
             frame = await ws.receive_json_from()
             assert frame == result.message
@@ -39,7 +39,7 @@ async def test_after_an_outage_connections_catch_up_from_the_database():
         room = await database_sync_to_async(Room.objects.get)(slug="lobby")
         # Stored while the layer was down: never published.
         lost = await database_sync_to_async(services.store_message)(
-            room_id=room.pk, author=None, body="during the outage", client_id=None
+            room=room, author=None, body="during the outage", client_id=None
         )
         get_hub()._catch_up_everyone()
         frame = await ws.receive_json_from()

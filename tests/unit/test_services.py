@@ -5,7 +5,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from core import services
-from core.models import Message
+from core.models import Message, Room
 from tests.factories import RoomFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -34,11 +34,11 @@ def test_a_name_without_a_usable_slug_is_refused(name):
 def test_seq_is_taken_from_the_room_under_its_lock(django_assert_num_queries):
     room = RoomFactory()
     user = UserFactory()
-    services.store_message(room_id=room.pk, author=user, body="one", client_id=None)
+    services.store_message(room=room, author=user, body="one", client_id=None)
     # lock the room, check access (public: none), update last_seq, insert
     with django_assert_num_queries(5):  # + savepoint pair of atomic in tests
         result = services.store_message(
-            room_id=room.pk, author=user, body="two", client_id=None
+            room=room, author=user, body="two", client_id=None
         )
     assert result.message["seq"] == 2
     room.refresh_from_db()
@@ -53,7 +53,7 @@ def test_publishing_waits_for_the_commit(django_capture_on_commit_callbacks):
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(services.room_group("lobby"), channel)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        result = services.post_message_sync(room_id=room.pk, author=None, body="hi")
+        result = services.post_message_sync(room=room, author=None, body="hi")
         # Not committed yet (the test's transaction is open): nothing sent.
         assert layer.channels.get(channel) is None or layer.channels[channel].empty()
     assert len(callbacks) == 1
@@ -78,7 +78,7 @@ def test_a_failed_publish_is_counted_and_the_message_kept(
     monkeypatch.setattr(services, "get_channel_layer", BrokenLayer)
     before = services.publish_stats.failed
     with django_capture_on_commit_callbacks(execute=True):
-        result = services.post_message_sync(room_id=room.pk, author=None, body="kept")
+        result = services.post_message_sync(room=room, author=None, body="kept")
     assert result.created
     assert services.publish_stats.failed == before + 1
     assert Message.objects.get(room=room).body == "kept"
@@ -87,21 +87,34 @@ def test_a_failed_publish_is_counted_and_the_message_kept(
 def test_author_name_survives_the_users_deletion():
     room = RoomFactory()
     user = UserFactory(username="leaver")
-    services.store_message(room_id=room.pk, author=user, body="bye", client_id="x")
+    services.store_message(room=room, author=user, body="bye", client_id="x")
     user.delete()
     page, _ = services.history(room=room, before=None, after=None, limit=10)
     assert page[0]["author"] == "leaver"
+
+
+def test_a_stale_copy_of_a_room_made_private_does_not_let_a_non_member_post():
+    """Callers pass the room they read earlier; its privacy is checked again
+    where the message is stored (PostgreSQL: in the integration tier)."""
+    room = RoomFactory()
+    outsider = UserFactory()
+    services.store_message(room=room, author=outsider, body="open", client_id=None)
+    Room.objects.filter(pk=room.pk).update(is_private=True)
+    assert not room.is_private  # the caller's copy
+    with pytest.raises(services.AccessDenied):
+        services.store_message(room=room, author=outsider, body="shut", client_id=None)
+    assert list(Message.objects.filter(room=room).values_list("body", flat=True)) == [
+        "open"
+    ]
 
 
 def test_the_postgresql_statement_names_the_models_tables_and_columns():
     """INSERT_WITH_NEXT_SEQ is plain SQL; a renamed table or column must fail
     here, not in production (the statement runs on PostgreSQL only, in the
     integration tier)."""
-    from core.models import Room
-
     sql = services.INSERT_WITH_NEXT_SEQ
     assert f"UPDATE {Room._meta.db_table} SET" in sql
-    for name in ("last_seq", "last_message_at", "id"):
+    for name in ("last_seq", "last_message_at", "id", "is_private"):
         assert Room._meta.get_field(name).column in sql
     columns = [
         Message._meta.get_field(name).column

@@ -224,7 +224,7 @@ def test_public_room_page_has_the_documented_hooks(client):
 def test_room_page_shows_message_text_as_text_never_html(client):
     room = RoomFactory(slug="lobby")
     body = "</script><script>alert(1)</script><b>bold</b>"
-    services.store_message(room_id=room.pk, author=None, body=body, client_id=None)
+    services.store_message(room=room, author=None, body=body, client_id=None)
     page = client.get("/rooms/lobby/").content.decode()
     assert "<script>alert(1)" not in page
     assert "<b>bold</b>" not in page

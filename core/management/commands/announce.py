@@ -20,9 +20,7 @@ class Command(BaseCommand):
         if found is None:
             raise CommandError(f"No room with slug {room!r}.")
         try:
-            result = services.post_message_sync(
-                room_id=found.pk, author=None, body=text
-            )
+            result = services.post_message_sync(room=found, author=None, body=text)
         except protocol.ProtocolError as exc:
             raise CommandError(f"Invalid text: {exc.detail}") from None
         self.stdout.write(f"Posted to {room} as seq {result.message['seq']}.")
