@@ -4,6 +4,7 @@ HTTP goes to Django; WebSockets go through the origin policy, then the
 session/token auth stack, then the URL router.
 """
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -34,3 +35,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# What is loaded by now lives as long as the process. Frozen, it is left out
+# of the collector's full passes, which otherwise walk it again and again and
+# stall every connection for tens of milliseconds (docs/performance.md).
+gc.collect()
+gc.freeze()

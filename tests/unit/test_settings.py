@@ -167,6 +167,22 @@ def test_asgi_app_imports_with_a_secret_key():
     assert result.stdout.strip() == "ProtocolTypeRouter"
 
 
+def test_what_the_asgi_app_loads_is_left_out_of_full_collections():
+    """Startup objects are frozen: a full collection that walked them would
+    stall every connection for tens of milliseconds (docs/performance.md)."""
+    code = (
+        "import gc, backend.asgi\n"
+        "app = backend.asgi.application\n"
+        "print(gc.get_freeze_count(), len(gc.get_objects()),"
+        " any(o is app for o in gc.get_objects()))\n"
+    )
+    result = run("-c", code, DJANGO_SECRET_KEY=SECRET_KEY)
+    assert result.returncode == 0, result.stderr
+    frozen, collectable, app_collectable = result.stdout.split()
+    assert int(frozen) > 10 * int(collectable)
+    assert app_collectable == "False"
+
+
 def test_secret_key_is_taken_from_the_environment():
     assert read_settings("SECRET_KEY", DJANGO_SECRET_KEY=SECRET_KEY) == {
         "SECRET_KEY": SECRET_KEY
