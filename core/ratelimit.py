@@ -7,6 +7,9 @@ from collections.abc import Callable
 class TokenBucket:
     """Per-connection rate limit; pure and clock-injectable for tests."""
 
+    # Two per connection: slots keep them small (docs/performance.md).
+    __slots__ = ("burst", "clock", "rate", "tokens", "updated")
+
     def __init__(
         self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
