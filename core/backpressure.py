@@ -29,9 +29,15 @@ class WriteBuffer:
 
     queued_bytes: Callable[[], int]
     drop: Callable[[], None]
+    # Past this many queued bytes the client counts as one that stopped reading.
+    limit_bytes: int
     # Writes a whole, unmasked text frame; False when the connection cannot
     # take one right now (the caller then sends through ASGI).
     write_frame: Callable[[bytes], bool] | None = None
+
+    def too_full(self) -> bool:
+        """True once the client has stopped reading (see ``limit_bytes``)."""
+        return self.queued_bytes() > self.limit_bytes
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -53,7 +59,7 @@ def _unwrap(send: Any) -> Any:
     return send
 
 
-def _twisted(protocol: Any) -> WriteBuffer:
+def _twisted(protocol: Any, limit_bytes: int) -> WriteBuffer:
     transport = protocol.transport
     open_state = protocol.STATE_OPEN
 
@@ -86,7 +92,9 @@ def _twisted(protocol: Any) -> WriteBuffer:
             transport.write(frame[sent:])
         return True
 
-    return WriteBuffer(queued_bytes, transport.abortConnection, write_frame)
+    return WriteBuffer(
+        queued_bytes, transport.abortConnection, limit_bytes, write_frame
+    )
 
 
 def _asyncio(owner: Any, transport: Any, limit_bytes: int) -> WriteBuffer:
@@ -94,7 +102,10 @@ def _asyncio(owner: Any, transport: Any, limit_bytes: int) -> WriteBuffer:
     # only past the limit, by which time the client has been dropped.
     transport.set_write_buffer_limits(high=limit_bytes * 2)
     return WriteBuffer(
-        transport.get_write_buffer_size, transport.abort, _sansio_writer(owner)
+        transport.get_write_buffer_size,
+        transport.abort,
+        limit_bytes,
+        _sansio_writer(owner),
     )
 
 
@@ -137,7 +148,7 @@ def locate(send: Any, limit_bytes: int) -> WriteBuffer | None:
             # Daphne: partial(Server.handle_reply, protocol)
             protocol = send.args[0]
             if hasattr(protocol.transport, "abortConnection"):
-                return _twisted(protocol)
+                return _twisted(protocol, limit_bytes)
         owner = getattr(send, "__self__", None)
         transport = getattr(owner, "transport", None)
         if transport is not None and hasattr(transport, "get_write_buffer_size"):

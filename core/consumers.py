@@ -350,6 +350,26 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except OSError:
             self.closing = True
 
+    def deliver_now(self, seq: int, encoded: Encoded) -> bool:
+        """The hub's fast path for a live message, with nothing to await.
+
+        Writes the shared frame straight to the socket. False when only the
+        awaited path (``hub_event``) can deliver it: the connection is still
+        starting or already closing, or its server takes frames through
+        ASGI only (see core.backpressure).
+        """
+        wire = self.write_buffer
+        if self.held is not None or self.closing or wire is None:
+            return False
+        if seq <= self.replayed_through:
+            return True  # the replay sent it already
+        if self._too_slow():
+            return True
+        if wire.write_frame is None or not wire.write_frame(encoded.frame):
+            return False
+        self.last_seq_sent = max(seq, self.last_seq_sent)
+        return True
+
     async def _deliver(self, seq: int, encoded: Encoded) -> None:
         """Send a live message: the shared frame straight to the socket when
         the server allows it (see core.backpressure), else through ASGI."""
@@ -368,7 +388,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         ?after=, so nothing is lost.
         """
         buffer = self.write_buffer
-        if buffer is None or buffer.queued_bytes() <= settings.SLOW_CLIENT_BUFFER_BYTES:
+        if buffer is None or not buffer.too_full():
             return False
         logger.warning("dropping a client of room %s: it stopped reading", self.slug)
         self.closing = True

@@ -58,6 +58,9 @@ class Listener(Protocol):
     async def hub_event(self, event: dict[str, Any], encoded: Encoded | None) -> None:
         """Handle one event; ``encoded`` is the message frame, encoded once."""
 
+    def deliver_now(self, seq: int, encoded: Encoded) -> bool:
+        """Deliver a live message without awaiting; False: use ``hub_event``."""
+
     def catch_up_after_outage(self) -> None:
         """Fetch from the database whatever the outage may have dropped."""
 
@@ -165,13 +168,17 @@ class Hub:
         if not members:
             return
         # Encoded once for every local connection; a sequential loop beats a
-        # task or gather per recipient (see docs/performance.md).
+        # task or gather per recipient, and a plain call beats both where
+        # nothing needs awaiting (see docs/performance.md).
         encoded = None
+        seq = 0
         if event.get("type") == "room.message":
             encoded = Encoded(event["message"])
+            seq = event["message"]["seq"]
         for listener in list(members):
             try:
-                await listener.hub_event(event, encoded)
+                if encoded is None or not listener.deliver_now(seq, encoded):
+                    await listener.hub_event(event, encoded)
             except Exception:
                 logger.exception("delivering %s failed", event.get("type"))
 
