@@ -1,28 +1,60 @@
-"""A work-around for Daphne 4.2.3's shutdown bug, applied only under Daphne.
+"""Work-arounds for Daphne 4.2.3, applied only when Daphne is serving us.
 
-On SIGTERM Daphne cancels every application in
-``Server.kill_all_applications``. It reads ``details["application_instance"]``
-for every connection, but an HTTP connection that has not started its
-application yet (an idle keep-alive, or a WebSocket upgraded within the last
-second) has none: the ``KeyError`` aborts the loop, no consumer is cancelled,
-and every client sees 1006 instead of 4012 (see
-tests/integration/test_failover.py). This replaces the method with the same
-code using ``.get()``. Remove it once Daphne ships the fix.
+1. Shutdown. On SIGTERM Daphne cancels every application in
+   ``Server.kill_all_applications``. It reads ``details["application_instance"]``
+   for every connection, but an HTTP connection that has not started its
+   application yet (an idle keep-alive, or a WebSocket upgraded within the
+   last second) has none: the ``KeyError`` aborts the loop, no consumer is
+   cancelled, and every client sees 1006 instead of 4012 (see
+   tests/integration/test_failover.py). ``kill_all_applications`` is replaced
+   by the same code using ``.get()``.
+
+2. Memory per WebSocket. An open WebSocket keeps, for as long as it lives,
+   the HTTP request it was upgraded from (Twisted's channel stays registered
+   as the transport's producer), autobahn's copies of the opening handshake,
+   and its own copy of the factory's 29 protocol options: about 7 of the
+   36 KiB an idle connection costs (docs/performance.md, "Memory per
+   connection"). Once the socket is open, none of it is read again.
+
+Remove each once Daphne (or autobahn) ships the fix; both are checked
+against a real Daphne in tests/integration/test_daphne_fix.py.
 """
 
 import asyncio
+import logging
 import sys
 from typing import Any
 
+logger = logging.getLogger(__name__)
 _MARK = "_switchboard_fixed"
+
+# autobahn's copies of the opening handshake, read only while it is processed
+# (processHandshake, succeedHandshake).
+HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_params",
+    "http_request_host",
+    "http_request_path",
+    "_wskey",
+)
 
 
 def apply() -> None:
-    """Patch ``daphne.server.Server`` if Daphne is what is serving us."""
-    module = sys.modules.get("daphne.server")  # never import it: it installs a reactor
-    if module is None or getattr(module.Server.kill_all_applications, _MARK, False):
-        return
+    """Patch Daphne if it is what is serving us."""
+    # Never import Daphne here: importing it installs a Twisted reactor.
+    server = sys.modules.get("daphne.server")
+    if server and not getattr(server.Server.kill_all_applications, _MARK, False):
+        _fix_shutdown(server)
+    ws = sys.modules.get("daphne.ws_protocol")
+    if ws and not getattr(ws.WebSocketProtocol.onOpen, _MARK, False):
+        _slim_websockets(ws)
 
+
+def _fix_shutdown(module: Any) -> None:
     def kill_all_applications(self: Any) -> Any:
         wait_for = []
         for details in self.connections.values():
@@ -37,3 +69,66 @@ def apply() -> None:
 
     setattr(kill_all_applications, _MARK, True)
     module.Server.kill_all_applications = kill_all_applications
+
+
+def _slim_websockets(module: Any) -> None:
+    build_protocol = module.WebSocketFactory.buildProtocol
+    on_open = module.WebSocketProtocol.onOpen
+
+    def buildProtocol(self: Any, addr: Any) -> Any:
+        # autobahn copies each option into the protocol unless the protocol
+        # already has it, so a subclass that carries this factory's options
+        # as class attributes spares 29 instance attributes (1.7 KiB).
+        names = module.WebSocketProtocol.CONFIG_ATTRS
+        options = tuple(getattr(self, name) for name in names)
+        if self.__dict__.get("_switchboard_options") != options:
+            self.protocol = _protocol_with_options(module.WebSocketProtocol, options)
+            self._switchboard_options = options
+        return build_protocol(self, addr)
+
+    def onOpen(self: Any) -> None:
+        on_open(self)
+        try:
+            release_upgrade(self)
+        except Exception:  # an unfamiliar Daphne, autobahn or Twisted: keep serving
+            logger.warning("cannot release a WebSocket's upgrade", exc_info=True)
+
+    setattr(onOpen, _MARK, True)
+    module.WebSocketFactory.buildProtocol = buildProtocol
+    module.WebSocketProtocol.onOpen = onOpen
+
+
+def _protocol_with_options(base: type, options: tuple[Any, ...]) -> type:
+    attributes = {
+        # staticmethod: a function option (perMessageCompressionAccept) would
+        # otherwise become a method of the protocol.
+        name: staticmethod(value) if callable(value) else value
+        for name, value in zip(base.CONFIG_ATTRS, options, strict=True)
+    }
+    return type(base.__name__, (base,), attributes)
+
+
+def release_upgrade(protocol: Any) -> None:
+    """Drop what an open WebSocket still holds of its HTTP upgrade."""
+    from twisted.web.http import HTTPChannel
+
+    # HTTPChannel registered itself as the transport's producer; Daphne hands
+    # the transport to the WebSocket without unregistering it, so the channel
+    # and its request (headers, addresses, buffers) live as long as the
+    # socket. Its pause/resume do nothing by now; autobahn unregisters it
+    # anyway when the connection drops.
+    transport = protocol.transport
+    producer = getattr(transport, "producer", None)
+    channel = getattr(producer, "_producer", producer)  # under TLS, a membrane
+    if isinstance(channel, HTTPChannel):
+        transport.unregisterProducer()
+        channel.requests = []  # the channel and request then go without the GC
+
+    state = protocol.__dict__
+    for name in HANDSHAKE_LEFTOVERS:
+        if name in state:
+            state[name] = None
+    request = state.get("request")  # Daphne reads only request.path from here on
+    if request is not None:
+        request.headers = None
+        request.params = None

@@ -1,0 +1,91 @@
+"""Daphne's open WebSockets let go of their HTTP upgrade (core/daphne_fix.py).
+
+A real Daphne serves the project with a probe beside it
+(tests/integration/daphne_probe.py) that counts, inside the server process,
+what the open connections still hold. The shutdown half of the fix is
+proven by tests/integration/test_failover.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.integration.conftest import PASSWORD, Clients, create_users, http_json
+from tests.integration.daphne_probe import PROBE_PATH
+from tests.support.services import LOOPBACK, AppProcess, manage
+
+pytestmark = pytest.mark.integration
+
+CONNECTIONS = 12
+SWEEP_TIMEOUT_SECONDS = 10.0
+
+
+class ProbedDaphne(AppProcess):
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "daphne", "-b", LOOPBACK, "-p", str(self.port),
+                "tests.integration.daphne_probe:application"]  # fmt: skip
+
+
+@pytest.fixture
+def probed(tmp_path: Path) -> Iterator[AppProcess]:
+    env = {
+        "DJANGO_DEBUG": "1",
+        "DJANGO_SECRET_KEY": "",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    manage("migrate", "--noinput", env=env)
+    manage("ensure_room", "lobby", "--name", "Lobby", env=env)
+    create_users(env, ["probe-user"])
+    with ProbedDaphne(env, name="probed-daphne") as app:
+        yield app
+
+
+async def census(app: AppProcess) -> dict[str, int]:
+    async with websockets.connect(app.ws_url(PROBE_PATH), proxy=None) as probe:
+        return json.loads(await probe.recv())
+
+
+async def test_open_websockets_keep_nothing_of_their_upgrade(
+    probed: AppProcess, clients: Clients
+) -> None:
+    status, body = http_json(
+        probed, "POST", "/api/auth/token/",
+        body={"username": "probe-user", "password": PASSWORD},
+    )  # fmt: skip
+    assert status == 200, body
+    members = [
+        await clients.open(probed, "lobby", token=body["token"], name=f"member-{i}")
+        for i in range(CONNECTIONS // 2)
+    ]
+    visitors = [
+        await clients.open(probed, "lobby", name=f"visitor-{i}")
+        for i in range(CONNECTIONS - len(members))
+    ]
+
+    # Daphne itself lets go of an upgraded request at its next sweep of
+    # connections (each second); the fix is that nothing holds it after.
+    deadline = time.monotonic() + SWEEP_TIMEOUT_SECONDS
+    found = await census(probed)
+    while found["holding_their_http_request"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        found = await census(probed)
+
+    assert found == {
+        "open_websockets": CONNECTIONS,
+        "holding_their_http_request": 0,
+        "with_handshake_leftovers": 0,
+        "with_own_option_copies": 0,
+        "with_options_unlike_the_factory": 0,
+    }
+    # What they no longer hold was not needed: a message still reaches all.
+    await members[0].publish(["still here"])
+    for client in members + visitors:
+        await client.wait_for_seqs({1})
