@@ -79,11 +79,16 @@ def _slim_websockets(module: Any) -> None:
         # autobahn copies each option into the protocol unless the protocol
         # already has it, so a subclass that carries this factory's options
         # as class attributes spares 29 instance attributes (1.7 KiB).
-        names = module.WebSocketProtocol.CONFIG_ATTRS
-        options = tuple(getattr(self, name) for name in names)
-        if self.__dict__.get("_switchboard_options") != options:
-            self.protocol = _protocol_with_options(module.WebSocketProtocol, options)
-            self._switchboard_options = options
+        try:
+            names = module.WebSocketProtocol.CONFIG_ATTRS
+            options = tuple(getattr(self, name) for name in names)
+            if self.__dict__.get("_switchboard_options") != options:
+                base = module.WebSocketProtocol
+                self.protocol = _protocol_with_options(base, options)
+                self._switchboard_options = options
+        except Exception:  # an unfamiliar autobahn: its own per-instance copies
+            logger.warning("cannot share WebSocket options", exc_info=True)
+            self.protocol = module.WebSocketProtocol
         return build_protocol(self, addr)
 
     def onOpen(self: Any) -> None:
