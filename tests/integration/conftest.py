@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,6 +128,22 @@ def create_users(env: Mapping[str, str], usernames: list[str]) -> None:
         ]
     )
     manage("shell", "-c", code, env=env)
+
+
+def provision_laptop(tmp_path: Path, usernames: list[str]) -> dict[str, str]:
+    """The ``make run`` environment on a fresh SQLite file: migrated, with
+    the lobby and ``usernames`` (in-memory layer, no Redis, DEBUG on).
+    """
+    env = {
+        "DJANGO_DEBUG": "1",
+        # Blank is unset: the fixed development key applies, as in make run.
+        "DJANGO_SECRET_KEY": "",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    manage("migrate", "--noinput", env=env)
+    manage("ensure_room", "lobby", "--name", "Lobby", env=env)
+    create_users(env, usernames)
+    return env
 
 
 class Deployment:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,14 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.integration.conftest import PASSWORD, Clients, create_users, http_json
+from tests.integration.conftest import (
+    PASSWORD,
+    Clients,
+    http_json,
+    provision_laptop,
+)
 from tests.integration.daphne_probe import PROBE_PATH
-from tests.support.services import LOOPBACK, AppProcess, manage
+from tests.support.services import AppProcess
 
 pytestmark = pytest.mark.integration
 
@@ -28,23 +32,11 @@ CONNECTIONS = 12
 SWEEP_TIMEOUT_SECONDS = 10.0
 
 
-class ProbedDaphne(AppProcess):
-    def argv(self) -> list[str]:
-        return [sys.executable, "-m", "daphne", "-b", LOOPBACK, "-p", str(self.port),
-                "tests.integration.daphne_probe:application"]  # fmt: skip
-
-
 @pytest.fixture
 def probed(tmp_path: Path) -> Iterator[AppProcess]:
-    env = {
-        "DJANGO_DEBUG": "1",
-        "DJANGO_SECRET_KEY": "",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-    }
-    manage("migrate", "--noinput", env=env)
-    manage("ensure_room", "lobby", "--name", "Lobby", env=env)
-    create_users(env, ["probe-user"])
-    with ProbedDaphne(env, name="probed-daphne") as app:
+    env = provision_laptop(tmp_path, ["probe-user"])
+    probe = "tests.integration.daphne_probe:application"
+    with AppProcess(env, application=probe, name="probed-daphne") as app:
         yield app
 
 

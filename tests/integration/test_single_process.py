@@ -17,10 +17,10 @@ from tests.integration.conftest import (
     PASSWORD,
     Clients,
     ahttp_json,
-    create_users,
     http_json,
+    provision_laptop,
 )
-from tests.support.services import LOOPBACK, AppProcess, manage
+from tests.support.services import LOOPBACK, AppProcess
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,7 @@ class DocumentedDaphne(AppProcess):
 
 @pytest.fixture
 def laptop(tmp_path: Path) -> Iterator[AppProcess]:
-    env = {
-        "DJANGO_DEBUG": "1",
-        # Blank is unset: the fixed development key applies, as in make run.
-        "DJANGO_SECRET_KEY": "",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-    }
-    manage("migrate", "--noinput", env=env)
-    manage("ensure_room", "lobby", "--name", "Lobby", env=env)
-    create_users(env, ["laptop-user"])
+    env = provision_laptop(tmp_path, ["laptop-user"])
     with DocumentedDaphne(env, name="make-run") as app:
         yield app
 

@@ -737,6 +737,7 @@ class AppProcess(_Service):
 
     ``server="daphne"`` runs exactly what App Platform runs (``daphne -b
     ... -p ... backend.asgi:application``); ``"uvicorn"`` is the alternative.
+    ``application`` replaces the ASGI path only for tests that wrap it.
     The environment is ours plus ``env`` (DESIGN.md §2 lists the variables).
     Output goes to ``log_path``, by default in a temporary directory that
     ``close()`` removes.
@@ -748,6 +749,7 @@ class AppProcess(_Service):
         *,
         port: int | None = None,
         server: Server = "daphne",
+        application: str = "backend.asgi:application",
         name: str = "app",
         log_path: Path | None = None,
         start_timeout: float = START_TIMEOUT_SECONDS,
@@ -757,6 +759,7 @@ class AppProcess(_Service):
         self.env = dict(env or {})
         self.port = port or free_port()
         self.server = server
+        self.application = application
         self.name = name
         self.start_timeout = start_timeout
         self._own_directory: Path | None = None
@@ -794,10 +797,10 @@ class AppProcess(_Service):
             return [
                 sys.executable, "-m", "daphne",
                 "-b", LOOPBACK, "-p", str(self.port),
-                "backend.asgi:application",
+                self.application,
             ]  # fmt: skip
         return [
-            sys.executable, "-m", "uvicorn", "backend.asgi:application",
+            sys.executable, "-m", "uvicorn", self.application,
             "--host", LOOPBACK, "--port", str(self.port),
             # Channels' ProtocolTypeRouter has no "lifespan" handler; off
             # spares the log uvicorn's notice that it is unsupported.
