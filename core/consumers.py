@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core import backpressure, protocol, services
+from core.backpressure import DECLINED, TOO_FULL, WRITTEN
 from core.fanout import Encoded, get_hub
 from core.models import Room
 from core.presence import get_presence
@@ -363,37 +364,37 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return False
         if seq <= self.replayed_through:
             return True  # the replay sent it already
-        if self._too_slow():
+        outcome = wire.offer(encoded.frame)
+        if outcome is WRITTEN:
+            if seq > self.last_seq_sent:
+                self.last_seq_sent = seq
             return True
-        if wire.write_frame is None or not wire.write_frame(encoded.frame):
-            return False
-        self.last_seq_sent = max(seq, self.last_seq_sent)
-        return True
+        if outcome is TOO_FULL:
+            self._drop_slow_client()
+            return True
+        return False
 
     async def _deliver(self, seq: int, encoded: Encoded) -> None:
         """Send a live message: the shared frame straight to the socket when
         the server allows it (see core.backpressure), else through ASGI."""
-        if self._too_slow():
+        wire = self.write_buffer
+        outcome = DECLINED if wire is None else wire.offer(encoded.frame)
+        if outcome is TOO_FULL:
+            self._drop_slow_client()
             return
         self.last_seq_sent = max(seq, self.last_seq_sent)
-        wire = self.write_buffer
-        sent = wire is not None and wire.write_frame is not None
-        if not (sent and wire.write_frame(encoded.frame)):
+        if outcome is DECLINED:
             await self.send(text_data=encoded.text)
 
-    def _too_slow(self) -> bool:
+    def _drop_slow_client(self) -> None:
         """Drop a client that has stopped reading, before it costs the room.
 
         The abort reaches the client as 1006; it reconnects and resumes with
         ?after=, so nothing is lost.
         """
-        buffer = self.write_buffer
-        if buffer is None or not buffer.too_full():
-            return False
         logger.warning("dropping a client of room %s: it stopped reading", self.slug)
         self.closing = True
-        buffer.drop()
-        return True
+        self.write_buffer.drop()
 
     async def access_revoked(self, event: dict[str, Any]) -> None:
         """Close with 4403 if the revocation covers this connection."""
