@@ -6,8 +6,11 @@
    application yet (an idle keep-alive, or a WebSocket upgraded within the
    last second) has none: the ``KeyError`` aborts the loop, no consumer is
    cancelled, and every client sees 1006 instead of 4012 (see
-   tests/integration/test_failover.py). ``kill_all_applications`` is replaced
-   by the same code using ``.get()``.
+   tests/integration/test_failover.py). And it waits for the cancelled
+   applications with a ``gather`` that ends at the first one done, so the
+   process may exit before the others have closed their sockets with 4012.
+   ``kill_all_applications`` is replaced by the same code using ``.get()``
+   and ``return_exceptions=True``.
 
 2. Memory per WebSocket. An open WebSocket keeps, for as long as it lives,
    the HTTP request it was upgraded from (Twisted's channel stays registered
@@ -63,7 +66,11 @@ def _fix_shutdown(module: Any) -> None:
                 instance.cancel()
                 wait_for.append(instance)
         module.logger.info("Killed %i pending application instances", len(wait_for))
-        waiting = module.defer.Deferred.fromFuture(asyncio.gather(*wait_for))
+        # return_exceptions: Daphne's gather ends at the first application
+        # that finishes cancelled, and the reactor stops before the others
+        # have written their close frames (their clients see 1006).
+        everyone = asyncio.gather(*wait_for, return_exceptions=True)
+        waiting = module.defer.Deferred.fromFuture(everyone)
         waiting.addErrback(lambda failure: None)
         return waiting
 
