@@ -169,9 +169,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_url("REDIS_URL", schemes={"redis", "rediss"})
 REDIS_CA_CERT = env_pem_or_path("REDIS_CA_CERT")
 CHANNEL_PREFIX = env_str("SWITCHBOARD_CHANNEL_PREFIX", "switchboard")
-# Per layer channel; with one hub channel per process (core.fanout) this is
-# how many events a process may fall behind before the layer drops them.
-CHANNEL_CAPACITY = env_int("SWITCHBOARD_CHANNEL_CAPACITY", 1000, minimum=1)
 
 
 def _redis_options(url: str, ca_pem: str | None) -> dict[str, object]:
@@ -199,9 +196,14 @@ def _redis_options(url: str, ca_pem: str | None) -> dict[str, object]:
 
 if REDIS_URL:
     REDIS_OPTIONS = _redis_options(REDIS_URL, REDIS_CA_CERT)
+    # channels_redis' pub/sub layer: one Redis subscription per process,
+    # multiplexing its rooms, with events pushed to it. The list-based
+    # RedisChannelLayer costs four sequential Redis round trips per event
+    # and process (docs/performance.md); what pub/sub does not give (word
+    # of lost events, and a group expiry) core.fanout's hub provides.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {
@@ -212,12 +214,6 @@ if REDIS_URL:
                     }
                 ],
                 "prefix": CHANNEL_PREFIX,
-                # The default of 100 silently drops events to a busy channel.
-                "capacity": CHANNEL_CAPACITY,
-                "expiry": 60,
-                # Members not refreshed for this long are dropped (a killed
-                # process); the hub refreshes every GROUP_REFRESH_SECONDS.
-                "group_expiry": 7200,
             },
         }
     }
@@ -256,6 +252,11 @@ PRESENCE_REFRESH_SECONDS = env_float(
 )
 PRESENCE_BROADCAST_SECONDS = 1.0
 GROUP_REFRESH_SECONDS = 1800.0
+# Each process's hub checks that its channel-layer subscription still
+# delivers (core.fanout). No probe back for HUB_PROBE_TIMEOUT_SECONDS means
+# events may have been lost: long enough for a backlog under overload.
+HUB_PROBE_SECONDS = 0.5
+HUB_PROBE_TIMEOUT_SECONDS = 10.0
 # A client whose unread output passes this is dropped (it resumes with
 # ?after=). Larger than a full 1000-message replay of maximal frames (~25 MB).
 SLOW_CLIENT_BUFFER_BYTES = env_int(

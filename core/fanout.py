@@ -10,10 +10,10 @@ This is what makes fan-out cheap: with one layer channel per connection,
 Redis stores and the process decodes one copy of every message per
 connection, and Channels dispatches each through a thread hop.
 
-The hub also survives a Redis outage by itself: when the layer's receive
-fails it retries with backoff, re-joins its groups once Redis answers (a
-restarted Redis has forgotten them), and asks every local connection to
-catch up from the database on what it may have missed meanwhile.
+The hub also survives a Redis outage by itself: it probes its own
+subscription, and when events may have been lost (a probe or a receive
+failed), it re-joins its groups once Redis answers and asks every local
+connection to catch up from the database on what it may have missed.
 """
 
 import asyncio
@@ -22,7 +22,8 @@ import json
 import logging
 import weakref
 from collections import defaultdict
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -31,8 +32,11 @@ from core import backpressure
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 RETRY_MIN_SECONDS = 0.1
 RETRY_MAX_SECONDS = 5.0
+PROBE_TYPE = "hub.probe"
 
 
 class Encoded:
@@ -72,19 +76,35 @@ class Hub:
         self.layer = get_channel_layer()
         self.channel: str | None = None
         self.members: dict[str, set[Listener]] = defaultdict(set)
-        self.receiver: asyncio.Task[None] | None = None
-        self.refresher: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
         self.lock = asyncio.Lock()
+        # Times live events may have been lost (each made good by a catch-up).
+        self.gaps = 0
+        self._reset_probes()
+
+    def _reset_probes(self) -> None:
+        self.probes_sent = 0
+        self.probes_back = 0
+        # While events may have been lost: the last probe sent before that
+        # was noticed. One sent later coming back means the layer delivers.
+        self.lost_after_probe: int | None = None
 
     async def subscribe(self, group: str, listener: Listener) -> None:
         """Deliver ``group``'s events to ``listener`` from now on."""
         async with self.lock:
             if self.channel is None:
-                self.channel = await self.layer.new_channel("hub.")
+                self.channel = await _twice(self.layer.new_channel, "hub.")
             if not self.members[group]:
-                await self.layer.group_add(group, self.channel)
+                await _twice(self.layer.group_add, group, self.channel)
             self.members[group].add(listener)
-        self._ensure_tasks()
+            if not self.tasks:
+                self._reset_probes()
+                loop = asyncio.get_running_loop()
+                self.tasks = [
+                    loop.create_task(self._receive_forever()),
+                    loop.create_task(self._probe_forever()),
+                    loop.create_task(self._refresh_forever()),
+                ]
 
     async def unsubscribe(self, group: str, listener: Listener) -> None:
         """Stop delivering ``group`` to ``listener``; leave it if unused."""
@@ -96,63 +116,117 @@ class Hub:
             if members:
                 return
             del self.members[group]
-            if not self.members:
-                self._stop_tasks()
             with contextlib.suppress(Exception):
                 await self.layer.group_discard(group, self.channel)
+            if not self.members:
+                # Nobody left: stop, and take a new channel next time (a
+                # cancelled receive ends the channel on the pub/sub layer).
+                for task in self.tasks:
+                    task.cancel()
+                self.tasks = []
+                self.channel = None
 
-    def _ensure_tasks(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.receiver is None or self.receiver.done():
-            self.receiver = loop.create_task(self._receive_forever())
-        if self.refresher is None or self.refresher.done():
-            self.refresher = loop.create_task(self._refresh_forever())
-
-    def _stop_tasks(self) -> None:
-        for task in (self.receiver, self.refresher):
-            if task is not None:
-                task.cancel()
-        self.receiver = self.refresher = None
+    def events_may_be_lost(self, reason: str) -> None:
+        """Note a gap in live events: the prober catches everyone up."""
+        if self.lost_after_probe is None:
+            self.gaps += 1
+            logger.warning(
+                "live events may have been lost (%s); clients catch up once "
+                "the channel layer delivers again (gap %d)",
+                reason,
+                self.gaps,
+            )
+            self.lost_after_probe = self.probes_sent
 
     async def _receive_forever(self) -> None:
         delay = RETRY_MIN_SECONDS
-        failed = False
         while True:
             try:
-                if failed:
-                    await self._rejoin()
-                    # Joined again, so anything committed from here on is
-                    # delivered live; fetch what the outage dropped now, not
-                    # when the next event happens to come (a quiet room has
-                    # none, and the first one may itself have been lost).
-                    logger.info(
-                        "channel layer is back; rejoined %d groups", len(self.members)
-                    )
-                    failed, delay = False, RETRY_MIN_SECONDS
-                    self._catch_up_everyone()
                 event = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not failed:
-                    logger.warning(
-                        "channel layer receive failed (%s: %s); retrying",
-                        exc.__class__.__name__,
-                        exc,
-                    )
-                failed = True
+                # A restarted Redis has forgotten the list-based layer's
+                # groups; the prober re-joins them.
+                self.events_may_be_lost(f"receive failed: {exc.__class__.__name__}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 continue
+            delay = RETRY_MIN_SECONDS
+            if event.get("type") == PROBE_TYPE:
+                self._probe_back(event.get("n", 0))
+                continue
             await self._dispatch(event)
+            # The pub/sub layer hands out queued events without awaiting:
+            # without this, a backlog would keep everything else in the
+            # process (publishes, acks, reads) waiting until it is gone.
+            await asyncio.sleep(0)
+
+    def _probe_back(self, number: int) -> None:
+        # One subscription delivers in order, so a probe that overtakes an
+        # earlier one means that one, and whatever came with it, was lost.
+        if number > self.probes_back + 1:
+            self.events_may_be_lost("a probe did not come back")
+        self.probes_back = max(self.probes_back, number)
+
+    async def _probe_forever(self) -> None:
+        """Notice lost events, and have every connection fetch them.
+
+        channels_redis' pub/sub layer reconnects and subscribes again by
+        itself, silently (its on_disconnect/on_reconnect hooks are no longer
+        called: channels_redis issue 406), and what was published meanwhile
+        is gone. So the hub sends its own channel a numbered probe every
+        HUB_PROBE_SECONDS. Events may have been lost when a probe cannot be
+        sent, when one is skipped, when none has come back for
+        HUB_PROBE_TIMEOUT_SECONDS, or when a receive fails. Once a probe sent
+        after that comes back, the hub re-joins its groups (a restarted
+        Redis has forgotten them on the list-based layer) and asks every
+        local connection to catch up from the database.
+        """
+        interval = settings.HUB_PROBE_SECONDS
+        while True:
+            await asyncio.sleep(interval)
+            if self.lost_after_probe is not None and (
+                self.probes_back > self.lost_after_probe
+            ):
+                await self._recover()
+            self.probes_sent += 1
+            probe = {"type": PROBE_TYPE, "n": self.probes_sent}
+            try:
+                await asyncio.wait_for(
+                    self.layer.send(self.channel, probe),
+                    settings.HUB_PROBE_TIMEOUT_SECONDS,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.events_may_be_lost(f"probe not sent: {exc.__class__.__name__}")
+                continue
+            # Probes queue behind events, so allow a backlog this long.
+            unanswered = self.probes_sent - self.probes_back - 1
+            if unanswered * interval > settings.HUB_PROBE_TIMEOUT_SECONDS:
+                self.events_may_be_lost("probes are not coming back")
+
+    async def _recover(self) -> None:
+        try:
+            await self._rejoin()
+        except Exception as exc:
+            logger.info("re-joining groups failed (%r); retrying", exc)
+            return
+        # Joined again, so anything committed from here on is delivered
+        # live; fetch what was lost now, not when the next event happens to
+        # come (a quiet room has none).
+        logger.info("channel layer delivers again; %d groups", len(self.members))
+        self.lost_after_probe = None
+        self._catch_up_everyone()
 
     async def _rejoin(self) -> None:
         for group in list(self.members):
             await self.layer.group_add(group, self.channel)
 
     async def _refresh_forever(self) -> None:
-        # channels_redis forgets group members after group_expiry; re-join
-        # well before that for as long as anyone here listens.
+        # channels_redis's list-based layer (and the in-memory one) forget
+        # group members after group_expiry; re-join well before that.
         while True:
             await asyncio.sleep(settings.GROUP_REFRESH_SECONDS)
             with contextlib.suppress(Exception):
@@ -181,6 +255,20 @@ class Hub:
                     await listener.hub_event(event, encoded)
             except Exception:
                 logger.exception("delivering %s failed", event.get("type"))
+
+
+async def _twice(call: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``call``, and once more if it fails.
+
+    After a Redis restart the pub/sub layer's connection may still look
+    open; the first subscribe on it fails and reconnects it (redis-py
+    subscribes everything again then), so the second one succeeds. Without
+    this, the first handshakes after Redis returns would fail.
+    """
+    try:
+        return await call(*args)
+    except Exception:
+        return await call(*args)
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = (

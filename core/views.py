@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import uuid
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -25,6 +24,7 @@ from core.models import Room
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 2.0
+READY_GROUP = "readyz"
 # Messages rendered into the room page; older ones load on demand.
 ROOM_PAGE_MESSAGES = 50
 
@@ -36,14 +36,11 @@ def _database_answers() -> None:
 
 
 async def _channel_layer_round_trip() -> None:
-    layer = get_channel_layer()
-    # A plain channel, not a process-local one (new_channel's "...!"):
-    # channels_redis serves every process-local channel through one receive
-    # lock per process, which core.fanout's hub holds while it waits for
-    # events, so a process-local probe would time out on every busy instance.
-    channel = f"readyz.{uuid.uuid4().hex}"
-    await layer.send(channel, {"type": "readyz.ping"})
-    await layer.receive(channel)
+    # A publish to a group nobody joins: a Redis round trip that leaves
+    # nothing behind. (A receive would need a subscription of its own per
+    # request on the pub/sub layer; whether subscriptions deliver is what
+    # core.fanout's hub probes.)
+    await get_channel_layer().group_send(READY_GROUP, {"type": "readyz.ping"})
 
 
 async def readyz(request: HttpRequest) -> JsonResponse:

@@ -274,3 +274,44 @@ async def test_the_first_handshakes_after_redis_returns_succeed(
         )
         refused += [str(r) for r in results if isinstance(r, BaseException)]
     assert not refused, refused
+
+
+async def test_dropped_subscriptions_are_noticed_and_their_clients_catch_up(
+    own_redis: RedisServer,
+    pair: tuple[AppProcess, AppProcess],
+    deployment: Deployment,
+    clients: Clients,
+) -> None:
+    """Redis keeps running but drops the instances' subscriptions (as it
+    does to a subscriber past its output-buffer limit), and for a moment
+    takes no new connections, so they cannot subscribe again at once.
+    channels_redis subscribes again by itself, silently, and what was
+    published meanwhile never arrives live. Each hub notices by its probes
+    and has its connections catch up from the database, though nothing
+    later reveals the gap.
+    """
+    a, b = pair
+    tokens = deployment.tokens
+    names = deployment.usernames
+    slug = unique_slug("dropped-subscription")
+    create_room(a, tokens[names[0]], slug)
+    listener = await clients.open(a, slug, name="anonymous@A")
+    sender = await clients.open(b, slug, token=tokens[names[1]], name="sender@B")
+    first = await sender.send_message("before the drop")
+    await listener.wait_for_seqs({first})
+
+    with own_redis.client() as redis_client:
+        default = redis_client.config_get("maxclients")["maxclients"]
+        connected = len(redis_client.client_list())
+        subscribers = len(redis_client.client_list(_type="pubsub"))
+        assert subscribers == 2  # one per instance
+        redis_client.config_set("maxclients", connected - subscribers)
+        try:
+            redis_client.client_kill_filter(_type="pubsub")
+            missed = await sender.send_message("while nobody is subscribed")
+        finally:
+            redis_client.config_set("maxclients", default)
+
+    await listener.wait_for_seqs(range(first, missed + 1), timeout=10)
+    live = await sender.send_message("after the drop")
+    await listener.wait_for_seqs(range(first, live + 1))

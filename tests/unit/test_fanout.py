@@ -1,5 +1,8 @@
 """core.fanout: one channel-layer member per process, fanning out locally."""
 
+import asyncio
+import time
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -44,6 +47,38 @@ async def test_after_an_outage_connections_catch_up_from_the_database():
         get_hub()._catch_up_everyone()
         frame = await ws.receive_json_from()
         assert frame == lost.message
+
+
+async def test_probes_come_back_and_raise_no_alarm(settings):
+    settings.HUB_PROBE_SECONDS = 0.01
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with connected("lobby") as ws:
+        hub = get_hub()
+        deadline = time.monotonic() + 5
+        while hub.probes_back < 5:
+            assert time.monotonic() < deadline, "probes are not coming back"
+            await asyncio.sleep(0.01)
+        assert hub.gaps == 0
+        assert await ws.receive_nothing(timeout=0.1)
+
+
+async def test_a_skipped_probe_has_every_connection_catch_up(settings):
+    """A probe that overtakes earlier ones means events were lost with them;
+    once a probe comes back, connections get what was stored meanwhile."""
+    settings.HUB_PROBE_SECONDS = 0.01
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with connected("lobby") as ws:
+        room = await database_sync_to_async(Room.objects.get)(slug="lobby")
+        # Stored while the subscription was down: never published.
+        lost = await database_sync_to_async(services.store_message)(
+            room=room, author=None, body="during the gap", client_id=None
+        )
+        hub = get_hub()
+        ahead = {"type": "hub.probe", "n": hub.probes_sent + 1000}
+        await get_channel_layer().send(hub.channel, ahead)
+        frame = await ws.receive_json_from(timeout=5)
+        assert frame == lost.message
+        assert hub.gaps == 1
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
