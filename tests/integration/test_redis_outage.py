@@ -92,9 +92,6 @@ async def test_readyz_names_the_channel_layer_while_redis_is_down(
 ) -> None:
     """/readyz is for monitoring: 503 naming the failing part, 200 again
     once Redis answers, with no restart (same processes throughout).
-
-    No WebSocket is open here: with one open, /readyz is 503 even when Redis
-    is fine (see test_cross_instance).
     """
     pids = [app.pid for app in pair]
     await asyncio.to_thread(own_redis.stop)
@@ -148,8 +145,8 @@ async def test_messages_sent_during_an_outage_are_acked_stored_and_replayed(
     assert acked_during == [2, 3]
     assert "as seq 4." in announced.stdout
 
-    # start() returns once Redis answers PING. /readyz is not waited for
-    # here: with WebSockets open it is 503 anyway (see test_cross_instance).
+    # start() returns once Redis answers PING. /readyz is not waited for:
+    # the clients retry their handshakes as browsers do, and that is tested.
     await asyncio.to_thread(own_redis.start)
     resumed = [
         await open_retrying(
