@@ -7,8 +7,9 @@ in ``core.services``), so the API, ``announce`` and any other Channels code
 reach every instance as before.
 
 This is what makes fan-out cheap: with one layer channel per connection,
-Redis stores and the process decodes one copy of every message per
-connection, and Channels dispatches each through a thread hop.
+the process decodes every event once per connection and Channels
+dispatches each copy through a thread hop (and channels_redis' list-based
+layer stores a copy per connection in Redis).
 
 The hub also survives a Redis outage by itself: it probes its own
 subscription, and when events may have been lost (a probe or a receive
