@@ -21,7 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core import backpressure, protocol, services
-from core.backpressure import DECLINED, TOO_FULL, WRITTEN
+from core.backpressure import TOO_FULL, WRITTEN
 from core.fanout import Encoded, get_hub
 from core.models import Room
 from core.presence import get_presence
@@ -377,13 +377,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _deliver(self, seq: int, encoded: Encoded) -> None:
         """Send a live message: the shared frame straight to the socket when
         the server allows it (see core.backpressure), else through ASGI."""
-        wire = self.write_buffer
-        outcome = DECLINED if wire is None else wire.offer(encoded.frame)
-        if outcome is TOO_FULL:
-            self._drop_slow_client()
-            return
-        self.last_seq_sent = max(seq, self.last_seq_sent)
-        if outcome is DECLINED:
+        if not self.deliver_now(seq, encoded):
+            self.last_seq_sent = max(seq, self.last_seq_sent)
             await self.send(text_data=encoded.text)
 
     def _drop_slow_client(self) -> None:

@@ -127,7 +127,7 @@ class Hub:
                 self.tasks = []
                 self.channel = None
 
-    def events_may_be_lost(self, reason: str) -> None:
+    def _events_may_be_lost(self, reason: str) -> None:
         """Note a gap in live events: the prober catches everyone up."""
         if self.lost_after_probe is None:
             self.gaps += 1
@@ -149,7 +149,7 @@ class Hub:
             except Exception as exc:
                 # A restarted Redis has forgotten the list-based layer's
                 # groups; the prober re-joins them.
-                self.events_may_be_lost(f"receive failed: {exc.__class__.__name__}")
+                self._events_may_be_lost(f"receive failed: {exc.__class__.__name__}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 continue
@@ -167,7 +167,7 @@ class Hub:
         # One subscription delivers in order, so a probe that overtakes an
         # earlier one means that one, and whatever came with it, was lost.
         if number > self.probes_back + 1:
-            self.events_may_be_lost("a probe did not come back")
+            self._events_may_be_lost("a probe did not come back")
         self.probes_back = max(self.probes_back, number)
 
     async def _probe_forever(self) -> None:
@@ -201,12 +201,12 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.events_may_be_lost(f"probe not sent: {exc.__class__.__name__}")
+                self._events_may_be_lost(f"probe not sent: {exc.__class__.__name__}")
                 continue
             # Probes queue behind events, so allow a backlog this long.
             unanswered = self.probes_sent - self.probes_back - 1
             if unanswered * interval > settings.HUB_PROBE_TIMEOUT_SECONDS:
-                self.events_may_be_lost("probes are not coming back")
+                self._events_may_be_lost("probes are not coming back")
 
     async def _recover(self) -> None:
         try:
