@@ -72,6 +72,9 @@ if HTTPS:
     CSRF_COOKIE_SECURE = True
 # Client IPs come from X-Forwarded-For only behind App Platform's proxy.
 USE_X_FORWARDED_FOR = HTTPS
+# Behind App Platform's proxy (DJANGO_HTTPS=1 only), the header that names the
+# client's address for limits (core.clientaddr); never read otherwise.
+CLIENT_IP_HEADER = env_str("SWITCHBOARD_CLIENT_IP_HEADER", "DO-Connecting-IP")
 
 INSTALLED_APPS = [
     "daphne",

@@ -456,6 +456,22 @@ def revoke_access(
     async_to_sync(publish)(user_group(user_id), event)
 
 
+def recheck_access(*, room_id: int | None = None, user_id: int | None = None) -> None:
+    """Have a room's or a user's connections re-check their access now.
+
+    Every instance's connections in that room (or of that user) read their
+    access again from the database and close with 4403 if it is gone. For
+    changes that are not one user's loss of one room: a room deleted or
+    made private, a membership removed by a path other than
+    ``remove_member``. Called after the change has committed.
+    """
+    event = {"type": "access.recheck"}
+    if room_id is not None:
+        async_to_sync(publish)(room_group(room_id), event)
+    if user_id is not None:
+        async_to_sync(publish)(user_group(user_id), event)
+
+
 async def broadcast_typing(*, room: str, user: str, sender: str) -> None:
     """Tell the room's other connections that ``user`` is typing.
 
