@@ -1,0 +1,329 @@
+"""Limits shared by every instance: rate buckets and connection slots.
+
+One client must not get around a limit by spreading its work over sockets or
+instances, so the counts live in Redis when ``REDIS_URL`` is set (in process
+memory otherwise, which is right for one process). Two kinds:
+
+- **Buckets** (``take``/``atake``): a token bucket per (name, ident), ``rate``
+  tokens a second, at most ``burst`` saved up, kept as one Redis key by the
+  generic cell rate algorithm (one atomic script call, Redis' own clock).
+- **Slots** (``Slots``): at most ``limit`` concurrent holders per (name,
+  ident), e.g. connections per user. Each holder is a member of a Redis sorted
+  set scored by a lease expiry that its process renews, so a killed
+  instance's slots free themselves within ``SLOT_LEASE_SECONDS``.
+
+If Redis fails, each call falls back to this process's memory and logs (at
+most every ``FALLBACK_LOG_SECONDS``): limits stay in force per process
+rather than failing every handshake or request while Redis is away.
+"""
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import weakref
+from collections import defaultdict
+from typing import Any
+
+import redis
+from django.conf import settings
+from redis import asyncio as aioredis
+
+logger = logging.getLogger(__name__)
+
+SLOT_LEASE_SECONDS = 60.0
+SLOT_RENEW_SECONDS = 20.0
+FALLBACK_LOG_SECONDS = 30.0
+# Redis connections one process uses for limits, and how long a call waits
+# for one (or for Redis) before it falls back to memory.
+REDIS_CONNECTIONS = 4
+REDIS_WAIT_SECONDS = 1.0
+
+# KEYS[1]: the bucket; ARGV: milliseconds per token, burst. Returns 0 if a
+# token was taken, else the milliseconds until one is available.
+TAKE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat + interval - burst * interval - now
+if wait > 0 then return math.ceil(wait) end
+redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now))
+return 0
+"""
+
+# KEYS[1]: the slot set; ARGV: limit, lease ms, member. 1 if admitted.
+ACQUIRE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS[1]: the slot set; ARGV: lease ms, members to renew.
+RENEW_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 0
+"""
+
+
+def _key(kind: str, name: str, ident: str) -> str:
+    return f"{settings.CHANNEL_PREFIX}:{kind}:{name}:{ident}"
+
+
+_last_fallback_log = -math.inf
+
+
+def _fell_back(what: str, exc: Exception) -> None:
+    global _last_fallback_log
+    now = time.monotonic()
+    if now - _last_fallback_log >= FALLBACK_LOG_SECONDS:
+        _last_fallback_log = now
+        logger.warning(
+            "limits: Redis failed for %s (%s); this process counts alone meanwhile",
+            what,
+            exc.__class__.__name__,
+        )
+
+
+# --- process memory ----------------------------------------------------------
+
+
+class _Memory:
+    """The same rules in this process (no Redis, or Redis failing)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.buckets: dict[str, float] = {}  # key -> theoretical arrival time
+        self.slots: dict[str, set[str]] = defaultdict(set)
+
+    def take(self, key: str, rate: float, burst: int) -> float:
+        interval = 1.0 / rate
+        with self.lock:
+            now = time.monotonic()
+            tat = max(self.buckets.get(key, now), now)
+            wait = tat + interval - burst * interval - now
+            if wait > 0:
+                return wait
+            self.buckets[key] = tat + interval
+            if len(self.buckets) > 100_000:
+                self._forget_full_buckets(now)
+            return 0.0
+
+    def _forget_full_buckets(self, now: float) -> None:
+        # A bucket whose arrival time has passed is full again: same as none.
+        for key in [key for key, tat in self.buckets.items() if tat <= now]:
+            del self.buckets[key]
+
+    def acquire(self, key: str, limit: int, member: str) -> bool:
+        with self.lock:
+            held = self.slots[key]
+            if len(held) >= limit:
+                return False
+            held.add(member)
+            return True
+
+    def release(self, key: str, member: str) -> None:
+        with self.lock:
+            held = self.slots.get(key)
+            if held is not None:
+                held.discard(member)
+                if not held:
+                    del self.slots[key]
+
+
+_memory = _Memory()
+
+
+# --- buckets -------------------------------------------------------------------
+
+
+_sync_client: redis.Redis | None = None
+
+
+def _sync_redis() -> redis.Redis:
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(
+            settings.REDIS_URL,
+            **{
+                **settings.REDIS_OPTIONS,
+                "socket_timeout": REDIS_WAIT_SECONDS,
+                "socket_connect_timeout": REDIS_WAIT_SECONDS,
+            },
+            client_name=f"{settings.CHANNEL_PREFIX}-limits",
+        )
+    return _sync_client
+
+
+def take(name: str, ident: str, rate: float, burst: int) -> float:
+    """Take a token from bucket (name, ident): 0.0, or seconds to wait."""
+    key = _key("bucket", name, ident)
+    if settings.REDIS_URL:
+        try:
+            waited_ms = _sync_redis().eval(TAKE_SCRIPT, 1, key, 1000.0 / rate, burst)
+            return int(waited_ms) / 1000.0
+        except redis.RedisError as exc:
+            _fell_back(name, exc)
+    return _memory.take(key, rate, burst)
+
+
+async def atake(name: str, ident: str, rate: float, burst: int) -> float:
+    """``take`` for the event loop."""
+    key = _key("bucket", name, ident)
+    if settings.REDIS_URL:
+        try:
+            async with asyncio.timeout(REDIS_WAIT_SECONDS):
+                waited_ms = await _async_redis().eval(
+                    TAKE_SCRIPT, 1, key, 1000.0 / rate, burst
+                )
+            return int(waited_ms) / 1000.0
+        except (redis.RedisError, TimeoutError) as exc:
+            _fell_back(name, exc)
+    return _memory.take(key, rate, burst)
+
+
+# --- slots ---------------------------------------------------------------------
+
+
+class Slots:
+    """Concurrent holders per (name, ident), leased and renewed in Redis.
+
+    One per event loop (``get_slots``): Redis clients belong to their loop.
+    """
+
+    def __init__(self) -> None:
+        # key -> members this process holds there, in Redis or in memory.
+        self.in_redis: dict[str, set[str]] = defaultdict(set)
+        self.in_memory: dict[str, set[str]] = defaultdict(set)
+        self.task: asyncio.Task[None] | None = None
+
+    async def acquire(self, name: str, ident: str, member: str, limit: int) -> bool:
+        """Hold a slot of (name, ident) for ``member``; False if all are held."""
+        key = _key("slots", name, ident)
+        if settings.REDIS_URL:
+            try:
+                async with asyncio.timeout(REDIS_WAIT_SECONDS):
+                    admitted = await _async_redis().eval(
+                        ACQUIRE_SCRIPT,
+                        1,
+                        key,
+                        limit,
+                        int(SLOT_LEASE_SECONDS * 1000),
+                        member,
+                    )
+            except (redis.RedisError, TimeoutError) as exc:
+                _fell_back(name, exc)
+            else:
+                if not admitted:
+                    return False
+                self.in_redis[key].add(member)
+                self._ensure_renewal()
+                return True
+        if not _memory.acquire(key, limit, member):
+            return False
+        self.in_memory[key].add(member)
+        return True
+
+    async def release(self, name: str, ident: str, member: str) -> None:
+        """Give back ``member``'s slot (never raises)."""
+        key = _key("slots", name, ident)
+        held = self.in_memory.get(key)
+        if held is not None and member in held:
+            _forget(self.in_memory, key, member)
+            _memory.release(key, member)
+            return
+        held = self.in_redis.get(key)
+        if held is None or member not in held:
+            return
+        _forget(self.in_redis, key, member)
+        try:
+            async with asyncio.timeout(REDIS_WAIT_SECONDS):
+                await _async_redis().zrem(key, member)
+        except (redis.RedisError, TimeoutError) as exc:
+            _fell_back(name, exc)  # the lease runs out by itself
+
+    def _ensure_renewal(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._renew_forever())
+
+    async def _renew_forever(self) -> None:
+        while self.in_redis:
+            await asyncio.sleep(SLOT_RENEW_SECONDS)
+            try:
+                await self._renew()
+            except (redis.RedisError, TimeoutError) as exc:
+                _fell_back("renewing slots", exc)
+
+    async def _renew(self) -> None:
+        lease_ms = int(SLOT_LEASE_SECONDS * 1000)
+        client = _async_redis()
+        async with asyncio.timeout(REDIS_WAIT_SECONDS * 5):
+            async with client.pipeline(transaction=False) as pipe:
+                for key, members in list(self.in_redis.items()):
+                    pipe.eval(RENEW_SCRIPT, 1, key, lease_ms, *members)
+                await pipe.execute()
+
+
+def _forget(table: dict[str, set[str]], key: str, member: str) -> None:
+    members = table[key]
+    members.discard(member)
+    if not members:
+        del table[key]
+
+
+# --- per event loop -----------------------------------------------------------
+
+_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = (
+    weakref.WeakKeyDictionary()
+)
+_slots: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Slots]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_redis() -> aioredis.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            **{**settings.REDIS_OPTIONS, "socket_timeout": REDIS_WAIT_SECONDS},
+            max_connections=REDIS_CONNECTIONS,
+            timeout=REDIS_WAIT_SECONDS,
+            client_name=f"{settings.CHANNEL_PREFIX}-limits",
+        )
+        client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
+    return client
+
+
+def get_slots() -> Slots:
+    """The ``Slots`` of the running event loop."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = Slots()
+    return slots
+
+
+def reset_for_tests() -> None:
+    """Forget every count kept in this process."""
+    global _memory, _sync_client
+    _memory = _Memory()
+    _sync_client = None
+    for slots in list(_slots.values()):
+        if slots.task is not None:
+            slots.task.cancel()
+    _slots.clear()
+    _async_clients.clear()

@@ -1,0 +1,53 @@
+"""Shared limits in process memory (no Redis): buckets and slots."""
+
+import pytest
+
+from core import limits
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits():
+    limits.reset_for_tests()
+    yield
+    limits.reset_for_tests()
+
+
+def test_a_bucket_admits_its_burst_then_says_how_long_to_wait():
+    waits = [limits.take("send", "user:1", rate=2.0, burst=3) for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert 0.4 < waits[3] <= 0.5  # one token every 0.5 s
+
+
+def test_buckets_are_per_name_and_per_ident():
+    for _ in range(3):
+        assert limits.take("send", "user:1", rate=1.0, burst=3) == 0.0
+    assert limits.take("send", "user:1", rate=1.0, burst=3) > 0
+    assert limits.take("send", "user:2", rate=1.0, burst=3) == 0.0
+    assert limits.take("typing", "user:1", rate=1.0, burst=3) == 0.0
+
+
+def test_a_refused_take_costs_nothing():
+    assert limits.take("x", "a", rate=1.0, burst=1) == 0.0
+    first = limits.take("x", "a", rate=1.0, burst=1)
+    second = limits.take("x", "a", rate=1.0, burst=1)
+    # Refusals do not push the next token further away.
+    assert second <= first
+
+
+async def test_the_async_bucket_is_the_same_bucket():
+    assert limits.take("send", "user:9", rate=1.0, burst=1) == 0.0
+    assert await limits.atake("send", "user:9", rate=1.0, burst=1) > 0
+
+
+async def test_slots_admit_up_to_the_limit_and_free_on_release():
+    slots = limits.get_slots()
+    assert await slots.acquire("conn", "user:1", "a", limit=2)
+    assert await slots.acquire("conn", "user:1", "b", limit=2)
+    assert not await slots.acquire("conn", "user:1", "c", limit=2)
+    assert await slots.acquire("conn", "user:2", "c", limit=2)
+    await slots.release("conn", "user:1", "a")
+    assert await slots.acquire("conn", "user:1", "c", limit=2)
+    # Releasing a slot never held, or twice, frees nothing extra.
+    await slots.release("conn", "user:1", "a")
+    await slots.release("conn", "user:1", "zzz")
+    assert not await slots.acquire("conn", "user:1", "d", limit=2)
