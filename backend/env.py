@@ -5,9 +5,12 @@ variable and what is wrong; ``manage.py`` and ``asgi.py`` print that line and
 exit, so a bad deploy fails at start-up instead of at first use.
 """
 
+import atexit
+import contextlib
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -128,6 +131,39 @@ def env_pem_or_path(name: str) -> str | None:
     if "-----BEGIN" not in text:
         raise ImproperlyConfigured(f"{name}: file {value!r} holds no PEM certificate")
     return text
+
+
+# PEM text already written by env_pem_file in this process, by content.
+_pem_files: dict[str, str] = {}
+
+
+def env_pem_file(name: str) -> str | None:
+    """Return the path of a file holding the PEM given inline or as a path.
+
+    For libraries that read certificates only from files (libpq's
+    ``sslrootcert``). Inline PEM text is written once per process to a
+    private temporary file (mode 0600), removed when the process exits.
+    """
+    pem = env_pem_or_path(name)
+    if pem is None:
+        return None
+    value = env_str(name) or ""
+    if "-----BEGIN" not in value:
+        return os.path.abspath(value)
+    if pem not in _pem_files:
+        # mkstemp creates the file readable by this user only, under a name
+        # nobody else can have taken first.
+        descriptor, path = tempfile.mkstemp(prefix="switchboard-", suffix=".pem")
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(pem.rstrip("\n") + "\n")
+        atexit.register(_remove_quietly, path)
+        _pem_files[pem] = path
+    return _pem_files[pem]
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 # Commands that must work without runtime variables: App Platform's build runs

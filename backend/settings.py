@@ -23,6 +23,7 @@ from backend.env import (
     env_int,
     env_list,
     env_origins,
+    env_pem_file,
     env_pem_or_path,
     env_str,
     env_url,
@@ -166,6 +167,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL;",
     }
+# With the server's CA (App Platform binds ${db.CA_CERT}), libpq checks the
+# certificate chain and that it names the host (verify-full); the URL's
+# sslmode=require only encrypts, so anyone on the path could pose as the
+# server. libpq reads the CA from a file: PEM text goes to a private one.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASE_CA_CERT_FILE = env_pem_file("DATABASE_CA_CERT")
+    if DATABASE_CA_CERT_FILE:
+        _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+        if _db_options.get("sslmode") == "disable":
+            raise ImproperlyConfigured(
+                "DATABASE_CA_CERT: set, but DATABASE_URL says sslmode=disable"
+            )
+        if _db_options.get("sslmode") != "verify-ca":
+            _db_options["sslmode"] = "verify-full"
+        _db_options["sslrootcert"] = DATABASE_CA_CERT_FILE
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, presence, cache -----------------------------------
@@ -260,10 +276,44 @@ GROUP_REFRESH_SECONDS = 1800.0
 # events may have been lost: long enough for a backlog under overload.
 HUB_PROBE_SECONDS = 0.5
 HUB_PROBE_TIMEOUT_SECONDS = 10.0
-# A client whose unread output passes this is dropped (it resumes with
-# ?after=). Larger than a full 1000-message replay of maximal frames (~25 MB).
-SLOW_CLIENT_BUFFER_BYTES = env_int(
-    "SWITCHBOARD_SLOW_CLIENT_BUFFER_BYTES", 32 * 1024 * 1024, minimum=64 * 1024
+
+# --- Limits: connections and their output (docs/security.md) ------------------
+# A connection whose unsent output passes this is closed as too slow (4008);
+# replays and history pages are produced only while it stays below a quarter
+# of it, and a history answer is trimmed to that quarter. The older name
+# SWITCHBOARD_SLOW_CLIENT_BUFFER_BYTES is still read.
+OUTPUT_BUFFER_BYTES = env_int(
+    "SWITCHBOARD_OUTPUT_BUFFER_BYTES",
+    env_int("SWITCHBOARD_SLOW_CLIENT_BUFFER_BYTES", 1024 * 1024, minimum=128 * 1024),
+    minimum=128 * 1024,
+)
+# All connections of one process together; past it, the ones with the most
+# unsent output are closed.
+OUTPUT_PROCESS_BYTES = env_int(
+    "SWITCHBOARD_OUTPUT_PROCESS_BYTES", 256 * 1024 * 1024, minimum=1024 * 1024
+)
+# How long a replay waits for its client to read before closing it (4008).
+OUTPUT_DRAIN_SECONDS = env_float("SWITCHBOARD_OUTPUT_DRAIN_SECONDS", 20.0, minimum=1)
+# Open connections, counted across every instance (process: this one only).
+CONNECTIONS_PER_USER = env_int("SWITCHBOARD_CONNECTIONS_PER_USER", 20, minimum=1)
+ANONYMOUS_CONNECTIONS_PER_ADDRESS = env_int(
+    "SWITCHBOARD_ANONYMOUS_CONNECTIONS_PER_ADDRESS", 50, minimum=1
+)
+CONNECTIONS_PER_PROCESS = env_int(
+    "SWITCHBOARD_CONNECTIONS_PER_PROCESS", 5000, minimum=1
+)
+# WebSocket handshakes per client address, across every instance.
+HANDSHAKE_RATE_PER_ADDRESS = env_float(
+    "SWITCHBOARD_HANDSHAKE_RATE_PER_ADDRESS", 20.0, minimum=0.1
+)
+HANDSHAKE_BURST_PER_ADDRESS = env_int(
+    "SWITCHBOARD_HANDSHAKE_BURST_PER_ADDRESS", 200, minimum=1
+)
+# A refused connection is told to retry after about this long.
+CONNECTION_RETRY_SECONDS = 10.0
+# Every open connection's access is read again this often (docs/security.md).
+ACCESS_RECHECK_SECONDS = env_float(
+    "SWITCHBOARD_ACCESS_RECHECK_SECONDS", 30.0, minimum=0.5
 )
 
 # --- Auth, API ----------------------------------------------------------------
@@ -296,6 +346,63 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
 }
+
+# --- Limits: credentials and HTTP writes (docs/security.md) -------------------
+# Buckets shared by every instance (core.limits); each refusal is a 429 with
+# Retry-After. Sign-in attempts on the token endpoint, the login page, the
+# admin login and signup, per client address: a person needs a few.
+CREDENTIAL_ADDRESS_BURST = env_int(
+    "SWITCHBOARD_CREDENTIAL_ADDRESS_BURST", 30, minimum=1
+)
+CREDENTIAL_ADDRESS_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_CREDENTIAL_ADDRESS_RATE_PER_SECOND", 0.1, minimum=0.0001
+)
+# Password checks of one username from one address: an attacker's guesses
+# elsewhere never lock the owner out at their own address.
+CREDENTIAL_USER_ADDRESS_BURST = env_int(
+    "SWITCHBOARD_CREDENTIAL_USER_ADDRESS_BURST", 5, minimum=1
+)
+CREDENTIAL_USER_ADDRESS_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_CREDENTIAL_USER_ADDRESS_RATE_PER_SECOND", 1 / 60, minimum=0.0001
+)
+# Password checks of one username from all addresses together: bounds
+# guessing spread over many addresses (about 1500 a day by default).
+CREDENTIAL_USER_BURST = env_int("SWITCHBOARD_CREDENTIAL_USER_BURST", 50, minimum=1)
+CREDENTIAL_USER_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_CREDENTIAL_USER_RATE_PER_SECOND", 1 / 60, minimum=0.0001
+)
+# Accounts created per client address (5 an hour).
+SIGNUP_ADDRESS_BURST = env_int("SWITCHBOARD_SIGNUP_ADDRESS_BURST", 5, minimum=1)
+SIGNUP_ADDRESS_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_SIGNUP_ADDRESS_RATE_PER_SECOND", 5 / 3600, minimum=0.0001
+)
+# Password hashes one process computes at once. Each is ~0.3 s of CPU
+# (PBKDF2); more at once would starve the event loop that carries every
+# WebSocket. A request waits this long for a turn, then gets 503.
+PASSWORD_HASH_CONCURRENCY = env_int(
+    "SWITCHBOARD_PASSWORD_HASH_CONCURRENCY", 2, minimum=1
+)
+PASSWORD_HASH_WAIT_SECONDS = env_float("SWITCHBOARD_PASSWORD_HASH_WAIT_SECONDS", 1.0)
+# Rooms created per user (the API and the home page's form together).
+ROOM_CREATE_BURST = env_int("SWITCHBOARD_ROOM_CREATE_BURST", 20, minimum=1)
+ROOM_CREATE_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_ROOM_CREATE_RATE_PER_SECOND", 1 / 60, minimum=0.0001
+)
+# Members added per user, over all their rooms.
+MEMBER_ADD_BURST = env_int("SWITCHBOARD_MEMBER_ADD_BURST", 50, minimum=1)
+MEMBER_ADD_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_MEMBER_ADD_RATE_PER_SECOND", 0.2, minimum=0.0001
+)
+# Lines a client can cause (refusals) per call site and interval (core.logs).
+LOG_LIMIT_LINES = env_int("SWITCHBOARD_LOG_LIMIT_LINES", 10, minimum=1)
+LOG_LIMIT_INTERVAL_SECONDS = env_float(
+    "SWITCHBOARD_LOG_LIMIT_INTERVAL_SECONDS", 60.0, minimum=1
+)
+# Content-Security-Policy and Cache-Control: private, no-store on what the
+# app computes (core.middleware). Innermost, so it sees every view's answer,
+# error pages included, but not static files: WhiteNoise serves those above
+# it with long-lived public caching.
+MIDDLEWARE += ["core.middleware.SecurityHeadersMiddleware"]
 
 # --- Static files, i18n, logging ---------------------------------------------
 STATIC_URL = "static/"

@@ -5,16 +5,27 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from core import api, views
+from core import api, forms, views
+
+# The admin signs in through the throttled form too (core.throttling); its
+# login view is routed below, ahead of the admin's own URLs.
+admin.site.login_form = forms.AdminLoginForm
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("rooms/new/", views.create_room, name="create-room"),
     path("rooms/<slug:slug>/", views.room, name="room"),
     path("readyz", views.readyz, name="readyz"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path(
+        "accounts/login/",
+        views.credential_page(
+            auth_views.LoginView.as_view(authentication_form=forms.LoginForm)
+        ),
+        name="login",
+    ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", views.signup, name="signup"),
+    path("admin/login/", views.credential_page(admin.site.login)),
     path("admin/", admin.site.urls),
     path("api/auth/token/", api.TokenView.as_view(), name="api-token"),
     path("api/rooms/", api.RoomListView.as_view(), name="api-rooms"),

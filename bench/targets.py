@@ -31,6 +31,17 @@ from tests.support.services import (
 
 INSTANCES = 2
 BENCH_USERS = 50
+BENCH_LIMITS = {
+    # One send budget per user: 50 users post for 1000 rooms here. The
+    # check still runs (and costs what it costs); it just never refuses.
+    "SWITCHBOARD_SEND_RATE_PER_SECOND": "100000",
+    "SWITCHBOARD_SEND_BURST": "100000",
+    "SWITCHBOARD_CONNECTIONS_PER_USER": "1000000",
+    "SWITCHBOARD_ANONYMOUS_CONNECTIONS_PER_ADDRESS": "1000000",
+    "SWITCHBOARD_CONNECTIONS_PER_PROCESS": "1000000",
+    "SWITCHBOARD_HANDSHAKE_RATE_PER_ADDRESS": "1000000",
+    "SWITCHBOARD_HANDSHAKE_BURST_PER_ADDRESS": "1000000",
+}
 ROOMS_SLUG = "r-{:04d}"
 
 
@@ -121,6 +132,10 @@ class Infrastructure:
             "REDIS_URL": self.start_redis().url,
             "DJANGO_SECRET_KEY": self.secret_key,
             "SWITCHBOARD_CHANNEL_PREFIX": prefix,
+            # The load comes from one address and 50 users (thousands of
+            # connections each): the per-user and per-address connection
+            # limits are for people, not for a load generator.
+            **BENCH_LIMITS,
         }
 
     def provision_switchboard(self, rooms: int) -> None:

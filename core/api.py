@@ -2,39 +2,69 @@
 
 Views validate with serializers and call ``core.services``; errors are JSON
 with a 4xx status. Unknown rooms and rooms the caller may not see are 404.
+Sign-in attempts, password hashing and writes per user are throttled by
+``core.throttling`` (429 or 503 with ``Retry-After`` and ``retry_after_ms``).
 """
 
 import logging
+import math
+import re
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core import access, protocol, services
+from core import access, clientaddr, limits, protocol, services, throttling
 from core.models import SLUG_PATTERN, Room
 
 logger = logging.getLogger(__name__)
 
+# GET /api/rooms/ pages: ``limit`` rooms (default, most) after a slug cursor.
+ROOMS_PAGE_DEFAULT = 100
+ROOMS_PAGE_MAX = 500
+
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, with every error under ``detail``."""
+    """DRF's handler, with every error under ``detail``.
+
+    A body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a JSON 413, where Django
+    would answer its HTML 400 page.
+    """
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            {"detail": f"The request body is over {limit} bytes."},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
     if not (isinstance(response.data, dict) and "detail" in response.data):
         response.data = {"detail": "Invalid input.", "errors": response.data}
+    if isinstance(exc, Throttled) and exc.wait is not None:
+        response.data["retry_after_ms"] = max(1, math.ceil(exc.wait * 1000))
+    return response
+
+
+def refusal_response(refusal: throttling.Refusal) -> Response:
+    """A 429 or 503 that says when to try again, in the header and the body."""
+    body = {"detail": refusal.detail, "retry_after_ms": refusal.retry_after_ms}
+    response = Response(body, status=refusal.status)
+    response["Retry-After"] = str(refusal.retry_after_seconds)
     return response
 
 
@@ -123,46 +153,22 @@ class MessagePageSerializer(serializers.Serializer):
     has_more = serializers.BooleanField()
 
 
-class SendThrottle(SimpleRateThrottle):
-    """Posts per user (or IP), like the WebSocket ``send`` limit.
-
-    A window of ``SEND_BURST`` posts per ``SEND_BURST / SEND_RATE_PER_SECOND``
-    seconds approximates the socket's token bucket, shared through the cache.
-    """
-
-    scope = "send"
-
-    def get_rate(self) -> str:
-        return "configured"
-
-    def parse_rate(self, rate: str | None) -> tuple[int, float]:
-        return settings.SEND_BURST, settings.SEND_BURST / settings.SEND_RATE_PER_SECOND
+class SendThrottle(BaseThrottle):
+    """The ``send`` budget of the WebSocket protocol, per user (per client
+    address when anonymous), shared with the user's sockets on every
+    instance through ``core.limits``; a refusal is 429 with Retry-After."""
 
     def allow_request(self, request: Request, view: APIView) -> bool:
-        # The counters live in the cache, i.e. Redis. A Redis outage must not
-        # stop posting (the message is stored; publishing is best effort):
-        # let the request through unthrottled and say so in the log.
-        try:
-            return super().allow_request(request, view)
-        except Exception as exc:
-            logger.warning(
-                "send throttle unavailable (%s); not throttling", exc.__class__.__name__
-            )
-            return True
+        self.waited = limits.take(
+            "send",
+            limits.owner(request.user, clientaddr.from_request(request._request)),
+            settings.SEND_RATE_PER_SECOND,
+            settings.SEND_BURST,
+        )
+        return not self.waited
 
-    def get_cache_key(self, request: Request, view: APIView) -> str:
-        if request.user.is_authenticated:
-            ident = str(request.user.pk)
-        else:
-            ident = self.get_ident(request)
-        return self.cache_format % {"scope": self.scope, "ident": ident}
-
-    def get_ident(self, request: Request) -> str:
-        # DRF trusts X-Forwarded-For whenever present; only App Platform's
-        # proxy (DJANGO_HTTPS=1) may set it, else any client could.
-        if settings.USE_X_FORWARDED_FOR:
-            return super().get_ident(request)
-        return request.META.get("REMOTE_ADDR", "")
+    def wait(self) -> float:
+        return self.waited
 
 
 def _visible_room_or_404(request: Request, slug: str) -> Room:
@@ -170,6 +176,31 @@ def _visible_room_or_404(request: Request, slug: str) -> Room:
     if room is None:
         raise Http404("No such room.")
     return room
+
+
+def _rooms_page_params(request: Request) -> tuple[int, str | None]:
+    """``limit`` and the ``after`` cursor of a room-list request."""
+    errors = {}
+    limit = ROOMS_PAGE_DEFAULT
+    text = request.query_params.get("limit") or ""
+    if text:
+        if text.isdigit() and 1 <= int(text) <= ROOMS_PAGE_MAX:
+            limit = int(text)
+        else:
+            errors["limit"] = [
+                f"'limit' must be a whole number in 1..{ROOMS_PAGE_MAX}."
+            ]
+    after = request.query_params.get("after") or None
+    if after is not None and not re.fullmatch(SLUG_PATTERN, after):
+        errors["after"] = ["'after' must be a room slug."]
+    if errors:
+        raise ValidationError(errors)
+    return limit, after
+
+
+def _next_link(request: Request, limit: int, after: str) -> str:
+    query = urlencode({"after": after, "limit": limit})
+    return f'<{request.build_absolute_uri(request.path)}?{query}>; rel="next"'
 
 
 def _seq_param(request: Request, name: str) -> int | None:
@@ -187,13 +218,24 @@ class TokenView(APIView):
 
     @extend_schema(request=TokenRequestSerializer, responses={200: TokenSerializer})
     def post(self, request: Request) -> Response:
+        refusal = throttling.check_attempt(request._request)
+        if refusal is not None:
+            return refusal_response(refusal)
         data = TokenRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = authenticate(
-            request._request,
-            username=data.validated_data["username"],
-            password=data.validated_data["password"],
-        )
+        username = data.validated_data["username"]
+        refusal = throttling.check_password_check(request._request, username)
+        if refusal is not None:
+            return refusal_response(refusal)
+        try:
+            with throttling.password_hashing():
+                user = authenticate(
+                    request._request,
+                    username=username,
+                    password=data.validated_data["password"],
+                )
+        except throttling.Busy as exc:
+            return refusal_response(exc.refusal)
         if user is None:
             return Response(
                 {"detail": "Unable to sign in with those credentials."},
@@ -209,12 +251,8 @@ class TokenView(APIView):
                 {"detail": "Authentication credentials were not provided."},
                 status=status.HTTP_401_UNAUTHORIZED,
             )
-        for token in Token.objects.filter(user=request.user):
-            key = token.key
-            token.delete()
-            services.revoke_access(
-                user_id=request.user.pk, credential=services.credential_id(key)
-            )
+        # Each deletion closes that token's sockets (core.signals).
+        Token.objects.filter(user=request.user).delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -226,15 +264,36 @@ class RoomListView(APIView):
             return [IsAuthenticated()]
         return []
 
-    @extend_schema(responses={200: RoomSerializer(many=True)})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "limit", int, description=f"1-{ROOMS_PAGE_MAX}, default 100"
+            ),
+            OpenApiParameter("after", str, description="Only rooms after this slug"),
+        ],
+        responses={200: RoomSerializer(many=True)},
+    )
     def get(self, request: Request) -> Response:
+        """A page of rooms by slug; a ``Link`` header names the next one."""
+        limit, after = _rooms_page_params(request)
         rooms = access.visible_rooms(request.user).order_by("slug")
-        return Response(RoomSerializer(rooms, many=True).data)
+        if after is not None:
+            rooms = rooms.filter(slug__gt=after)
+        page = list(rooms[: limit + 1])
+        response = Response(RoomSerializer(page[:limit], many=True).data)
+        if len(page) > limit:
+            response["Link"] = _next_link(request, limit, page[limit - 1].slug)
+        return response
 
     @extend_schema(request=RoomCreateSerializer, responses={201: RoomSerializer})
     def post(self, request: Request) -> Response:
         data = RoomCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        # Every valid attempt counts, refused ones too: a taken slug answers
+        # whether a room exists, and this bounds how fast anyone can ask.
+        refusal = throttling.check_write("rooms.create", request.user)
+        if refusal is not None:
+            return refusal_response(refusal)
         try:
             room = services.create_room(owner=request.user, **data.validated_data)
         except services.SlugTaken as exc:
@@ -257,6 +316,9 @@ class MemberListView(APIView):
         data = MemberSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         username = data.validated_data["username"]
+        refusal = throttling.check_write("members.add", request.user)
+        if refusal is not None:
+            return refusal_response(refusal)
         try:
             services.add_member(room=room, actor=request.user, username=username)
         except services.AccessDenied:

@@ -19,6 +19,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.http.request import validate_host
 from rest_framework.authtoken.models import Token
 
+from core import logs
 from core.services import credential_id
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,10 @@ class OriginPolicyMiddleware:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         origin = header(scope, b"origin")
         if origin is not None and not origin_allowed(origin):
-            logger.warning(
+            logs.limited(
+                logger,
+                logging.WARNING,
+                "ws.origin_refused",
                 "WebSocket refused: origin %r is not in DJANGO_ALLOWED_HOSTS",
                 origin[:200],
             )
@@ -102,10 +106,16 @@ class TokenAuthMiddleware(BaseMiddleware):
         if scheme.lower() == "token" and key and len(key) <= 64:
             user = await _user_for_token(key)
         if user is None:
-            logger.info("WebSocket refused: invalid Authorization header")
+            logs.limited(
+                logger,
+                logging.INFO,
+                "ws.bad_authorization",
+                "WebSocket refused: invalid Authorization header",
+            )
             await WebsocketDenier()(scope, receive, send)
             return
-        scope = dict(scope, user=user, credential=credential_id(key))
+        # The key itself too: the warden checks that it still exists.
+        scope = dict(scope, user=user, credential=credential_id(key), token_key=key)
         await self.inner(scope, receive, send)
 
 

@@ -44,6 +44,8 @@ class WriteBuffer:
     # once per recipient of every message.
     offer: Callable[[bytes], Offer]
     drop: Callable[[], None]
+    # Bytes written but not yet taken by the client's socket.
+    queued: Callable[[], int]
 
 
 def _declining(
@@ -80,8 +82,11 @@ def _twisted(protocol: Any, limit_bytes: int) -> WriteBuffer:
     transport = protocol.transport
     open_state = protocol.STATE_OPEN
 
-    def offer(frame: bytes) -> Offer:
+    def queued_bytes() -> int:
         # twisted.internet.abstract.FileDescriptor's write buffers.
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+    def offer(frame: bytes) -> Offer:
         queued = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         if queued > limit_bytes:
             return TOO_FULL
@@ -109,7 +114,7 @@ def _twisted(protocol: Any, limit_bytes: int) -> WriteBuffer:
             transport.write(frame[sent:])
         return WRITTEN
 
-    return WriteBuffer(offer, transport.abortConnection)
+    return WriteBuffer(offer, transport.abortConnection, queued_bytes)
 
 
 def _asyncio(owner: Any, transport: Any, limit_bytes: int) -> WriteBuffer:
@@ -120,7 +125,7 @@ def _asyncio(owner: Any, transport: Any, limit_bytes: int) -> WriteBuffer:
     offer = _sansio_offer(owner, queued_bytes, limit_bytes) or _declining(
         queued_bytes, limit_bytes
     )
-    return WriteBuffer(offer, transport.abort)
+    return WriteBuffer(offer, transport.abort, queued_bytes)
 
 
 def _sansio_offer(

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -20,20 +21,28 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from core import backpressure, protocol, services
+from core import backpressure, clientaddr, limits, protocol, services
 from core.backpressure import TOO_FULL, WRITTEN
 from core.fanout import Encoded, get_hub
 from core.models import Room
-from core.presence import get_presence
+from core.output import OutputGate
+from core.presence import RoomRef, get_presence
 from core.protocol import ProtocolError
-from core.ratelimit import TokenBucket
+from core.warden import Grant, get_warden
 
 logger = logging.getLogger(__name__)
 
+CLOSE_TOO_SLOW = 4008
 CLOSE_TOO_BIG = 4009
 CLOSE_SHUTDOWN = 4012
 CLOSE_ACCESS_REVOKED = 4403
+CLOSE_TOO_MANY = 4429
 SHUTDOWN_CLEANUP_SECONDS = 2.0
+# A client closed as too slow gets this long to read up to the close frame
+# before its connection is cut.
+TOO_SLOW_GRACE_SECONDS = 5.0
+# Stored messages are read and sent this many at a time (replay, catch-up).
+STORED_PAGE = 100
 
 
 def _exceeds_bytes(text: str, limit: int) -> bool:
@@ -45,6 +54,26 @@ def _exceeds_bytes(text: str, limit: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a handshake is refused by a limit, and when to try again."""
+
+    code: str
+    detail: str
+    retry_after: float
+
+
+class _ProcessConnections:
+    """Connections this process has admitted (``CONNECTIONS_PER_PROCESS``)."""
+
+    count = 0
+
+
+def open_connections() -> int:
+    """How many connections this process holds open."""
+    return _ProcessConnections.count
+
+
 class RoomConsumer(AsyncWebsocketConsumer):
     """The room protocol of docs/protocol.md at ``/ws/rooms/<slug>/``."""
 
@@ -54,17 +83,24 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     room: Room
     slug: str
+    grant: Grant
     groups_joined: tuple[str, ...] = ()
     in_presence = False
     closing = False
+    accepted = False
+    admitted = False
+    slot: tuple[str, str] | None = None
     # Live copies at or below the last replayed seq are duplicates.
     replayed_through = 0
     # Highest seq sent; catching up after an outage starts above it.
     last_seq_sent = 0
+    # The hub's epoch when this connection's access was last read.
+    checked_epoch = 0
     # Hub events that arrive while connect() runs wait here, so the welcome
     # comes first and a replay is never interleaved with live messages.
     held: list[tuple[dict[str, Any], Encoded | None]] | None = None
     write_buffer: backpressure.WriteBuffer | None = None
+    gate: OutputGate | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -104,73 +140,206 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.username = self.user.get_username() if self.user.is_authenticated else None
         self.credential = self.scope.get("credential")
         self.connection_id = uuid.uuid4().hex
-        self.send_bucket = TokenBucket(
-            settings.SEND_RATE_PER_SECOND, settings.SEND_BURST
-        )
-        self.history_bucket = TokenBucket(
-            settings.HISTORY_RATE_PER_SECOND, settings.HISTORY_BURST
-        )
+        self.address = clientaddr.from_scope(self.scope)
         self.last_typing = -math.inf
 
-        # Join before reading the room (and its last_seq) and the replay, so
-        # nothing committed after the read can be missed; duplicates are
-        # dropped by seq. One database call admits and positions the client.
+        refusal = await self._admit()
+        if refusal is not None:
+            await self._refuse(refusal)
+            return
+        # Join the user's group before reading access, and the room's before
+        # reading its last_seq and the replay, so that neither a revocation
+        # nor a message committed after those reads can be missed.
         self.held = []
-        await self._join()
+        self.checked_epoch = get_hub().epoch
+        if self.user.is_authenticated:
+            await self._join(services.user_group(self.user.pk))
         room = await database_sync_to_async(services.room_for_connection)(
             slug=self.slug, user=self.user
         )
-        if room is None:
+        if room is None or self.closing:
             await self._leave()
             await self.close()  # before accept: HTTP 403, unknown or private alike
             return
         self.room = room
-        self.write_buffer = backpressure.locate(
-            self.base_send, settings.SLOW_CLIENT_BUFFER_BYTES
-        )
+        self.grant = self._grant(room)
+        await self._join(services.room_group(room.pk))
         try:
             after = protocol.parse_resume_after(self.scope["query_string"])
             after_error = None
         except ProtocolError as exc:
             after, after_error = None, exc
+        try:
+            last_seq, first_page, more = await database_sync_to_async(
+                services.resume_point
+            )(
+                room_id=room.pk,
+                after=after,
+                limit=min(STORED_PAGE, settings.REPLAY_LIMIT),
+            )
+        except Room.DoesNotExist:
+            await self._leave()
+            await self.close()
+            return
 
+        self.write_buffer = backpressure.locate(
+            self.base_send, settings.OUTPUT_BUFFER_BYTES
+        )
+        self.gate = OutputGate(self.write_buffer, self._too_slow)
         await self.accept()
+        self.accepted = True
+        get_warden().watch(self)
         await self.send_frame(
             protocol.welcome_frame(
-                room=self.slug, user=self.username, last_seq=room.last_seq
+                room=self.slug, user=self.username, last_seq=last_seq
             )
         )
         if after_error is not None:
             await self.send_frame(protocol.error_frame(after_error))
         if after is not None:
-            await self._replay(after)
+            await self._replay(after, first_page, more)
         await self._release_held()
+        if self.closing:
+            return
+        if self.checked_epoch != get_hub().epoch:
+            await self._catch_up()  # a gap while connecting: read access again
         presence = get_presence()
         self.in_presence = True
-        await presence.join(self.slug, self.username, self.connection_id)
-        await self.send_frame(await presence.frame(self.slug))
+        room_ref = RoomRef(room.pk, self.slug)
+        await presence.join(room_ref, self.username, self.connection_id)
+        await self.send_frame(await presence.frame(room_ref))
 
-    async def _join(self) -> None:
-        groups = [services.room_group(self.slug)]
+    async def _admit(self) -> Refusal | None:
+        """Count the connection in, or say which limit refuses it.
+
+        Cheapest first: the process's own count, then the address's
+        handshake rate, then the user's (or anonymous address's) open
+        connections across every instance.
+        """
+        if _ProcessConnections.count >= settings.CONNECTIONS_PER_PROCESS:
+            return Refusal(
+                protocol.TOO_MANY_CONNECTIONS,
+                "This server is full; try again shortly.",
+                settings.CONNECTION_RETRY_SECONDS,
+            )
+        _ProcessConnections.count += 1
+        self.admitted = True
+        wait = await limits.atake(
+            "handshakes",
+            self.address,
+            settings.HANDSHAKE_RATE_PER_ADDRESS,
+            settings.HANDSHAKE_BURST_PER_ADDRESS,
+        )
+        if wait:
+            return Refusal(
+                protocol.TOO_MANY_CONNECTIONS,
+                "Too many connection attempts from your address; slow down.",
+                wait,
+            )
         if self.user.is_authenticated:
-            groups.append(services.user_group(self.user.pk))
-        hub = get_hub()
-        for group in groups:
-            await hub.subscribe(group, self)
-            self.groups_joined += (group,)
+            slot = ("connections", f"user:{self.user.pk}")
+            limit = settings.CONNECTIONS_PER_USER
+            detail = f"You have {limit} connections open already; close some."
+        else:
+            slot = ("anonymous", self.address)
+            limit = settings.ANONYMOUS_CONNECTIONS_PER_ADDRESS
+            detail = "Too many anonymous connections from your address; sign in."
+        if not await limits.get_slots().acquire(*slot, self.connection_id, limit):
+            return Refusal(
+                protocol.TOO_MANY_CONNECTIONS, detail, settings.CONNECTION_RETRY_SECONDS
+            )
+        self.slot = slot
+        return None
 
-    async def _replay(self, after: int) -> None:
+    async def _refuse(self, refusal: Refusal) -> None:
+        """Accept only to say why, then close with 4429.
+
+        A refusal before accept would be the same HTTP 403 as "no access",
+        and browsers see neither status; a close code and an error frame
+        tell the client to come back later rather than give up.
+        """
+        retry_ms = math.ceil(refusal.retry_after * 1000)
+        self.closing = True
+        await self._leave()
+        await self.accept()
+        error = ProtocolError(refusal.code, refusal.detail, retry_after_ms=retry_ms)
+        await self.send(text_data=json.dumps(protocol.error_frame(error)))
+        await self.close(code=CLOSE_TOO_MANY, reason=f"retry_after_ms={retry_ms}")
+
+    def _grant(self, room: Room) -> Grant:
+        if not self.user.is_authenticated:
+            return Grant(room.pk, None)
+        token_key = self.scope.get("token_key")
+        session = self.scope.get("session")
+        session_key = None
+        if token_key is None and session is not None:
+            session_key = session.session_key
+        return Grant(room.pk, self.user.pk, token_key, session_key)
+
+    async def _join(self, group: str) -> None:
+        await get_hub().subscribe(group, self)
+        self.groups_joined += (group,)
+
+    async def _replay(
+        self, after: int, first_page: list[protocol.MessageFrame], more: bool
+    ) -> None:
         """Send what the client missed, then ``replayed``."""
-        messages, complete = await database_sync_to_async(services.replay)(
-            room_id=self.room.pk, after=after
+        count, complete = await self._send_stored(
+            after, settings.REPLAY_LIMIT, first_page, more
         )
-        for message in messages:
-            await self.send_frame(message)
-        self.replayed_through = messages[-1]["seq"] if messages else after
-        self.last_seq_sent = self.replayed_through
+        if self.closing:
+            return
+        self.replayed_through = max(self.last_seq_sent, after)
         await self.send_frame(
-            protocol.replayed_frame(after=after, count=len(messages), complete=complete)
+            protocol.replayed_frame(after=after, count=count, complete=complete)
         )
+
+    async def _send_stored(
+        self,
+        after: int,
+        limit: int,
+        page: list[protocol.MessageFrame] | None = None,
+        more: bool = True,
+    ) -> tuple[int, bool]:
+        """Send stored messages above ``after``, at most ``limit``, a page at
+        a time and only while the client keeps up; (count, complete).
+
+        A client that stops reading gets no more than a quarter of its
+        output budget queued; one that has not read that within
+        ``OUTPUT_DRAIN_SECONDS`` is closed as too slow.
+        """
+        sent = 0
+        while True:
+            if page is None:
+                page, more = await database_sync_to_async(services.replay)(
+                    room_id=self.room.pk,
+                    after=after,
+                    limit=min(STORED_PAGE, limit - sent),
+                )
+            for message in page:
+                if not await self._until_keeping_up():
+                    return sent, False
+                await self.send_frame(message)
+                after = message["seq"]
+                self.last_seq_sent = max(self.last_seq_sent, after)
+                sent += 1
+            if not more:
+                return sent, True
+            if sent >= limit:
+                return sent, False
+            page = None
+
+    async def _until_keeping_up(self) -> bool:
+        """Wait while the client has bulky output unread; False: it is gone."""
+        if self.closing:
+            return False
+        gate = self.gate
+        if gate is None or gate.keeping_up():
+            return True
+        if await gate.drained(settings.OUTPUT_DRAIN_SECONDS):
+            return not self.closing
+        self._too_slow("it did not read the messages it asked for")
+        return False
 
     async def _release_held(self) -> None:
         held, self.held = self.held or [], None
@@ -186,11 +355,22 @@ class RoomConsumer(AsyncWebsocketConsumer):
         hub = get_hub()
         for group in groups:
             await hub.unsubscribe(group, self)
+        get_warden().forget(self)
+        if self.gate is not None:
+            self.gate.close()
+        if self.admitted:
+            self.admitted = False
+            _ProcessConnections.count -= 1
+        if self.slot is not None:
+            slot, self.slot = self.slot, None
+            await limits.get_slots().release(*slot, self.connection_id)
         # Only a connection that was counted in may count out: a user's
         # entry must not go while their other connections are open.
         if self.in_presence:
             self.in_presence = False
-            await get_presence().leave(self.slug, self.username, self.connection_id)
+            await get_presence().leave(
+                RoomRef(self.room.pk, self.slug), self.username, self.connection_id
+            )
 
     async def _close_for_shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -255,7 +435,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 "Sign in to send messages.",
                 client_id=client_id,
             )
-        self.check_rate(self.send_bucket, client_id)
+        # One budget per user, shared by their sockets on every instance
+        # and the HTTP API.
+        await self.check_rate(
+            "send", settings.SEND_RATE_PER_SECOND, settings.SEND_BURST, client_id
+        )
         try:
             result = await services.post_message(
                 room=self.room,
@@ -263,7 +447,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 body=frame.body,
                 client_id=client_id,
             )
-        except services.AccessDenied:
+        except (services.AccessDenied, Room.DoesNotExist):
             raise ProtocolError(
                 protocol.FORBIDDEN, "You no longer have access to this room.",
                 client_id=client_id,
@@ -273,15 +457,26 @@ class RoomConsumer(AsyncWebsocketConsumer):
         )
 
     async def handle_history(self, frame: protocol.HistoryFrame) -> None:
-        self.check_rate(self.history_bucket, None)
+        gate = self.gate
+        if gate is not None and not gate.keeping_up():
+            # A page is produced only for a client that has read the last.
+            raise ProtocolError(
+                protocol.RATE_LIMITED,
+                "Read what you were sent before asking for more.",
+                retry_after_ms=1000,
+            )
+        await self.check_rate(
+            "history", settings.HISTORY_RATE_PER_SECOND, settings.HISTORY_BURST, None
+        )
         try:
             messages, has_more = await database_sync_to_async(
                 services.readable_history
             )(
                 user=self.user, room_id=self.room.pk,
                 before=frame.before, after=frame.after, limit=frame.limit,
+                max_bytes=gate.low_water if gate is not None else None,
             )  # fmt: skip
-        except services.AccessDenied:
+        except (services.AccessDenied, Room.DoesNotExist):
             raise ProtocolError(
                 protocol.FORBIDDEN, "You no longer have access to this room."
             ) from None
@@ -295,15 +490,26 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 protocol.UNAUTHENTICATED, "Sign in to send typing notices."
             )
         now = time.monotonic()
-        if now - self.last_typing < settings.TYPING_INTERVAL_SECONDS:
+        interval = settings.TYPING_INTERVAL_SECONDS
+        if now - self.last_typing < interval:
             return  # relayed at most once per interval; the excess is dropped
         self.last_typing = now
+        # The same interval per user across their sockets and instances.
+        if interval > 0 and await limits.atake(
+            "typing", f"user:{self.user.pk}", 1.0 / interval, 1
+        ):
+            return
         await services.broadcast_typing(
-            room=self.slug, user=self.username, sender=self.connection_id
+            room_id=self.room.pk, user=self.username, sender=self.connection_id
         )
 
-    def check_rate(self, bucket: TokenBucket, client_id: str | None) -> None:
-        wait = bucket.take()
+    async def check_rate(
+        self, name: str, rate: float, burst: int, client_id: str | None
+    ) -> None:
+        """Take a token from the caller's shared ``name`` bucket, or refuse."""
+        wait = await limits.atake(
+            name, limits.owner(self.user, self.address), rate, burst
+        )
         if wait:
             raise ProtocolError(
                 protocol.RATE_LIMITED,
@@ -318,11 +524,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
         """One event of a joined group, from this process's hub."""
         if self.closing:
             return
-        if self.held is not None:
-            self.held.append((event, encoded))
-            return
         kind = event["type"]
-        if kind == "room.message":
+        if kind == "access.revoked":
+            await self.access_revoked(event)  # at once, even while connecting
+        elif kind == "access.recheck":
+            await self.recheck_access()
+        elif self.held is not None:
+            self.held.append((event, encoded))
+        elif kind == "room.message":
             seq = event["message"]["seq"]
             if seq > self.replayed_through:
                 await self._deliver(seq, encoded or Encoded(event["message"]))
@@ -331,8 +540,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 await self.send_frame(protocol.typing_frame(user=event["user"]))
         elif kind == "room.presence":
             await self.send_frame(event["frame"])
-        elif kind == "access.revoked":
-            await self.access_revoked(event)
 
     async def send(
         self,
@@ -370,26 +577,37 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 self.last_seq_sent = seq
             return True
         if outcome is TOO_FULL:
-            self._drop_slow_client()
+            self._too_slow("it stopped reading")
             return True
         return False
 
     async def _deliver(self, seq: int, encoded: Encoded) -> None:
         """Send a live message: the shared frame straight to the socket when
         the server allows it (see core.backpressure), else through ASGI."""
-        if not self.deliver_now(seq, encoded):
+        if not self.deliver_now(seq, encoded) and not self.closing:
             self.last_seq_sent = max(seq, self.last_seq_sent)
             await self.send(text_data=encoded.text)
 
-    def _drop_slow_client(self) -> None:
-        """Drop a client that has stopped reading, before it costs the room.
+    def _too_slow(self, reason: str) -> None:
+        """Close a client that does not keep up, before it costs the room.
 
-        The abort reaches the client as 1006; it reconnects and resumes with
-        ?after=, so nothing is lost.
+        The 4008 close frame waits behind the unread output: a client that
+        reads on gets it; one that does not is cut off after a grace period.
+        Either way it may reconnect and resume with ?after=.
         """
-        logger.warning("dropping a client of room %s: it stopped reading", self.slug)
+        if self.closing:
+            return
         self.closing = True
-        self.write_buffer.drop()
+        logger.warning("closing a client of room %s: %s", self.slug, reason)
+        asyncio.get_running_loop().create_task(self._close_too_slow())
+
+    async def _close_too_slow(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.base_send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})
+        await asyncio.sleep(TOO_SLOW_GRACE_SECONDS)
+        if self.write_buffer is not None:
+            with contextlib.suppress(Exception):
+                self.write_buffer.drop()
 
     async def access_revoked(self, event: dict[str, Any]) -> None:
         """Close with 4403 if the revocation covers this connection."""
@@ -397,7 +615,34 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         if event["credential"] not in (None, self.credential):
             return
+        await self._close_revoked()
+
+    async def recheck_access(self) -> None:
+        """Read this connection's access again; close with 4403 if gone."""
+        if self.closing or not hasattr(self, "grant"):
+            # Still connecting: its access is read after this event.
+            return
+        if not await get_warden().holds(self.grant):
+            await self._close_revoked()
+
+    def access_lost(self) -> None:
+        """The warden found this connection's access gone."""
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().create_task(self._close_revoked(force=True))
+
+    def access_held(self) -> None:
+        """The warden found this connection's access intact. If a catch-up
+        after a gap could not run (the database was down), run it now."""
+        if not self.closing and self.checked_epoch != get_hub().epoch:
+            self.catch_up_after_outage()
+
+    async def _close_revoked(self, force: bool = False) -> None:
+        if self.closing and not force:
+            return
         self.closing = True
+        if not self.accepted:
+            return  # connect() has not accepted yet: it refuses (403)
         await self.close(code=CLOSE_ACCESS_REVOKED)
 
     def catch_up_after_outage(self) -> None:
@@ -406,18 +651,33 @@ class RoomConsumer(AsyncWebsocketConsumer):
             asyncio.get_running_loop().create_task(self._catch_up())
 
     async def _catch_up(self) -> None:
-        with contextlib.suppress(Exception):
-            messages, _ = await database_sync_to_async(services.replay)(
-                room_id=self.room.pk, after=self.last_seq_sent
-            )
-            for message in messages:
-                await self.hub_event({"type": "room.message", "message": message}, None)
+        """Re-check access (a revocation may have been lost too), then send
+        the messages stored since the last one this client was sent.
+
+        Until the check passes, the hub gives this connection no live
+        messages; those it skipped are read from the database after it.
+        """
+        try:
+            epoch, after = get_hub().epoch, self.last_seq_sent
+            if not await get_warden().holds(self.grant):
+                await self._close_revoked()
+                return
+            self.checked_epoch = epoch
+            await self._send_stored(after, settings.REPLAY_LIMIT)
+        except Exception as exc:
+            logger.info("catching up failed (%s); the client resumes by itself", exc)
 
     # --- output -------------------------------------------------------------------
 
     async def send_frame(self, frame: Any) -> None:
-        if not self.closing:
-            await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+        """Every frame but live messages goes out here, through the gate."""
+        if self.closing:
+            return
+        gate = self.gate
+        if gate is not None and gate.over_budget():
+            self._too_slow("its unsent output passed its budget")
+            return
+        await self.send(text_data=json.dumps(frame, ensure_ascii=False))
 
     async def send_error(self, error: ProtocolError) -> None:
         await self.send_frame(protocol.error_frame(error))

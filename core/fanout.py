@@ -69,6 +69,10 @@ class Listener(Protocol):
     def catch_up_after_outage(self) -> None:
         """Fetch from the database whatever the outage may have dropped."""
 
+    # The hub's ``epoch`` when this listener's access was last read: live
+    # messages go only to listeners checked since the last gap.
+    checked_epoch: int
+
 
 class Hub:
     """The groups this process listens to, and who listens locally."""
@@ -81,6 +85,9 @@ class Hub:
         self.lock = asyncio.Lock()
         # Times live events may have been lost (each made good by a catch-up).
         self.gaps = 0
+        # Goes up with every gap: a revocation may have been lost with it, so
+        # live messages wait until a listener's access is read again.
+        self.epoch = 0
         self._reset_probes()
 
     def _reset_probes(self) -> None:
@@ -131,6 +138,7 @@ class Hub:
         """Note a gap in live events: the prober catches everyone up."""
         if self.lost_after_probe is None:
             self.gaps += 1
+            self.epoch += 1
             logger.warning(
                 "live events may have been lost (%s); clients catch up once "
                 "the channel layer delivers again (gap %d)",
@@ -247,11 +255,14 @@ class Hub:
         # nothing needs awaiting (see docs/performance.md).
         encoded = None
         seq = 0
+        epoch = self.epoch
         if event.get("type") == "room.message":
             encoded = Encoded(event["message"])
             seq = event["message"]["seq"]
         for listener in list(members):
             try:
+                if encoded is not None and listener.checked_epoch != epoch:
+                    continue  # its catch-up re-checks access, then sends this
                 if encoded is None or not listener.deliver_now(seq, encoded):
                     await listener.hub_event(event, encoded)
             except Exception:

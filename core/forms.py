@@ -1,8 +1,13 @@
 """Forms for the pages."""
 
-from django import forms
-from django.contrib.auth.forms import UserCreationForm
+from typing import Any
 
+from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+from django.core.exceptions import ValidationError
+
+from core import throttling
 from core.models import slug_validator
 
 # core.models.SLUG_PATTERN as an HTML pattern: browsers compile it with the
@@ -42,3 +47,43 @@ class SignupForm(UserCreationForm):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.fields["username"].widget.attrs["autofocus"] = True
+
+
+class CredentialLimitsMixin:
+    """A sign-in form behind ``core.throttling``'s limits and hashing bound.
+
+    Every submission counts against the client's address; one with a
+    username and a password also counts against that username and waits
+    for a password-hashing slot. A refused one gets a form error, and
+    ``refusal`` tells the view (``views.credential_page``) its status.
+    """
+
+    request: Any
+    cleaned_data: dict[str, Any]
+    refusal: throttling.Refusal | None = None
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username")
+        checks_password = username is not None and bool(
+            self.cleaned_data.get("password")
+        )
+        self.refusal = throttling.check_attempt(self.request)
+        if self.refusal is None and checks_password:
+            self.refusal = throttling.check_password_check(self.request, username)
+            if self.refusal is None:
+                try:
+                    with throttling.password_hashing():
+                        return super().clean()  # type: ignore[misc]
+                except throttling.Busy as exc:
+                    self.refusal = exc.refusal
+        if self.refusal is not None:
+            raise ValidationError(self.refusal.detail, code="throttled")
+        return super().clean()  # type: ignore[misc]
+
+
+class LoginForm(CredentialLimitsMixin, AuthenticationForm):
+    """Django's sign-in form, throttled."""
+
+
+class AdminLoginForm(CredentialLimitsMixin, AdminAuthenticationForm):
+    """The admin's sign-in form (staff only), throttled."""

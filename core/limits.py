@@ -49,8 +49,8 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local wait = tat + interval - burst * interval - now
-if wait > 0 then return math.ceil(wait) end
+local wait = tat - now - (burst - 1) * interval
+if wait > 0.001 then return math.ceil(wait) end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now))
 return 0
 """
@@ -76,6 +76,17 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 0
 """
+
+
+def owner(user: Any, address: str) -> str:
+    """Whose budget a request spends: the user's, or the anonymous address's.
+
+    The same for WebSocket frames and HTTP requests, so a user has one
+    ``send`` budget wherever they post from.
+    """
+    if user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"address:{address}"
 
 
 def _key(kind: str, name: str, ident: str) -> str:
@@ -113,8 +124,10 @@ class _Memory:
         with self.lock:
             now = time.monotonic()
             tat = max(self.buckets.get(key, now), now)
-            wait = tat + interval - burst * interval - now
-            if wait > 0:
+            # Compared with a tolerance: float rounding must not refuse the
+            # first token of a full bucket.
+            wait = tat - now - (burst - 1) * interval
+            if wait > 1e-9:
                 return wait
             self.buckets[key] = tat + interval
             if len(self.buckets) > 100_000:

@@ -1,11 +1,27 @@
 """HTTP middleware."""
 
+import secrets
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 HEALTH_PATH = "/healthz"
+
+# Scripts, styles and everything else from this origin only; no plugins, no
+# <base>, forms post here, and no framing. connect-src falls back to
+# default-src, and 'self' admits this host's ws:/wss: too (CSP Level 3).
+# The room page's one inline script, its import map, carries a nonce.
+CONTENT_SECURITY_POLICY = {
+    "default-src": "'self'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    "object-src": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+PRIVATE_CACHE_CONTROL = "private, no-store"
 
 
 class HealthCheckMiddleware:
@@ -35,3 +51,75 @@ class HealthCheckMiddleware:
         if request.path in (HEALTH_PATH, HEALTH_PATH + "/"):
             return JsonResponse({"status": "ok"})
         return await self.get_response(request)
+
+
+class CspNonce:
+    """A per-request nonce, made when a template first uses it.
+
+    Only a page that renders ``{{ request.csp_nonce }}`` gets one in its
+    policy; every other answer admits no inline script at all.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self) -> None:
+        self._value: str | None = None
+
+    def __str__(self) -> str:
+        if self._value is None:
+            self._value = secrets.token_urlsafe(18)
+        return self._value
+
+    @property
+    def used(self) -> str | None:
+        """The nonce if a template used it, else None."""
+        return self._value
+
+
+def content_security_policy(nonce: str | None = None) -> str:
+    """The policy's header value, admitting the script with ``nonce``."""
+    directives = dict(CONTENT_SECURITY_POLICY)
+    if nonce is not None:
+        directives["script-src"] += f" 'nonce-{nonce}'"
+    return "; ".join(f"{name} {value}" for name, value in directives.items())
+
+
+class SecurityHeadersMiddleware:
+    """A Content-Security-Policy, and ``Cache-Control: private, no-store``.
+
+    Django 5.2 has no CSP middleware (``django.middleware.csp`` arrives in
+    6.0). Every answer the app computes depends on who asks (pages show who
+    is signed in, the API answers per caller), so none may be kept by a
+    shared cache or the browser; a view that sets Cache-Control itself
+    keeps its own.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if self.is_async:
+            return self._acall(request)
+        request.csp_nonce = CspNonce()
+        return self._add_headers(request, self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        request.csp_nonce = CspNonce()
+        return self._add_headers(request, await self.get_response(request))
+
+    def _add_headers(
+        self, request: HttpRequest, response: HttpResponse
+    ) -> HttpResponse:
+        # Template responses are rendered by now, so the nonce is known.
+        if "Content-Security-Policy" not in response:
+            nonce = request.csp_nonce.used
+            response["Content-Security-Policy"] = content_security_policy(nonce)
+        if "Cache-Control" not in response:
+            response["Cache-Control"] = PRIVATE_CACHE_CONTROL
+        return response

@@ -17,6 +17,7 @@ import time
 import uuid
 import weakref
 from collections import Counter, defaultdict
+from typing import NamedTuple
 
 from django.conf import settings
 from redis import asyncio as aioredis
@@ -34,6 +35,14 @@ REDIS_CONNECTIONS = 4
 REDIS_WAIT_SECONDS = 5.0
 
 Snapshot = tuple[frozenset[str], int]
+
+
+class RoomRef(NamedTuple):
+    """A room as presence knows it: keyed by id (a slug can be reused by a
+    later room), named by slug in frames."""
+
+    id: int
+    slug: str
 
 
 def _member(kind: str, value: str) -> str:
@@ -65,24 +74,24 @@ class MemoryStore:
         self.published: dict[str, str] = {}
         self.throttle: dict[str, float] = {}
 
-    async def put(self, room: str, members: list[str], expires: float) -> None:
+    async def put(self, room: RoomRef, members: list[str], expires: float) -> None:
         self.rooms[room].update(dict.fromkeys(members, expires))
 
-    async def remove(self, room: str, members: list[str]) -> None:
+    async def remove(self, room: RoomRef, members: list[str]) -> None:
         for member in members:
             self.rooms[room].pop(member, None)
 
-    async def sweep(self, room: str, now: float) -> int:
+    async def sweep(self, room: RoomRef, now: float) -> int:
         entries = self.rooms[room]
         expired = [member for member, expiry in entries.items() if expiry <= now]
         for member in expired:
             del entries[member]
         return len(expired)
 
-    async def members(self, room: str, now: float) -> list[str]:
+    async def members(self, room: RoomRef, now: float) -> list[str]:
         return [m for m, expiry in self.rooms[room].items() if expiry > now]
 
-    async def claim_publish(self, room: str, digest: str) -> bool:
+    async def claim_publish(self, room: RoomRef, digest: str) -> bool:
         now = time.monotonic()
         if self.published.get(room) == digest or self.throttle.get(room, 0) > now:
             return False
@@ -109,10 +118,10 @@ class RedisStore:
         self.redis = aioredis.Redis(connection_pool=pool)
         self.prefix = f"{settings.CHANNEL_PREFIX}:presence"
 
-    def _key(self, room: str, suffix: str = "") -> str:
-        return f"{self.prefix}:{room}{suffix}"
+    def _key(self, room: RoomRef, suffix: str = "") -> str:
+        return f"{self.prefix}:{room.id}{suffix}"
 
-    async def put(self, room: str, members: list[str], expires: float) -> None:
+    async def put(self, room: RoomRef, members: list[str], expires: float) -> None:
         if members:
             key = self._key(room)
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -121,17 +130,17 @@ class RedisStore:
                 pipe.expire(key, int(settings.PRESENCE_TTL_SECONDS * 2) + 1)
                 await pipe.execute()
 
-    async def remove(self, room: str, members: list[str]) -> None:
+    async def remove(self, room: RoomRef, members: list[str]) -> None:
         if members:
             await self.redis.zrem(self._key(room), *members)
 
-    async def sweep(self, room: str, now: float) -> int:
+    async def sweep(self, room: RoomRef, now: float) -> int:
         return await self.redis.zremrangebyscore(self._key(room), "-inf", now)
 
-    async def members(self, room: str, now: float) -> list[str]:
+    async def members(self, room: RoomRef, now: float) -> list[str]:
         return await self.redis.zrangebyscore(self._key(room), f"({now}", "+inf")
 
-    async def claim_publish(self, room: str, digest: str) -> bool:
+    async def claim_publish(self, room: RoomRef, digest: str) -> bool:
         published_key = self._key(room, ":published")
         if await self.redis.get(published_key) == digest:
             return False
@@ -161,12 +170,12 @@ class Presence:
         self.dirty: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
-    def _local_members(self, room: str) -> list[str]:
+    def _local_members(self, room: RoomRef) -> list[str]:
         return [_member("u", user) for user in self.users[room]] + [
             _member("a", conn) for conn in self.anonymous[room]
         ]
 
-    async def join(self, room: str, user: str | None, connection: str) -> None:
+    async def join(self, room: RoomRef, user: str | None, connection: str) -> None:
         """Count a connection in; make sure the refresh loop runs."""
         if user is None:
             self.anonymous[room].add(connection)
@@ -178,7 +187,7 @@ class Presence:
         self._ensure_loop()
         await self.store.put(room, [member], self._expiry())
 
-    async def leave(self, room: str, user: str | None, connection: str) -> None:
+    async def leave(self, room: RoomRef, user: str | None, connection: str) -> None:
         """Count a connection out; the entry goes with the user's last one."""
         gone: list[str] = []
         if user is None:
@@ -195,10 +204,12 @@ class Presence:
         self.dirty.add(room)
         await self.store.remove(room, gone)
 
-    async def frame(self, room: str) -> dict[str, object]:
+    async def frame(self, room: RoomRef) -> dict[str, object]:
         """The ``presence`` frame for ``room`` as it is now."""
         users, anonymous = _snapshot(await self.store.members(room, time.time()))
-        return protocol.presence_frame(room=room, users=set(users), anonymous=anonymous)
+        return protocol.presence_frame(
+            room=room.slug, users=set(users), anonymous=anonymous
+        )
 
     def _expiry(self) -> float:
         return time.time() + settings.PRESENCE_TTL_SECONDS
@@ -241,16 +252,16 @@ class Presence:
             if await self.store.claim_publish(room, _digest(snapshot)):
                 users, anonymous = snapshot
                 frame = protocol.presence_frame(
-                    room=room, users=set(users), anonymous=anonymous
+                    room=room.slug, users=set(users), anonymous=anonymous
                 )
                 await publish(
-                    room_group(room), {"type": "room.presence", "frame": frame}
+                    room_group(room.id), {"type": "room.presence", "frame": frame}
                 )
                 self.dirty.discard(room)
             elif await self._unchanged(room, snapshot):
                 self.dirty.discard(room)
 
-    async def _unchanged(self, room: str, snapshot: Snapshot) -> bool:
+    async def _unchanged(self, room: RoomRef, snapshot: Snapshot) -> bool:
         store = self.store
         digest = _digest(snapshot)
         if isinstance(store, MemoryStore):

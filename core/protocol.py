@@ -19,6 +19,10 @@ TOO_LONG = "too_long"
 UNAUTHENTICATED = "unauthenticated"
 FORBIDDEN = "forbidden"
 RATE_LIMITED = "rate_limited"
+# A handshake refused by a limit (open connections per user, per address or
+# per process, or handshakes per address); the connection is then closed
+# with 4429. Retry after the hint.
+TOO_MANY_CONNECTIONS = "too_many_connections"
 # An addition to the contract: the server could not complete a valid frame
 # (e.g. the database is down); the client may retry it as it was.
 INTERNAL_ERROR = "internal_error"
@@ -327,6 +331,29 @@ def history_frame(*, messages: list[MessageFrame], has_more: bool) -> dict[str, 
 
 def typing_frame(*, user: str) -> dict[str, object]:
     return {"type": "typing", "user": user}
+
+
+def fit_page(
+    messages: list[MessageFrame], has_more: bool, *, max_bytes: int, keep_newest: bool
+) -> tuple[list[MessageFrame], bool]:
+    """Trim a page so its frame stays near ``max_bytes``.
+
+    ``keep_newest``: the page was read newest first (no ``after``), so the
+    oldest messages go; else the newest go. At least one message stays. A
+    trimmed page has more in its direction, so ``has_more`` becomes True.
+    """
+    total = 0
+    kept = 0
+    ordered = reversed(messages) if keep_newest else iter(messages)
+    for message in ordered:
+        total += len(json.dumps(message, ensure_ascii=False)) + 1
+        if kept and total > max_bytes:
+            break
+        kept += 1
+    if kept == len(messages):
+        return messages, has_more
+    page = messages[len(messages) - kept :] if keep_newest else messages[:kept]
+    return page, True
 
 
 def pong_frame() -> dict[str, object]:

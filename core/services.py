@@ -71,9 +71,13 @@ class PublishStats:
 publish_stats = PublishStats()
 
 
-def room_group(slug: str) -> str:
-    """Channel-layer group of a room's connections."""
-    return f"room.{slug}"
+def room_group(room_id: int) -> str:
+    """Channel-layer group of a room's connections.
+
+    Keyed by id: a room deleted and created again under the same slug is
+    another room, and the old one's connections must not hear it.
+    """
+    return f"room.{room_id}"
 
 
 def user_group(user_id: int) -> str:
@@ -120,6 +124,9 @@ def store_message(
     client_id = protocol.validate_client_id(client_id)
     if connection.vendor == "postgresql":
         return _store_in_one_statement(room, author, body, client_id)
+    # SQLite: transactions BEGIN IMMEDIATE, holding the database's write
+    # lock throughout, so a membership removal or a deactivation cannot
+    # commit between the checks and the insert.
     with transaction.atomic():
         room = Room.objects.select_for_update().get(pk=room.pk)
         _check_can_post(author, room)
@@ -142,12 +149,27 @@ def store_message(
     return PostResult(frame_for(message, room.slug), created=True)
 
 
-def _check_can_post(author: User | None, room: Room) -> None:
+def _check_signed_in(author: User | None) -> None:
+    """The checks that need no query: signed in, and active in this copy."""
     if author is None:
         return  # a system message (announce)
     if not author.is_authenticated:
         raise NotSignedIn
+    if not author.is_active:
+        raise AccessDenied
+
+
+def _check_can_post(author: User | None, room: Room) -> None:
+    """``access.can_post``, with ``is_active`` read again from the database.
+
+    The caller's copy of the author may predate a deactivation.
+    """
+    _check_signed_in(author)
+    if author is None:
+        return
     if not access.can_post(author, room):
+        raise AccessDenied
+    if not get_user_model().objects.filter(pk=author.pk, is_active=True).exists():
         raise AccessDenied
 
 
@@ -161,12 +183,27 @@ def _original(room: Room, author: User, client_id: str) -> Message | None:
     )
 
 
-# Table and column names as core/models.py defines them (a unit test keeps
-# them in step).
+# Table and column names as core/models.py and django.contrib.auth define
+# them (a unit test keeps them in step). The WHERE holds every condition of
+# ``access.can_post`` that can change: the room's privacy as the caller saw
+# it, the author still active and, in a private room, still a member. They
+# are read in the statement that locks the room row and takes the seq, so a
+# removal committed before the statement starts refuses the post even after
+# the caller's own check passed. ``system``: no author (announce).
+# ``system`` and ``is_private`` are literals once bound (client-side binding),
+# so the planner drops the checks a message does not need: a public room's
+# post adds one primary-key probe of the author.
 INSERT_WITH_NEXT_SEQ = """
 WITH next AS (
     UPDATE core_room SET last_seq = last_seq + 1, last_message_at = %(now)s
     WHERE id = %(room)s AND is_private = %(is_private)s
+        AND (%(system)s OR EXISTS (
+            SELECT FROM auth_user WHERE id = %(author)s AND is_active
+        ))
+        AND (%(system)s OR NOT %(is_private)s OR EXISTS (
+            SELECT FROM core_membership
+            WHERE room_id = %(room)s AND user_id = %(author)s
+        ))
     RETURNING last_seq
 )
 INSERT INTO core_message
@@ -183,35 +220,39 @@ def _store_in_one_statement(
 ) -> PostResult:
     """PostgreSQL: the same rules in one round trip instead of five.
 
-    The UPDATE locks the room row and takes the next seq; the INSERT stores
-    the message; being one statement, they commit together or not at all
+    The UPDATE locks the room row and takes the next seq only if the author
+    may still post (``INSERT_WITH_NEXT_SEQ``); the INSERT stores the message;
+    being one statement, they commit together or not at all
     (docs/protocol.md). A repeated client_id hits the unique constraint,
     which undoes the seq too, and the original is returned.
 
-    The access check runs on the caller's copy of the room, and the UPDATE
-    matches only while the room's privacy (the room field that
-    ``access.can_post`` reads) is still what the check saw. If the room has
-    gone or changed, it is read again and checked again, once.
+    Membership is left to the statement, so a post costs no query before
+    it. If nothing matched, the room is read and checked again to say why
+    (``Room.DoesNotExist``, ``AccessDenied``); if it only changed privacy
+    and the author may post there now, the statement runs once more.
     """
-    for fresh in (False, True):
-        if fresh:
-            room = Room.objects.get(pk=room.pk)  # Room.DoesNotExist: it went
-        _check_can_post(author, room)
-        stored = _insert_with_next_seq(room, author, body, client_id)
-        if stored is not None:
-            return stored
-    raise AccessDenied  # the room's privacy changed twice under us
+    _check_signed_in(author)
+    stored = _insert_with_next_seq(room, author, body, client_id)
+    if stored is not None:
+        return stored
+    room = Room.objects.get(pk=room.pk)  # Room.DoesNotExist: it went
+    _check_can_post(author, room)
+    stored = _insert_with_next_seq(room, author, body, client_id)
+    if stored is None:
+        raise AccessDenied  # access changed again under us
+    return stored
 
 
 def _insert_with_next_seq(
     room: Room, author: User | None, body: str, client_id: str | None
 ) -> PostResult | None:
-    """Run ``INSERT_WITH_NEXT_SEQ``; None if the room no longer matches."""
+    """Run ``INSERT_WITH_NEXT_SEQ``; None if the room or access changed."""
     now = timezone.now()
     author_name = author.get_username() if author is not None else ""
     params = {
         "room": room.pk,
         "is_private": room.is_private,
+        "system": author is None,
         "author": author.pk if author is not None else None,
         "author_name": author_name,
         "body": body,
@@ -265,7 +306,7 @@ async def post_message(
         room=room, author=author, body=body, client_id=client_id
     )
     if result.created:
-        await publish_message(result.message)
+        await publish_message(room.pk, result.message)
     return result
 
 
@@ -280,8 +321,8 @@ def post_message_sync(
     result = store_message(room=room, author=author, body=body, client_id=client_id)
     if result.created:
         # At once when no outer transaction is open; otherwise after it commits.
-        message = result.message
-        transaction.on_commit(lambda: async_to_sync(publish_message)(message))
+        message, room_id = result.message, room.pk
+        transaction.on_commit(lambda: async_to_sync(publish_message)(room_id, message))
     return result
 
 
@@ -310,10 +351,10 @@ async def publish(group: str, event: dict[str, Any]) -> bool:
     return True
 
 
-async def publish_message(message: protocol.MessageFrame) -> bool:
+async def publish_message(room_id: int, message: protocol.MessageFrame) -> bool:
     """Send a stored message to its room's connections on every instance."""
     return await publish(
-        room_group(message["room"]), {"type": "room.message", "message": message}
+        room_group(room_id), {"type": "room.message", "message": message}
     )
 
 
@@ -352,21 +393,46 @@ def readable_history(
     before: int | None,
     after: int | None,
     limit: int,
+    max_bytes: int | None = None,
 ) -> tuple[list[protocol.MessageFrame], bool]:
-    """``history`` after checking that ``user`` may still read the room."""
+    """``history`` after checking that ``user`` may still read the room.
+
+    ``max_bytes`` trims the page (``protocol.fit_page``) so one answer
+    cannot outgrow a connection's output budget.
+    """
     room = Room.objects.get(pk=room_id)
     if not access.can_read(user, room):
         raise AccessDenied
-    return history(room=room, before=before, after=after, limit=limit)
+    messages, has_more = history(room=room, before=before, after=after, limit=limit)
+    if max_bytes is not None:
+        messages, has_more = protocol.fit_page(
+            messages, has_more, max_bytes=max_bytes, keep_newest=after is None
+        )
+    return messages, has_more
 
 
-def replay(*, room_id: int, after: int) -> tuple[list[protocol.MessageFrame], bool]:
-    """Messages above ``after`` up to the replay limit; True if that was all."""
+def replay(
+    *, room_id: int, after: int, limit: int
+) -> tuple[list[protocol.MessageFrame], bool]:
+    """Up to ``limit`` messages above ``after``, and whether more exist."""
     room = Room.objects.get(pk=room_id)
-    messages, has_more = history(
-        room=room, before=None, after=after, limit=settings.REPLAY_LIMIT
-    )
-    return messages, not has_more
+    return history(room=room, before=None, after=after, limit=limit)
+
+
+def resume_point(
+    *, room_id: int, after: int | None, limit: int
+) -> tuple[int, list[protocol.MessageFrame], bool]:
+    """The room's ``last_seq`` and, with ``after``, the first replay page.
+
+    One database call for a new connection, made after it has joined the
+    room's group, so nothing committed after this read can be missed.
+    Raises ``Room.DoesNotExist`` if the room has gone.
+    """
+    room = Room.objects.get(pk=room_id)
+    if after is None:
+        return room.last_seq, [], False
+    messages, has_more = history(room=room, before=None, after=after, limit=limit)
+    return room.last_seq, messages, has_more
 
 
 # --- rooms and members ---------------------------------------------------------
@@ -422,7 +488,9 @@ def remove_member(*, room: Room, actor: User, username: str) -> None:
     """The owner removes a member, or a member leaves; their sockets close.
 
     The owner cannot leave their own room. Raises ``AccessDenied`` or
-    ``UnknownUser`` (also for a non-member).
+    ``UnknownUser`` (also for a non-member). The revocation is published by
+    ``core.signals`` once the deletion commits, as for every other path that
+    deletes a membership.
     """
     if not actor.is_authenticated or not room.is_private:
         raise AccessDenied
@@ -434,10 +502,7 @@ def remove_member(*, room: Room, actor: User, username: str) -> None:
     membership = Membership.objects.filter(room=room, user__username=username).first()
     if membership is None:
         raise UnknownUser(username)
-    user_id = membership.user_id
-    with transaction.atomic():
-        membership.delete()
-        transaction.on_commit(lambda: revoke_access(user_id=user_id, room=room.slug))
+    membership.delete()
 
 
 # --- access changes ---------------------------------------------------------------
@@ -450,7 +515,8 @@ def revoke_access(
 
     ``room``: only that room's connections; ``credential``: only connections
     authenticated by that session or token (see ``credential_id``). Called
-    after the change has committed.
+    after the change has committed; ``core.signals`` calls it for every path
+    that deletes a membership, token, session or user.
     """
     event = {"type": "access.revoked", "room": room, "credential": credential}
     async_to_sync(publish)(user_group(user_id), event)
@@ -472,13 +538,13 @@ def recheck_access(*, room_id: int | None = None, user_id: int | None = None) ->
         async_to_sync(publish)(user_group(user_id), event)
 
 
-async def broadcast_typing(*, room: str, user: str, sender: str) -> None:
+async def broadcast_typing(*, room_id: int, user: str, sender: str) -> None:
     """Tell the room's other connections that ``user`` is typing.
 
     ``sender`` is the typing connection's id; it does not hear itself.
     """
     await publish(
-        room_group(room), {"type": "room.typing", "user": user, "sender": sender}
+        room_group(room_id), {"type": "room.typing", "user": user, "sender": sender}
     )
 
 

@@ -1,7 +1,9 @@
 """Pages, and the readiness probe (``/healthz`` is answered by middleware)."""
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -9,6 +11,7 @@ from channels.layers import get_channel_layer
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Page, Paginator
 from django.db import connection
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -17,9 +20,8 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_http_methods
 
-from core import access, services
+from core import access, services, throttling
 from core.forms import RoomForm, SignupForm
-from core.models import Room
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ READY_TIMEOUT_SECONDS = 2.0
 READY_GROUP = "readyz"
 # Messages rendered into the room page; older ones load on demand.
 ROOM_PAGE_MESSAGES = 50
+# Rooms per page of the home page's list (``?page=``).
+HOME_PAGE_ROOMS = 50
 
 
 def _database_answers() -> None:
@@ -70,29 +74,34 @@ def _activity(moment: datetime | None) -> str:
     return f"{timesince(moment, depth=1)} ago"
 
 
-def _rooms_for(user: access.User) -> list[Room]:
-    """Visible rooms, most recently active first, then the silent ones.
+def _rooms_for(user: access.User, page_number: object = 1) -> Page:
+    """A page of visible rooms, most recently active first, then the silent
+    ones; a page number out of range gives the nearest page.
 
-    Each carries ``activity``, its last message's age in words.
+    Each room carries ``activity``, its last message's age in words.
     """
     # nulls_last: PostgreSQL sorts NULL first in a descending order.
-    rooms = list(
-        access.visible_rooms(user).order_by(
-            F("last_message_at").desc(nulls_last=True), "slug"
-        )
+    rooms = access.visible_rooms(user).order_by(
+        F("last_message_at").desc(nulls_last=True), "slug"
     )
-    for room in rooms:
+    page = Paginator(rooms, HOME_PAGE_ROOMS).get_page(page_number)
+    for room in page:
         room.activity = _activity(room.last_message_at)
-    return rooms
+    return page
+
+
+def _home(
+    request: HttpRequest, form: RoomForm, status: int = 200, refusal: str = ""
+) -> HttpResponse:
+    page = _rooms_for(request.user, request.GET.get("page", 1))
+    context = {"rooms": page, "form": form, "refusal": refusal}
+    return render(request, "core/home.html", context, status=status)
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    """The rooms the visitor can see, and a form to create one."""
-    return render(
-        request,
-        "core/home.html",
-        {"rooms": _rooms_for(request.user), "form": RoomForm()},
-    )
+    """The rooms the visitor can see, a page at a time, and a form to create
+    one."""
+    return _home(request, RoomForm())
 
 
 @login_required
@@ -100,21 +109,21 @@ def home(request: HttpRequest) -> HttpResponse:
 def create_room(request: HttpRequest) -> HttpResponse:
     """Create a room from the home page's form, then open it."""
     form = RoomForm(request.POST)
-    if form.is_valid():
-        try:
-            room = services.create_room(owner=request.user, **form.cleaned_data)
-        except services.SlugTaken:
-            form.add_error("slug", "That slug is taken.")
-        except services.InvalidRoomName:
-            form.add_error("slug", "Give a slug: none can be made from this name.")
-        else:
-            return redirect("room", slug=room.slug)
-    return render(
-        request,
-        "core/home.html",
-        {"rooms": _rooms_for(request.user), "form": form},
-        status=400,
-    )
+    if not form.is_valid():
+        return _home(request, form, status=400)
+    # Counted like the API's POST /api/rooms/ (one bucket per user).
+    refusal = throttling.check_write("rooms.create", request.user)
+    if refusal is not None:
+        return refusal.apply(_home(request, form, refusal=refusal.detail))
+    try:
+        room = services.create_room(owner=request.user, **form.cleaned_data)
+    except services.SlugTaken:
+        form.add_error("slug", "That slug is taken.")
+    except services.InvalidRoomName:
+        form.add_error("slug", "Give a slug: none can be made from this name.")
+    else:
+        return redirect("room", slug=room.slug)
+    return _home(request, form, status=400)
 
 
 def room(request: HttpRequest, slug: str) -> HttpResponse:
@@ -141,11 +150,52 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def signup(request: HttpRequest) -> HttpResponse:
-    """Create an account and sign in."""
-    form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, f"Welcome to Switchboard, {user.get_username()}.")
-        return redirect("home")
-    return render(request, "registration/signup.html", {"form": form})
+    """Create an account and sign in.
+
+    Each submission counts as a sign-in attempt of the client's address
+    (before validation, which tells whether a username exists), and each
+    account as one created from it; hashing the password waits for a slot.
+    """
+    if request.method != "POST":
+        return render(request, "registration/signup.html", {"form": SignupForm()})
+    refusal = throttling.check_attempt(request)
+    form = SignupForm(request.POST)
+    if refusal is None and form.is_valid():
+        refusal = throttling.check_new_account(request)
+        if refusal is None:
+            try:
+                with throttling.password_hashing():
+                    user = form.save()
+            except throttling.Busy as exc:
+                refusal = exc.refusal
+            else:
+                return _signed_up(request, user)
+    if refusal is None:
+        return render(request, "registration/signup.html", {"form": form})
+    # An empty form, ready for the next try, with the username kept.
+    form = SignupForm(initial={"username": request.POST.get("username", "")})
+    context = {"form": form, "refusal": refusal.detail}
+    return refusal.apply(render(request, "registration/signup.html", context))
+
+
+def _signed_up(request: HttpRequest, user: access.User) -> HttpResponse:
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    messages.success(request, f"Welcome to Switchboard, {user.get_username()}.")
+    return redirect("home")
+
+
+def credential_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Wrap a sign-in view whose form is ``forms.CredentialLimitsMixin``: a
+    refused submission answers 429 (or 503) with ``Retry-After``, the page
+    and its form as usual."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        form = (getattr(response, "context_data", None) or {}).get("form")
+        refusal = getattr(form, "refusal", None)
+        if refusal is not None:
+            refusal.apply(response)
+        return response
+
+    return wrapped

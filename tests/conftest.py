@@ -7,29 +7,37 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _fresh_process_state():
-    """Each test starts with no presence, throttle history or layer groups."""
+    """Each test starts with no presence, limits, throttle history or groups."""
     # Imported here so Django-free tests (-p no:django) can still collect.
     from channels.layers import channel_layers
     from django.core.cache import cache
 
-    from core import presence
+    from core import limits, logs, presence, throttling
 
     presence.reset_for_tests()
+    limits.reset_for_tests()
+    logs.reset_for_tests()
+    throttling.reset_for_tests()
     channel_layers.backends.clear()  # a fresh in-memory layer per test
     cache.clear()
     yield
     presence.reset_for_tests()
+    limits.reset_for_tests()
 
 
 @pytest.fixture(autouse=True)
 def _fast_hashing_and_plain_static_storage(settings):
-    """Cheap password hashing, and static URLs without collectstatic.
+    """Cheap password hashing, static URLs without collectstatic, and no
+    periodic access re-read in the middle of a test.
 
     Production's manifest storage needs the build's collectstatic output;
     in-process tests render pages without it. Real server processes
     (integration, browser) run collectstatic like the build does.
     """
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # The periodic access re-read starts at a random moment of its interval;
+    # tests that need it set their own interval.
+    settings.ACCESS_RECHECK_SECONDS = 3600.0
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {

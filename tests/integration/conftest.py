@@ -47,6 +47,12 @@ HTTP_TIMEOUT_SECONDS = 10.0
 FRAME_TIMEOUT_SECONDS = 5.0
 LOG_TAIL_LINES = 60
 
+# Environment for instances whose many test clients share one address.
+LOOPBACK_CROWD = {
+    "SWITCHBOARD_ANONYMOUS_CONNECTIONS_PER_ADDRESS": "100000",
+    "SWITCHBOARD_HANDSHAKE_BURST_PER_ADDRESS": "100000",
+}
+
 # Instances started by the fixtures below; a failing test shows their logs.
 _live_instances: list[AppProcess] = []
 
@@ -263,6 +269,9 @@ def deployment(
         "REDIS_URL": redis_server.url,
         # Channel layer, presence and cache keys of this run and module only.
         "SWITCHBOARD_CHANNEL_PREFIX": f"sbtest-{run_id}-{tag}",
+        # Every test client comes from 127.0.0.1: the per-address limits are
+        # raised here, and the tests of those limits set their own.
+        **LOOPBACK_CROWD,
     }
     # A module may ask for fewer (``USERS = n``): each costs a password hash.
     count = getattr(request.module, "USERS", USERS_PER_MODULE)
@@ -752,6 +761,17 @@ class Clients:
         await client.connect()
         await client.wait_for_frame(is_type("presence"), what="presence")
         return client
+
+    async def open_refused(
+        self, app: AppProcess, slug: str, *, token: str | None = None
+    ) -> Frame:
+        """Connect where a limit refuses: the error frame, with the close code
+        under ``close_code``."""
+        client = WsClient(app, slug, token=token, name="refused")
+        self.all.append(client)
+        await client.connect()
+        error = await client.wait_for_frame(is_type("error"), what="the refusal")
+        return {**error, "close_code": await client.wait_closed()}
 
     async def resume(
         self, app: AppProcess, old: WsClient, *, name: str | None = None

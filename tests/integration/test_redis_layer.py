@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from core import presence
+from core import limits, presence
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -119,7 +119,10 @@ async def test_a_burst_of_handshakes_shares_a_few_presence_connections(
     # Unbounded, redis-py opened one connection per concurrent handshake.
     assert 1 <= names[f"{prefix}-presence"] <= presence.REDIS_CONNECTIONS < 60, names
     assert names[f"{prefix}-layer"] >= 1, names
-    assert set(names) <= {f"{prefix}-presence", f"{prefix}-layer", f"{prefix}-cache"}
+    assert names[f"{prefix}-limits"] <= limits.REDIS_CONNECTIONS, names
+    assert set(names) <= {
+        f"{prefix}-{use}" for use in ("presence", "layer", "cache", "limits")
+    }
 
 
 @pytest.fixture

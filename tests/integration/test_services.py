@@ -1,7 +1,10 @@
-"""The integration harness itself, against real redis-server and PostgreSQL."""
+"""The integration harness itself, against real redis-server and PostgreSQL;
+and core.services' PostgreSQL store statement, with races in real connections."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
 import socket
 import sys
@@ -20,6 +23,7 @@ from tests.support.services import (
     async_wait_until,
     find_redis_server,
     free_port,
+    manage,
     wait_until,
 )
 from tests.support.tls import TlsFiles, make_tls_files
@@ -232,6 +236,101 @@ def test_closing_postgres_stops_it_and_removes_the_cluster() -> None:
         assert cluster.running
     assert not cluster.running
     assert not directory.exists()
+
+
+# --- storing a message on PostgreSQL ----------------------------------------
+
+# Run by ``manage.py shell`` against the module's PostgreSQL database: a
+# caller checks access (as the API and the consumer do), then, before the
+# store statement runs, another connection commits ``change``. Prints what
+# the store did and what the room holds afterwards.
+STORE_RACE_SCRIPT = """
+import json, secrets
+import psycopg
+from django.contrib.auth import get_user_model
+from core import access, services
+from core.models import Membership, Message
+
+tag = secrets.token_hex(4)
+users = get_user_model().objects
+owner = users.create_user(f"owner-{tag}")
+author = users.create_user(f"author-{tag}")
+room = services.create_room(
+    owner=owner, name=tag, slug=f"race-{tag}", is_private=IS_PRIVATE
+)
+Membership.objects.create(room=room, user=author)
+services.store_message(room=room, author=author, body="before", client_id=None)
+assert access.can_post(author, room)  # the caller's check passes
+
+store_statement = services._insert_with_next_seq
+def change_then_store(*args):
+    with psycopg.connect(DATABASE_URL, autocommit=True) as other:
+        other.execute(CHANGE, {"room": room.pk, "user": author.pk})
+    services._insert_with_next_seq = store_statement
+    return store_statement(*args)
+services._insert_with_next_seq = change_then_store
+
+try:
+    services.store_message(room=room, author=author, body="after", client_id="c")
+    outcome = "stored"
+except services.AccessDenied:
+    outcome = "refused"
+services.store_message(room=room, author=None, body="system", client_id=None)
+room.refresh_from_db()
+bodies = list(Message.objects.filter(room=room).values_list("body", flat=True))
+print(json.dumps({"outcome": outcome, "last_seq": room.last_seq, "bodies": bodies}))
+"""
+
+NO_CHANGE = "SELECT %(room)s, %(user)s"
+MEMBERSHIP_DELETED = (
+    "DELETE FROM core_membership WHERE room_id = %(room)s AND user_id = %(user)s"
+)
+AUTHOR_DEACTIVATED = "UPDATE auth_user SET is_active = false WHERE id = %(user)s"
+
+
+@pytest.mark.parametrize(
+    ("is_private", "change", "outcome"),
+    [
+        (True, NO_CHANGE, "stored"),
+        (True, MEMBERSHIP_DELETED, "refused"),
+        (True, AUTHOR_DEACTIVATED, "refused"),
+        (False, MEMBERSHIP_DELETED, "stored"),  # public rooms need no membership
+        (False, AUTHOR_DEACTIVATED, "refused"),
+    ],
+    ids=[
+        "member-stays",
+        "member-removed",
+        "private-author-deactivated",
+        "public-membership-gone",
+        "public-author-deactivated",
+    ],
+)
+def test_the_store_statement_refuses_an_author_who_lost_access_after_the_check(
+    database_url: str, is_private: bool, change: str, outcome: str
+) -> None:
+    """Access removed in another connection after the caller's check but
+    before the store: the statement that takes the seq refuses the post, and
+    takes no seq; a system message still follows with the next one."""
+    script = (
+        f"DATABASE_URL = {database_url!r}\n"
+        f"IS_PRIVATE = {is_private!r}\n"
+        f"CHANGE = {change!r}\n" + STORE_RACE_SCRIPT
+    )
+    env = {"DJANGO_SECRET_KEY": secrets.token_urlsafe(40), "DATABASE_URL": database_url}
+    result = manage("shell", "-c", script, env=env)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    if outcome == "stored":
+        assert report == {
+            "outcome": "stored",
+            "last_seq": 3,
+            "bodies": ["before", "after", "system"],
+        }
+    else:
+        assert report == {
+            "outcome": "refused",
+            "last_seq": 2,
+            "bodies": ["before", "system"],
+        }
 
 
 # --- make stack ------------------------------------------------------------

@@ -190,6 +190,46 @@ def test_json_nested_too_deep_is_400_on_every_endpoint(url, text):
     assert_json_error(response, 400)
 
 
+def json_of_size(size: int) -> str:
+    """A JSON object of exactly ``size`` bytes."""
+    text = '{"name": "x", "pad": ""}'
+    return text[:-2] + "a" * (size - len(text)) + '"}'
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/auth/token/",
+        "/api/rooms/",
+        "/api/rooms/lobby/members/",
+        "/api/rooms/lobby/messages/",
+    ],
+)
+def test_body_over_the_upload_limit_is_a_json_413_on_every_endpoint(settings, url):
+    """Over DATA_UPLOAD_MAX_MEMORY_SIZE: 413 with ``detail``, not Django's
+    HTML 400; a body of exactly the limit is read as usual."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    owner = UserFactory()
+    private_room(owner, slug="lobby")
+    too_big = post_raw(client_for(owner), url, json_of_size(1025))
+    at_limit = post_raw(client_for(owner), url, json_of_size(1024))
+
+    assert assert_json_error(too_big, 413) == {
+        "detail": "The request body is over 1024 bytes."
+    }
+    assert at_limit.status_code != 413
+    assert at_limit["Content-Type"].startswith("application/json")
+
+
+def test_body_over_the_upload_limit_is_413_with_session_auth_too(settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    client = APIClient()
+    client.force_login(UserFactory())
+    response = post_raw(client, "/api/rooms/", json_of_size(2048))
+    assert_json_error(response, 413)
+    assert not Room.objects.exists()
+
+
 def test_token_request_as_a_form_is_refused_as_unsupported_media_type():
     response = APIClient().post(
         "/api/auth/token/", {"username": "ada", "password": PASSWORD}
@@ -209,14 +249,17 @@ def test_revoked_token_is_refused_afterwards():
     assert_json_error(client.delete("/api/auth/token/"), 401)
 
 
-def test_revoking_a_token_closes_the_sockets_it_signed_in(listen):
+def test_revoking_a_token_closes_the_sockets_it_signed_in(
+    listen, django_capture_on_commit_callbacks
+):
     user = UserFactory()
     key = Token.objects.create(user=user).key
     channel = listen(services.user_group(user.pk))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
 
-    assert client.delete("/api/auth/token/").status_code == 204
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.delete("/api/auth/token/").status_code == 204
 
     assert fields(next_event(channel), "type", "room", "credential") == {
         "type": "access.revoked",
@@ -273,6 +316,80 @@ def test_room_list_is_one_query_however_many_rooms(django_assert_num_queries):
     assert len(response.json()) == 5
 
 
+def room_page(client: APIClient, query: str = "") -> tuple[list[str], str | None]:
+    """Slugs of one page of GET /api/rooms/ and the URL of the next page."""
+    response = client.get(f"/api/rooms/{query}")
+    assert response.status_code == 200, response.content
+    link = response.get("Link")
+    next_url = None
+    if link is not None:
+        match = re.fullmatch(
+            r'<(http://testserver/api/rooms/\?[^>]*)>; rel="next"', link
+        )
+        assert match, link
+        next_url = match.group(1)
+    return [room["slug"] for room in response.json()], next_url
+
+
+def test_room_list_is_one_page_of_100_by_default_with_a_link_to_the_next():
+    RoomFactory.create_batch(101)
+    slugs, next_url = room_page(APIClient())
+    everything = sorted(Room.objects.values_list("slug", flat=True))
+    assert slugs == everything[:100]
+    assert next_url == f"http://testserver/api/rooms/?after={slugs[-1]}&limit=100"
+    rest, last = room_page(
+        APIClient(), next_url.removeprefix("http://testserver/api/rooms/")
+    )
+    assert (rest, last) == (everything[100:], None)
+
+
+def test_room_list_pages_follow_the_link_to_the_end_without_repeats():
+    owner, member = UserFactory.create_batch(2)
+    for number in range(7):
+        RoomFactory(slug=f"r{number}")
+    private_room(owner, member, slug="r3-private")
+    private_room(owner, slug="r5-hidden")
+    client = client_for(member)
+    seen: list[list[str]] = []
+    query = "?limit=3"
+    while query is not None and len(seen) < 5:
+        slugs, next_url = room_page(client, query)
+        seen.append(slugs)
+        query = next_url and next_url.removeprefix("http://testserver/api/rooms/")
+    assert seen == [["r0", "r1", "r2"], ["r3", "r3-private", "r4"], ["r5", "r6"]]
+
+
+def test_room_list_page_that_ends_exactly_has_no_next_link():
+    RoomFactory.create_batch(3)
+    slugs, next_url = room_page(APIClient(), "?limit=3")
+    assert len(slugs) == 3
+    assert next_url is None
+
+
+def test_room_list_accepts_500_and_stays_one_query(django_assert_num_queries):
+    """One query, which fetches no more than the page and one more row."""
+    RoomFactory.create_batch(3)
+    with django_assert_num_queries(1) as captured:
+        slugs, _ = room_page(APIClient(), "?limit=500&after=")
+    assert len(slugs) == 3
+    assert captured.captured_queries[0]["sql"].endswith("LIMIT 501")
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        pytest.param("?limit=0", "limit", id="limit-0"),
+        pytest.param("?limit=501", "limit", id="limit-501"),
+        pytest.param("?limit=-1", "limit", id="limit-negative"),
+        pytest.param("?limit=ten", "limit", id="limit-word"),
+        pytest.param("?after=Not%20A%20Slug", "after", id="after-not-a-slug"),
+    ],
+)
+def test_bad_room_list_paging_is_400_naming_the_field(query, field):
+    response = APIClient().get(f"/api/rooms/{query}")
+    assert field in assert_json_error(response, 400)["errors"]
+
+
 def test_creating_a_room_needs_a_signed_in_user():
     response = post_json(APIClient(), "/api/rooms/", {"name": "Nope"})
     assert_json_error(response, 401)
@@ -326,6 +443,27 @@ def test_a_taken_slug_is_400(data):
     response = post_json(client_for(UserFactory()), "/api/rooms/", data)
     assert "slug" in assert_json_error(response, 400)["errors"]
     assert Room.objects.count() == 1
+
+
+def test_a_slug_taken_by_a_hidden_private_room_answers_as_any_taken_slug():
+    """Slugs are one namespace, so "not available" cannot be hidden; the
+    answer says nothing more: not whose, not public or private."""
+    owner, prober = UserFactory.create_batch(2)
+    RoomFactory(slug="public-one")
+    private_room(owner, slug="secret-one")
+    client = client_for(prober)
+
+    public = post_json(client, "/api/rooms/", {"name": "P", "slug": "public-one"})
+    hidden = post_json(client, "/api/rooms/", {"name": "P", "slug": "secret-one"})
+
+    assert (public.status_code, hidden.status_code) == (400, 400)
+    assert hidden.json() == {
+        "detail": "Invalid input.",
+        "errors": {"slug": ["The slug secret-one is taken."]},
+    }
+    assert public.json()["errors"]["slug"] == ["The slug public-one is taken."]
+    assert set(hidden.headers) == set(public.headers)
+    assert Room.objects.count() == 2
 
 
 @pytest.mark.parametrize(
@@ -636,7 +774,7 @@ def test_posted_message_is_201_with_the_frame_and_published(
 ):
     author = UserFactory(username="ada")
     room = RoomFactory(slug="lobby")
-    channel = listen(services.room_group("lobby"))
+    channel = listen(services.room_group(room.pk))
     with django_capture_on_commit_callbacks(execute=True):
         response = post_json(
             client_for(author),
@@ -679,7 +817,7 @@ def test_repeated_client_id_returns_the_original_and_stores_nothing(listen):
     first = post_json(
         client, messages_url(room.slug), {"body": "one", "client_id": "k"}
     )
-    channel = listen(services.room_group(room.slug))
+    channel = listen(services.room_group(room.pk))
 
     again = post_json(
         client, messages_url(room.slug), {"body": "two", "client_id": "k"}
@@ -832,13 +970,14 @@ def test_reading_is_not_throttled_by_posting(settings):
     ("behind_proxy", "second_status"),
     [pytest.param(False, 429, id="direct"), pytest.param(True, 401, id="proxied")],
 )
-def test_anonymous_throttle_trusts_x_forwarded_for_only_behind_the_proxy(
+def test_anonymous_throttle_trusts_the_platforms_header_only_behind_the_proxy(
     settings, behind_proxy, second_status
 ):
-    """Without DJANGO_HTTPS the socket address counts, not a client's header."""
+    """Without DJANGO_HTTPS the socket address counts, not a client's header;
+    behind the proxy, DO-Connecting-IP names the client."""
     settings.SEND_BURST = 1
     settings.SEND_RATE_PER_SECOND = 0.1
-    settings.USE_X_FORWARDED_FOR = behind_proxy
+    settings.HTTPS = behind_proxy
     room = RoomFactory()
     statuses = [
         APIClient()
@@ -846,12 +985,32 @@ def test_anonymous_throttle_trusts_x_forwarded_for_only_behind_the_proxy(
             messages_url(room.slug),
             {"body": "x"},
             format="json",
-            HTTP_X_FORWARDED_FOR=address,
+            HTTP_DO_CONNECTING_IP=address,
         )
         .status_code
         for address in ("203.0.113.1", "203.0.113.2")
     ]
     assert statuses == [401, second_status]
+
+
+def test_anonymous_throttle_never_trusts_x_forwarded_for(settings):
+    """Its leftmost entries are the client's to write, even behind the proxy."""
+    settings.SEND_BURST = 1
+    settings.SEND_RATE_PER_SECOND = 0.1
+    settings.HTTPS = True
+    room = RoomFactory()
+    statuses = [
+        APIClient()
+        .post(
+            messages_url(room.slug),
+            {"body": "x"},
+            format="json",
+            HTTP_X_FORWARDED_FOR=f"{address}, 10.0.0.1",
+        )
+        .status_code
+        for address in ("203.0.113.1", "203.0.113.2")
+    ]
+    assert statuses == [401, 429]
 
 
 # --- schema -----------------------------------------------------------------------

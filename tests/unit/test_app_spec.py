@@ -61,6 +61,8 @@ EXPECTED_VALUES = {
     "DATABASE_URL": "${db.DATABASE_URL}",
     "REDIS_URL": "${cache.DATABASE_URL}",
     "REDIS_CA_CERT": "${cache.CA_CERT}",
+    # Not in DESIGN.md: verifies PostgreSQL as REDIS_CA_CERT verifies Valkey.
+    "DATABASE_CA_CERT": "${db.CA_CERT}",
 }
 # Variables whose value is a credential or leads to one.
 SENSITIVE_VARIABLES = {"DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL"}

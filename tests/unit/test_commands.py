@@ -31,8 +31,8 @@ def ensure_room(*args: str) -> str:
 def test_announce_posts_a_system_message_and_publishes_it(
     listen, django_capture_on_commit_callbacks
 ):
-    RoomFactory(slug="lobby")
-    channel = listen(services.room_group("lobby"))
+    room = RoomFactory(slug="lobby")
+    channel = listen(services.room_group(room.pk))
 
     # The test's transaction stands in for the command's autocommit.
     with django_capture_on_commit_callbacks(execute=True):

@@ -17,7 +17,7 @@ from backend.asgi import application
 from core import services
 from core.fanout import get_hub
 from core.models import Membership, Message, Room
-from core.presence import get_presence
+from core.presence import RoomRef, get_presence
 from tests.factories import RoomFactory, UserFactory, private_room
 from tests.unit.conftest import (
     connected,
@@ -291,9 +291,12 @@ async def test_sends_beyond_the_burst_are_rate_limited_and_not_stored(
 async def test_posting_after_losing_membership_is_forbidden(alice, bob):
     room = await database_sync_to_async(private_room)(alice, bob, slug="secret")
     async with connected("secret", token=await token_for(bob)) as ws:
-        # Removed without the revocation event: the frame races the close.
+        # Removed without the revocation event (an update sends no signal):
+        # the frame races the close.
         await database_sync_to_async(
-            Membership.objects.filter(room=room, user=bob).delete
+            lambda: Membership.objects.filter(room=room, user=bob).update(
+                room=RoomFactory(slug="elsewhere")
+            )
         )()
         await send_json(ws, {"type": "send", "body": "still here?", "client_id": "r"})
         error = await ws.receive_json_from()
@@ -497,10 +500,10 @@ async def test_live_messages_already_replayed_are_not_sent_twice(lobby):
                 Message.objects.get(room__slug="lobby", seq=2), "lobby"
             )
         )()
-        await services.publish_message(late)
+        await services.publish_message(lobby.pk, late)
         assert await ws.receive_nothing(timeout=0.3)
         fresh = await post("lobby", "fresh")
-        await services.publish_message(fresh)
+        await services.publish_message(lobby.pk, fresh)
         assert (await ws.receive_json_from())["seq"] == 4
     finally:
         await ws.disconnect()
@@ -675,7 +678,7 @@ async def test_published_events_survive_serialization(lobby, alice):
     """The in-memory layer only copies; Redis serializes: events must be JSON."""
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.group_add(services.room_group("lobby"), channel)
+    await layer.group_add(services.room_group(lobby.pk), channel)
     async with connected("lobby", token=await token_for(alice)) as ws:
         await send_json(ws, {"type": "send", "body": "json?", "client_id": "j"})
         await send_json(ws, {"type": "typing"})
@@ -725,7 +728,7 @@ async def test_a_handshake_that_fails_leaves_the_users_other_connections_counted
             await bob_ws.receive_json_from()  # welcome
             presence = await bob_ws.receive_json_from()
             assert presence["users"] == ["alice", "bob"]
-        assert dict(get_presence().users["lobby"]) == {"alice": 1}
+        assert dict(get_presence().users[RoomRef(lobby.pk, "lobby")]) == {"alice": 1}
 
 
 async def test_a_delivery_to_a_client_that_has_gone_is_not_an_error(
@@ -737,7 +740,7 @@ async def test_a_delivery_to_a_client_that_has_gone_is_not_an_error(
         connected("lobby") as gone,
         connected("lobby", token=await token_for(alice)) as sender,
     ):
-        listeners = get_hub().members[services.room_group("lobby")]
+        listeners = get_hub().members[services.room_group(lobby.pk)]
         gone_consumer = next(c for c in listeners if c.username is None)
 
         async def client_left(message):

@@ -17,11 +17,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_many_connections_make_one_group_member_per_process():
-    await database_sync_to_async(RoomFactory)(slug="lobby")
+    room = await database_sync_to_async(RoomFactory)(slug="lobby")
+    group = services.room_group(room.pk)
     layer = get_channel_layer()
     async with connected("lobby"), connected("lobby"), connected("lobby"):
-        assert list(layer.groups[services.room_group("lobby")]) == [get_hub().channel]
-    assert services.room_group("lobby") not in layer.groups
+        assert list(layer.groups[group]) == [get_hub().channel]
+    assert group not in layer.groups
 
 
 async def test_a_published_message_reaches_every_local_connection_once():

@@ -51,3 +51,12 @@ async def test_slots_admit_up_to_the_limit_and_free_on_release():
     await slots.release("conn", "user:1", "a")
     await slots.release("conn", "user:1", "zzz")
     assert not await slots.acquire("conn", "user:1", "d", limit=2)
+
+
+def test_the_first_token_of_a_full_bucket_is_never_refused(monkeypatch):
+    """Float rounding once refused it at some clock readings."""
+    for reading in (1537.457, 0.1, 86400.3, 12345.678901):
+        monkeypatch.setattr(limits.time, "monotonic", lambda r=reading: r)
+        limits.reset_for_tests()
+        assert limits.take("demo", "x", rate=0.001, burst=1) == 0.0
+        assert limits.take("demo", "x", rate=0.001, burst=1) > 0

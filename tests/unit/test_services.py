@@ -3,10 +3,11 @@
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
 
 from core import services
-from core.models import Message, Room
-from tests.factories import RoomFactory, UserFactory
+from core.models import Membership, Message, Room
+from tests.factories import RoomFactory, UserFactory, private_room
 
 pytestmark = pytest.mark.django_db
 
@@ -35,8 +36,8 @@ def test_seq_is_taken_from_the_room_under_its_lock(django_assert_num_queries):
     room = RoomFactory()
     user = UserFactory()
     services.store_message(room=room, author=user, body="one", client_id=None)
-    # lock the room, check access (public: none), update last_seq, insert
-    with django_assert_num_queries(5):  # + savepoint pair of atomic in tests
+    # lock the room, author still active, update last_seq, insert
+    with django_assert_num_queries(6):  # + savepoint pair of atomic in tests
         result = services.store_message(
             room=room, author=user, body="two", client_id=None
         )
@@ -51,7 +52,7 @@ def test_publishing_waits_for_the_commit(django_capture_on_commit_callbacks):
     room = RoomFactory(slug="lobby")
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(services.room_group("lobby"), channel)
+    async_to_sync(layer.group_add)(services.room_group(room.pk), channel)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         result = services.post_message_sync(room=room, author=None, body="hi")
         # Not committed yet (the test's transaction is open): nothing sent.
@@ -61,7 +62,7 @@ def test_publishing_waits_for_the_commit(django_capture_on_commit_callbacks):
     assert event == {
         "type": "room.message",
         "message": result.message,
-        "group": "room.lobby",
+        "group": services.room_group(room.pk),
     }
     assert Message.objects.filter(room=room).count() == 1
 
@@ -129,3 +130,42 @@ def test_the_postgresql_statement_names_the_models_tables_and_columns():
         )
     ]
     assert f"INSERT INTO {Message._meta.db_table}\n    ({', '.join(columns)})" in sql
+    user_model = get_user_model()
+    active = user_model._meta.get_field("is_active").column
+    assert (
+        f"FROM {user_model._meta.db_table} "
+        f"WHERE {user_model._meta.pk.column} = %(author)s AND {active}"
+    ) in sql
+    room_id, user_id = (
+        Membership._meta.get_field(name).column for name in ("room", "user")
+    )
+    assert (
+        f"FROM {Membership._meta.db_table}\n"
+        f"            WHERE {room_id} = %(room)s AND {user_id} = %(author)s"
+    ) in sql
+
+
+def test_a_member_removed_since_the_callers_check_cannot_post():
+    """The caller's copy of the room still admits the member; the store reads
+    the membership again (PostgreSQL: in the statement, integration tier)."""
+    owner, member = UserFactory(), UserFactory()
+    room = private_room(owner, member)
+    Membership.objects.filter(room=room, user=member).delete()
+    with pytest.raises(services.AccessDenied):
+        services.store_message(room=room, author=member, body="late", client_id=None)
+    assert not Message.objects.filter(room=room).exists()
+
+
+def test_an_author_deactivated_since_their_copy_was_read_cannot_post():
+    """A connection's copy of its user says active; the store asks the
+    database."""
+    room = RoomFactory()
+    author = UserFactory()
+    get_user_model().objects.filter(pk=author.pk).update(is_active=False)
+    assert author.is_active  # the caller's copy
+    with pytest.raises(services.AccessDenied):
+        services.store_message(room=room, author=author, body="late", client_id=None)
+    assert not Message.objects.filter(room=room).exists()
+    assert services.store_message(
+        room=room, author=None, body="system", client_id=None
+    ).created

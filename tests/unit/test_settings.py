@@ -85,6 +85,10 @@ BAD_VALUES = [
     pytest.param("SWITCHBOARD_SEND_BURST", "0", id="burst-zero"),
     pytest.param("SWITCHBOARD_DB_POOL_SIZE", "-1", id="pool-negative"),
     pytest.param("SWITCHBOARD_DB_POOL_SIZE", "eight", id="pool-word"),
+    pytest.param("SWITCHBOARD_CREDENTIAL_ADDRESS_BURST", "0", id="cred-burst-0"),
+    pytest.param("SWITCHBOARD_CREDENTIAL_USER_RATE_PER_SECOND", "0", id="cred-rate-0"),
+    pytest.param("SWITCHBOARD_PASSWORD_HASH_CONCURRENCY", "0", id="hashing-0"),
+    pytest.param("SWITCHBOARD_ROOM_CREATE_RATE_PER_SECOND", "-1", id="rooms-rate"),
 ]
 
 
@@ -319,6 +323,86 @@ def test_postgres_url_with_sslmode_require():
     assert database["OPTIONS"]["sslmode"] == "require"
 
 
+PG_URL = "postgres://u:p@db.example.com:25060/sb?sslmode=require"
+# Prints what libpq would be given, and the CA file as the process sees it.
+READ_CA_FILE = (
+    "import json, os, stat\n"
+    "from django.conf import settings\n"
+    "options = settings.DATABASES['default']['OPTIONS']\n"
+    "path = options['sslrootcert']\n"
+    "print(json.dumps({'sslmode': options['sslmode'], 'path': path,\n"
+    "    'text': open(path).read(), 'mode': stat.S_IMODE(os.stat(path).st_mode)}))\n"
+)
+
+
+def read_ca_file(**variables: str) -> dict:
+    result = run(
+        "-c", READ_CA_FILE, DJANGO_SETTINGS_MODULE="backend.settings", **variables
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_database_ca_as_text_makes_postgres_verify_the_server():
+    """PEM text goes to a file only this user reads, gone when the process is."""
+    seen = read_ca_file(DATABASE_URL=PG_URL, DATABASE_CA_CERT=FAKE_PEM)
+    assert seen["sslmode"] == "verify-full"
+    assert seen["text"] == FAKE_PEM
+    assert seen["mode"] == 0o600
+    assert not Path(seen["path"]).exists()
+
+
+def test_database_ca_as_a_path_is_used_in_place(ca_file):
+    seen = read_ca_file(DATABASE_URL=PG_URL, DATABASE_CA_CERT=str(ca_file))
+    assert (seen["sslmode"], seen["path"]) == ("verify-full", str(ca_file))
+    assert ca_file.exists()
+
+
+@pytest.mark.parametrize(
+    ("url_mode", "expected"),
+    [("", "verify-full"), ("prefer", "verify-full"), ("verify-ca", "verify-ca")],
+)
+def test_database_ca_verifies_whatever_the_url_asked_short_of_verify_ca(
+    url_mode, expected, ca_file
+):
+    url = PG_URL.split("?")[0] + (f"?sslmode={url_mode}" if url_mode else "")
+    seen = read_ca_file(DATABASE_URL=url, DATABASE_CA_CERT=str(ca_file))
+    assert seen["sslmode"] == expected
+
+
+def test_without_a_database_ca_sslmode_is_the_urls():
+    options = read_settings("DATABASES", DATABASE_URL=PG_URL)["DATABASES"]["default"][
+        "OPTIONS"
+    ]
+    assert options["sslmode"] == "require"
+    assert "sslrootcert" not in options
+
+
+def test_database_ca_is_ignored_for_sqlite():
+    """As REDIS_CA_CERT is for redis://: nothing to verify."""
+    database = read_settings("DATABASES", DATABASE_CA_CERT="/nonexistent")
+    assert "sslrootcert" not in database["DATABASES"]["default"]["OPTIONS"]
+
+
+@pytest.mark.parametrize(
+    ("url", "ca"),
+    [
+        pytest.param(PG_URL, "/nonexistent", id="missing-file"),
+        pytest.param(PG_URL, str(ROOT / "manage.py"), id="not-pem"),
+        pytest.param(PG_URL.replace("require", "disable"), FAKE_PEM, id="ssl-off"),
+    ],
+)
+def test_a_bad_database_ca_stops_start_up_naming_it(url, ca):
+    result = run(
+        "manage.py",
+        "check",
+        DJANGO_SECRET_KEY=SECRET_KEY,
+        DATABASE_URL=url,
+        DATABASE_CA_CERT=ca,
+    )
+    assert_stopped_naming(result, "DATABASE_CA_CERT")
+
+
 def test_postgres_connections_come_from_a_bounded_pool_with_health_checks():
     url = "postgres://u:p@db.example.com:25060/sb"
     database = read_settings("DATABASES", DATABASE_URL=url)["DATABASES"]["default"]
@@ -426,3 +510,49 @@ def test_limits_are_read_from_the_environment():
         "SEND_BURST": 7,
         "MAX_FRAME_BYTES": 2048,
     }
+
+
+def test_credential_and_write_limits_are_read_from_the_environment():
+    names = {
+        "CREDENTIAL_ADDRESS_BURST": ("7", 7),
+        "CREDENTIAL_ADDRESS_RATE_PER_SECOND": ("0.5", 0.5),
+        "CREDENTIAL_USER_ADDRESS_BURST": ("3", 3),
+        "CREDENTIAL_USER_ADDRESS_RATE_PER_SECOND": ("0.25", 0.25),
+        "CREDENTIAL_USER_BURST": ("9", 9),
+        "CREDENTIAL_USER_RATE_PER_SECOND": ("0.125", 0.125),
+        "SIGNUP_ADDRESS_BURST": ("2", 2),
+        "SIGNUP_ADDRESS_RATE_PER_SECOND": ("0.01", 0.01),
+        "PASSWORD_HASH_CONCURRENCY": ("4", 4),
+        "PASSWORD_HASH_WAIT_SECONDS": ("0.5", 0.5),
+        "ROOM_CREATE_BURST": ("11", 11),
+        "ROOM_CREATE_RATE_PER_SECOND": ("0.2", 0.2),
+        "MEMBER_ADD_BURST": ("12", 12),
+        "MEMBER_ADD_RATE_PER_SECOND": ("0.3", 0.3),
+        "LOG_LIMIT_LINES": ("5", 5),
+        "LOG_LIMIT_INTERVAL_SECONDS": ("30", 30.0),
+    }
+    variables = {f"SWITCHBOARD_{name}": text for name, (text, _) in names.items()}
+    values = read_settings(*names, **variables)
+    assert values == {name: value for name, (_, value) in names.items()}
+
+
+def test_credential_and_write_limits_have_defaults_a_chat_would_choose():
+    values = read_settings(
+        "CREDENTIAL_ADDRESS_BURST",
+        "CREDENTIAL_USER_ADDRESS_BURST",
+        "CREDENTIAL_USER_BURST",
+        "CREDENTIAL_USER_RATE_PER_SECOND",
+        "SIGNUP_ADDRESS_BURST",
+        "PASSWORD_HASH_CONCURRENCY",
+        "ROOM_CREATE_BURST",
+        "MEMBER_ADD_BURST",
+        "MIDDLEWARE",
+    )
+    assert values["CREDENTIAL_ADDRESS_BURST"] == 30
+    assert values["CREDENTIAL_USER_ADDRESS_BURST"] == 5
+    assert values["CREDENTIAL_USER_BURST"] == 50
+    assert values["CREDENTIAL_USER_RATE_PER_SECOND"] == pytest.approx(1 / 60)
+    assert values["SIGNUP_ADDRESS_BURST"] == 5
+    assert values["PASSWORD_HASH_CONCURRENCY"] == 2
+    assert (values["ROOM_CREATE_BURST"], values["MEMBER_ADD_BURST"]) == (20, 50)
+    assert values["MIDDLEWARE"][-1] == "core.middleware.SecurityHeadersMiddleware"

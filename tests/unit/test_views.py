@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 
-from core import services
+from core import services, views
 from core.models import Room
 from tests.factories import PASSWORD, RoomFactory, UserFactory, private_room
 
@@ -327,3 +327,179 @@ def test_room_form_needs_a_signed_in_user(client):
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/")
     assert not Room.objects.exists()
+
+
+# --- the home page's pages ------------------------------------------------------
+
+
+def room_links(response: object) -> list[str]:
+    return [
+        attrs["href"]
+        for tag, attrs in elements(response)
+        if tag == "a" and "room-card" in (attrs.get("class") or "")
+    ]
+
+
+@pytest.mark.django_db
+def test_home_lists_50_rooms_a_page_with_a_link_to_the_next(client):
+    for number in range(51):
+        RoomFactory(slug=f"room-{number:02d}")
+    first = client.get("/")
+    assert len(room_links(first)) == 50
+    assert "rooms-previous" not in element_ids(first)
+    [next_link] = [a for t, a in elements(first) if a.get("id") == "rooms-next"]
+    assert next_link["href"] == "?page=2"
+
+    second = client.get("/?page=2")
+    assert room_links(second) == ["/rooms/room-50/"]
+    assert "rooms-next" not in element_ids(second)
+    assert "rooms-previous" in element_ids(second)
+    assert set(room_links(first)).isdisjoint(room_links(second))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("page", ["0", "99", "x"])
+def test_home_page_number_out_of_range_shows_the_nearest_page(client, page):
+    RoomFactory(slug="only")
+    response = client.get(f"/?page={page}")
+    assert response.status_code == 200
+    assert room_links(response) == ["/rooms/only/"]
+
+
+@pytest.mark.django_db
+def test_home_with_few_rooms_has_no_pager(client):
+    RoomFactory()
+    assert {"rooms-next", "rooms-previous"}.isdisjoint(element_ids(client.get("/")))
+
+
+# --- security headers -----------------------------------------------------------
+
+POLICY_WITHOUT_NONCE = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def csp(response: object) -> dict[str, str]:
+    """The Content-Security-Policy as {directive: sources}."""
+    header = response["Content-Security-Policy"]
+    return dict(part.strip().split(" ", 1) for part in header.split(";"))
+
+
+@pytest.fixture
+def pages(client):
+    """Every kind of page, as a guest and as a member, by name."""
+    owner = UserFactory(username="ada", is_staff=True)
+    RoomFactory(slug="lobby")
+    private_room(owner, slug="secret")
+    # Enough rooms for the home page's pager to show.
+    RoomFactory.create_batch(views.HOME_PAGE_ROOMS)
+
+    def fetch() -> dict[str, object]:
+        guest = {
+            "home": client.get("/"),
+            "login": client.get("/accounts/login/"),
+            "signup": client.get("/accounts/signup/"),
+            "admin-login": client.get("/admin/login/"),
+            "room-as-guest": client.get("/rooms/lobby/"),
+            "not-found": client.get("/rooms/no-such-room/"),
+        }
+        client.force_login(owner)
+        member = {
+            "home-signed-in": client.get("/"),
+            "room": client.get("/rooms/lobby/"),
+            "private-room": client.get("/rooms/secret/"),
+            "admin": client.get("/admin/"),
+        }
+        return guest | member
+
+    return fetch
+
+
+@pytest.mark.django_db
+def test_every_page_has_a_policy_of_self_only_scripts_and_styles(pages):
+    fetched = pages()
+    assert fetched["not-found"].status_code == 404
+    for name, response in fetched.items():
+        policy = csp(response)
+        scripts = policy["script-src"].split()
+        assert scripts[0] == "'self'", name
+        assert all(s.startswith("'nonce-") for s in scripts[1:]), name
+        assert policy["style-src"] == "'self'", name
+        assert policy["default-src"] == "'self'", name
+        assert policy["object-src"] == "'none'", name
+        assert policy["frame-ancestors"] == "'none'", name
+        assert "unsafe" not in response["Content-Security-Policy"], name
+
+
+@pytest.mark.django_db
+def test_only_the_room_page_admits_an_inline_script_its_import_map(pages):
+    """The nonce is fresh per answer and admits exactly the import map;
+    every other inline <script> is a JSON data block, never run."""
+    fetched = pages()
+    for name, response in fetched.items():
+        inline = [
+            attrs
+            for tag, attrs in elements(response)
+            if tag == "script" and not attrs.get("src")
+        ]
+        nonces = [s for s in csp(response)["script-src"].split() if "nonce" in s]
+        if name in {"room", "room-as-guest", "private-room"}:
+            [import_map, data] = inline
+            assert import_map["type"] == "importmap"
+            assert nonces == [f"'nonce-{import_map['nonce']}'"]
+            assert len(import_map["nonce"]) >= 22
+            assert data == {"id": "initial-messages", "type": "application/json"}
+        else:
+            assert nonces == [], name
+            assert all(a.get("type") == "application/json" for a in inline), name
+    assert csp(fetched["room"]) != csp(fetched["private-room"]), "nonce reused"
+
+
+@pytest.mark.django_db
+def test_pages_carry_no_inline_styles_or_event_handlers(pages):
+    for name, response in pages().items():
+        content = response.content.decode()
+        assert "<style" not in content, name
+        for tag, attrs in elements(response):
+            assert "style" not in attrs, (name, tag)
+            handlers = [key for key in attrs if key.startswith("on")]
+            assert handlers == [], (name, tag, handlers)
+
+
+@pytest.mark.django_db
+def test_every_page_is_private_and_not_stored(pages):
+    """Pages show who is signed in: no cache may keep them."""
+    for name, response in pages().items():
+        directives = {d.strip() for d in response["Cache-Control"].split(",")}
+        assert {"private", "no-store"} <= directives, name
+
+
+@pytest.mark.django_db
+def test_api_answers_are_private_and_carry_the_policy(client):
+    owner = UserFactory()
+    private_room(owner, slug="secret")
+    client.force_login(owner)
+    answers = [
+        client.get("/api/rooms/"),
+        client.get("/api/rooms/secret/messages/"),
+        client.get("/api/rooms/nope/messages/"),
+        client.post("/api/rooms/", "{}", content_type="application/json"),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 404, 400]
+    for answer in answers:
+        assert answer["Cache-Control"] == "private, no-store"
+        assert answer["Content-Security-Policy"] == POLICY_WITHOUT_NONCE
+
+
+def test_healthz_is_answered_above_the_headers_middleware(client):
+    """The platform's probe stays as it was: no I/O, no extra headers."""
+    response = client.get("/healthz")
+    assert "Content-Security-Policy" not in response
+
+
+async def test_pages_served_over_asgi_get_the_headers(async_client, db):
+    response = await async_client.get("/accounts/login/")
+    assert response.status_code == 200
+    assert response["Content-Security-Policy"] == POLICY_WITHOUT_NONCE
+    assert "no-store" in response["Cache-Control"]

@@ -4,6 +4,9 @@
 // unreadable (checked over HTTP after refused handshakes).
 
 export const CLOSE_ACCESS_REVOKED = 4403;
+// A limit refused the connection (too many connections or handshakes); the
+// close reason says when to come back: "retry_after_ms=<n>".
+export const CLOSE_TOO_MANY = 4429;
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 10_000;
@@ -13,6 +16,12 @@ const HEARTBEAT_MS = 25_000;
 // is still readable: a refused handshake looks like a network error (1006).
 const PROBE_AFTER_FAILURES = 2;
 const PROBE_EVERY_FAILURES = 4;
+
+/** The server's retry hint in a 4429 close reason, in ms, or null. */
+export function retryHint(reason) {
+  const match = /^retry_after_ms=(\d{1,9})$/.exec(reason || "");
+  return match ? Number(match[1]) : null;
+}
 
 /** Delay before reconnect attempt ``attempt`` (0-based): "equal jitter". */
 export function backoffDelay(attempt) {
@@ -62,7 +71,7 @@ export class RoomConnection {
       this.receive(event.data);
     });
     socket.addEventListener("close", (event) => {
-      if (this.socket === socket) this.dropped(event.code, opened);
+      if (this.socket === socket) this.dropped(event.code, opened, event.reason);
     });
     this.socket = socket;
   }
@@ -127,7 +136,7 @@ export class RoomConnection {
     if (socket && socket.readyState <= WebSocket.OPEN) socket.close();
   }
 
-  async dropped(code, opened) {
+  async dropped(code, opened, reason = "") {
     clearInterval(this.heartbeat);
     this.socket = null;
     if (this.stopped) return;
@@ -136,8 +145,11 @@ export class RoomConnection {
       return;
     }
     // 1006 (link lost), 1012 and 4012 (server restarting or draining) and
-    // anything else: try again, later each time, never in lockstep.
-    const delayMs = backoffDelay(this.attempt);
+    // anything else: try again, later each time, never in lockstep. A limit
+    // (4429) says how long to stay away: at least that, spread by half.
+    let delayMs = backoffDelay(this.attempt);
+    const hint = code === CLOSE_TOO_MANY ? retryHint(reason) : null;
+    if (hint !== null) delayMs = Math.max(delayMs, hint * (1 + Math.random() / 2));
     this.attempt += 1;
     this.retryTimer = setTimeout(() => this.start(), delayMs);
     this.onDrop({ code, delayMs });

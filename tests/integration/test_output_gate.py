@@ -1,0 +1,191 @@
+"""The output gate on a real Daphne: clients that never read cannot make the
+instance hold their output, whatever they ask for, and everyone else is
+served meanwhile."""
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from tests.integration.conftest import report
+from tests.support.services import AppProcess, ServiceUnavailable, manage
+
+pytestmark = pytest.mark.integration
+
+BUDGET = 256 * 1024
+# Each body is sent as 4000 six-byte JSON escapes: ~24 KB a frame, so a full
+# replay of the room is ~24 MB per connection, a history page ~2.4 MB.
+HEAVY_BODY = "\x01" * 4000
+MESSAGES = 1000
+STALLED = 24
+# What the stalled clients ask for, unguarded: 24 replays of ~24 MB.
+UNGUARDED_BYTES = STALLED * MESSAGES * 24_000
+RSS_GROWTH_LIMIT = 96 * 1024 * 1024
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def heavy_room(tmp_path):
+    env = {
+        "DJANGO_SECRET_KEY": "output-gate-test-key",
+        "DJANGO_DEBUG": "1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "SWITCHBOARD_OUTPUT_BUFFER_BYTES": str(BUDGET),
+        "SWITCHBOARD_OUTPUT_DRAIN_SECONDS": "3",
+        # Every history request is served: the gate alone must hold.
+        "SWITCHBOARD_HISTORY_RATE_PER_SECOND": "1000",
+        "SWITCHBOARD_HISTORY_BURST": "1000",
+    }
+    manage("migrate", "--noinput", env=env)
+    token = manage(
+        "shell", "-c",
+        "from django.contrib.auth.models import User;"
+        "from rest_framework.authtoken.models import Token;"
+        "from core import services;"
+        "room, _ = services.ensure_room(slug='heavy', name='Heavy');"
+        f"[services.store_message(room=room, author=None, body={HEAVY_BODY!r},"
+        f" client_id=None) for _ in range({MESSAGES})];"
+        "u = User.objects.create_user('sender', password='x');"
+        "print(Token.objects.create(user=u).key)",
+        env=env, timeout=300,
+    ).stdout.split()[-1]  # fmt: skip
+    try:
+        app = AppProcess(env).start()
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    yield app, token
+    app.close()
+
+
+def small_window_socket(port: int) -> socket.socket:
+    """A TCP connection whose kernel buffers hold little, so unread output
+    stays with the server, where the gate must bound it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
+async def stalled_client(app: AppProcess, path: str):
+    """A WebSocket client that reads (almost) nothing: websockets stops
+    reading the socket once one message waits unread."""
+    return await websockets.connect(
+        app.ws_url(path),
+        sock=small_window_socket(app.port),
+        max_queue=1,
+        max_size=None,
+        open_timeout=20,
+    )
+
+
+def test_clients_that_never_read_cannot_fill_the_instance(heavy_room):
+    app, token = heavy_room
+    baseline = rss_bytes(app.pid)
+
+    async def run() -> dict:
+        stalled = [
+            await stalled_client(app, "/ws/rooms/heavy/?after=0")
+            for _ in range(STALLED)
+        ]
+        # Each asks for history pages at the allowed rate, never reading.
+        for ws in stalled:
+            for _ in range(2):
+                # A closed one (too slow already) counts as refused.
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(json.dumps({"type": "history", "limit": 100}))
+        peak = rss_bytes(app.pid)
+        async with (
+            websockets.connect(app.ws_url("/ws/rooms/heavy/")) as reader,
+            websockets.connect(
+                app.ws_url("/ws/rooms/heavy/"),
+                additional_headers={"Authorization": f"Token {token}"},
+            ) as sender,
+        ):
+            # Served meanwhile: a message posted now reaches a reader.
+            await sender.send(json.dumps({"type": "send", "body": "still here"}))
+            async with asyncio.timeout(20):
+                async for raw in reader:
+                    peak = max(peak, rss_bytes(app.pid))
+                    frame = json.loads(raw)
+                    if frame["type"] == "message" and frame["body"] == "still here":
+                        break
+            # Past the drain time, every stalled client has been closed.
+            deadline = time.monotonic() + 30
+            while app.log_text().count("closing a client of room heavy") < STALLED:
+                peak = max(peak, rss_bytes(app.pid))
+                assert time.monotonic() < deadline, app.log_text()[-3000:]
+                await asyncio.sleep(0.2)
+        codes = []
+        for ws in stalled:
+            # Reading now, each gets what was queued, then 4008 (or, past
+            # the grace period, a cut connection).
+            with contextlib.suppress(ConnectionClosed):
+                async with asyncio.timeout(30):
+                    async for _ in ws:
+                        pass
+            codes.append(ws.close_code)
+        return {"peak": peak, "codes": codes}
+
+    result = asyncio.run(run())
+    growth = result["peak"] - baseline
+    report(
+        "clients that never read",
+        {
+            "rss_growth_mib": round(growth / 2**20, 1),
+            "unguarded_mb": UNGUARDED_BYTES // 10**6,
+        },
+    )
+    assert growth < RSS_GROWTH_LIMIT, (growth, UNGUARDED_BYTES, app.log_text()[-2000:])
+    assert set(result["codes"]) <= {4008, 1006}, result["codes"]
+    assert 4008 in result["codes"]
+
+
+def test_a_history_answer_waits_for_the_client_to_read(heavy_room):
+    """A page is produced only for a client that has read the last one; a
+    reading client gets every page it asks for, trimmed to the budget."""
+    app, _ = heavy_room
+
+    async def run() -> tuple[list[dict], list[int]]:
+        async with websockets.connect(
+            app.ws_url("/ws/rooms/heavy/"), max_size=None
+        ) as ws:
+            pages, sizes = [], []
+            before = None
+            while True:
+                request = {"type": "history", "limit": 100}
+                if before is not None:
+                    request["before"] = before
+                await ws.send(json.dumps(request))
+                async with asyncio.timeout(10):
+                    while True:
+                        raw = await ws.recv()
+                        frame = json.loads(raw)
+                        if frame["type"] in ("history", "error"):
+                            break
+                if frame["type"] == "error":
+                    assert frame["code"] == "rate_limited", frame
+                    await asyncio.sleep(frame["retry_after_ms"] / 1000)
+                    continue
+                pages.append(frame)
+                sizes.append(len(raw.encode()))
+                if not frame["has_more"]:
+                    return pages, sizes
+                before = frame["messages"][0]["seq"]
+
+    pages, sizes = asyncio.run(run())
+    seqs = sorted(m["seq"] for page in pages for m in page["messages"])
+    assert seqs == list(range(1, MESSAGES + 1))
+    assert max(sizes) <= BUDGET // 4 + 30_000
