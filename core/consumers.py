@@ -21,7 +21,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from core import backpressure, clientaddr, limits, protocol, services
+from core import backpressure, clientaddr, limits, logs, protocol, services
 from core.backpressure import TOO_FULL, WRITTEN
 from core.fanout import Encoded, get_hub
 from core.models import Room
@@ -598,7 +598,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
-        logger.warning("closing a client of room %s: %s", self.slug, reason)
+        logs.limited(
+            logger,
+            logging.WARNING,
+            "ws.too_slow",
+            "closing a client of room %s: %s",
+            self.slug,
+            reason,
+        )
         asyncio.get_running_loop().create_task(self._close_too_slow())
 
     async def _close_too_slow(self) -> None:
