@@ -168,15 +168,19 @@ _sync_client: redis.Redis | None = None
 def _sync_redis() -> redis.Redis:
     global _sync_client
     if _sync_client is None:
-        _sync_client = redis.Redis.from_url(
+        # Request threads share at most REDIS_CONNECTIONS connections.
+        pool = redis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             **{
                 **settings.REDIS_OPTIONS,
                 "socket_timeout": REDIS_WAIT_SECONDS,
                 "socket_connect_timeout": REDIS_WAIT_SECONDS,
             },
-            client_name=f"{settings.CHANNEL_PREFIX}-limits",
+            max_connections=REDIS_CONNECTIONS,
+            timeout=REDIS_WAIT_SECONDS,
+            client_name=f"{settings.CHANNEL_PREFIX}-limits-http",
         )
+        _sync_client = redis.Redis(connection_pool=pool)
     return _sync_client
 
 

@@ -119,10 +119,11 @@ async def test_a_burst_of_handshakes_shares_a_few_presence_connections(
     # Unbounded, redis-py opened one connection per concurrent handshake.
     assert 1 <= names[f"{prefix}-presence"] <= presence.REDIS_CONNECTIONS < 60, names
     assert names[f"{prefix}-layer"] >= 1, names
+    # Limits: one pool for the event loop, one for request threads.
     assert names[f"{prefix}-limits"] <= limits.REDIS_CONNECTIONS, names
-    assert set(names) <= {
-        f"{prefix}-{use}" for use in ("presence", "layer", "cache", "limits")
-    }
+    assert names[f"{prefix}-limits-http"] <= limits.REDIS_CONNECTIONS, names
+    uses = ("presence", "layer", "cache", "limits", "limits-http")
+    assert set(names) <= {f"{prefix}-{use}" for use in uses}
 
 
 @pytest.fixture
