@@ -18,10 +18,12 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
@@ -36,6 +38,17 @@ logger = logging.getLogger(__name__)
 # GET /api/rooms/ pages: ``limit`` rooms (default, most) after a slug cursor.
 ROOMS_PAGE_DEFAULT = 100
 ROOMS_PAGE_MAX = 500
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI document; its refusals are JSON like every API error,
+    not the YAML of the document."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return response
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
