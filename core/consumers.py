@@ -63,6 +63,18 @@ class Refusal:
     retry_after: float
 
 
+# The room id this process last saw for each slug (bounded): a handshake
+# joins that room's group before its one database call (see connect()).
+_room_ids: dict[str, int] = {}
+ROOM_IDS_KEPT = 10_000
+
+
+def _remember_room_id(slug: str, room_id: int) -> None:
+    if len(_room_ids) >= ROOM_IDS_KEPT:
+        _room_ids.clear()
+    _room_ids[slug] = room_id
+
+
 class _ProcessConnections:
     """Connections this process has admitted (``CONNECTIONS_PER_PROCESS``)."""
 
@@ -149,38 +161,47 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         # Join the user's group before reading access, and the room's before
         # reading its last_seq and the replay, so that neither a revocation
-        # nor a message committed after those reads can be missed.
+        # nor a message committed after those reads can be missed. The room's
+        # group is keyed by its id, which the read tells: this process joins
+        # the id it last saw for the slug first, so in the usual case one
+        # database call admits and positions the client; a second is needed
+        # only when the slug is new here or now names another room.
         self.held = []
         self.checked_epoch = get_hub().epoch
         if self.user.is_authenticated:
             await self._join(services.user_group(self.user.pk))
-        room = await database_sync_to_async(services.room_for_connection)(
-            slug=self.slug, user=self.user
-        )
-        if room is None or self.closing:
-            await self._leave()
-            await self.close()  # before accept: HTTP 403, unknown or private alike
-            return
-        self.room = room
-        self.grant = self._grant(room)
-        await self._join(services.room_group(room.pk))
         try:
             after = protocol.parse_resume_after(self.scope["query_string"])
             after_error = None
         except ProtocolError as exc:
             after, after_error = None, exc
-        try:
-            last_seq, first_page, more = await database_sync_to_async(
-                services.resume_point
-            )(
-                room_id=room.pk,
-                after=after,
-                limit=min(STORED_PAGE, settings.REPLAY_LIMIT),
+        limit = min(STORED_PAGE, settings.REPLAY_LIMIT)
+        known_id = _room_ids.get(self.slug)
+        if known_id is not None:
+            await self._join(services.room_group(known_id))
+        opened = await database_sync_to_async(services.open_room)(
+            slug=self.slug, user=self.user, after=after, limit=limit
+        )
+        if opened is not None and opened.room.pk != known_id:
+            if known_id is not None:
+                await self._leave_group(services.room_group(known_id))
+            _remember_room_id(self.slug, opened.room.pk)
+            await self._join(services.room_group(opened.room.pk))
+            opened = await database_sync_to_async(services.open_room)(
+                slug=self.slug, user=self.user, after=after, limit=limit
             )
-        except Room.DoesNotExist:
+            if (
+                opened is not None
+                and services.room_group(opened.room.pk) not in self.groups_joined
+            ):
+                opened = None  # the slug changed hands again meanwhile
+        if opened is None or self.closing:
             await self._leave()
-            await self.close()
+            await self.close()  # before accept: HTTP 403, unknown or private alike
             return
+        room = self.room = opened.room
+        self.grant = self._grant(room)
+        last_seq, first_page, more = room.last_seq, opened.page, opened.more
 
         self.write_buffer = backpressure.locate(
             self.base_send, settings.OUTPUT_BUFFER_BYTES
@@ -279,6 +300,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _join(self, group: str) -> None:
         await get_hub().subscribe(group, self)
         self.groups_joined += (group,)
+
+    async def _leave_group(self, group: str) -> None:
+        await get_hub().unsubscribe(group, self)
+        self.groups_joined = tuple(g for g in self.groups_joined if g != group)
 
     async def _replay(
         self, after: int, first_page: list[protocol.MessageFrame], more: bool

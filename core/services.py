@@ -419,20 +419,31 @@ def replay(
     return history(room=room, before=None, after=after, limit=limit)
 
 
-def resume_point(
-    *, room_id: int, after: int | None, limit: int
-) -> tuple[int, list[protocol.MessageFrame], bool]:
-    """The room's ``last_seq`` and, with ``after``, the first replay page.
+@dataclass(frozen=True)
+class OpenedRoom:
+    """A room a connection may read, as read for its handshake."""
 
-    One database call for a new connection, made after it has joined the
-    room's group, so nothing committed after this read can be missed.
-    Raises ``Room.DoesNotExist`` if the room has gone.
+    room: Room
+    page: list[protocol.MessageFrame]  # the first replay page (``after``)
+    more: bool
+
+
+def open_room(
+    *, slug: str, user: User, after: int | None, limit: int
+) -> OpenedRoom | None:
+    """The room ``slug`` if ``user`` may read it, with its ``last_seq`` and,
+    with ``after``, the first replay page; None: unknown or not allowed.
+
+    One database call for a handshake; the caller has joined the room's
+    group before it, so nothing committed after this read can be missed.
     """
-    room = Room.objects.get(pk=room_id)
+    room = access.readable_room(user, slug)
+    if room is None:
+        return None
     if after is None:
-        return room.last_seq, [], False
-    messages, has_more = history(room=room, before=None, after=after, limit=limit)
-    return room.last_seq, messages, has_more
+        return OpenedRoom(room, [], False)
+    page, more = history(room=room, before=None, after=after, limit=limit)
+    return OpenedRoom(room, page, more)
 
 
 # --- rooms and members ---------------------------------------------------------
@@ -546,8 +557,3 @@ async def broadcast_typing(*, room_id: int, user: str, sender: str) -> None:
     await publish(
         room_group(room_id), {"type": "room.typing", "user": user, "sender": sender}
     )
-
-
-def room_for_connection(*, slug: str, user: User) -> Room | None:
-    """The room a WebSocket may join, or None (unknown or not allowed)."""
-    return access.readable_room(user, slug)

@@ -707,12 +707,12 @@ async def test_a_handshake_that_fails_leaves_the_users_other_connections_counted
 ):
     token = await token_for(alice)
     async with connected("lobby", token=token):
-        real_lookup = services.room_for_connection
+        real_lookup = services.open_room
 
         def database_down(**kwargs):
             raise ConnectionError("database is down")
 
-        monkeypatch.setattr(services, "room_for_connection", database_down)
+        monkeypatch.setattr(services, "open_room", database_down)
         failing = WebsocketCommunicator(
             application,
             ws_path("lobby"),
@@ -720,7 +720,7 @@ async def test_a_handshake_that_fails_leaves_the_users_other_connections_counted
         )
         with pytest.raises(ConnectionError):
             await failing.connect()
-        monkeypatch.setattr(services, "room_for_connection", real_lookup)
+        monkeypatch.setattr(services, "open_room", real_lookup)
 
         async with connected(
             "lobby", token=await token_for(bob), skip_greeting=False
