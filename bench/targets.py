@@ -124,7 +124,7 @@ class Infrastructure:
         return listening_pid(self.postgres.port)
 
     def switchboard_env(self, prefix: str) -> dict[str, str]:
-        """The variables of DESIGN.md §2 for one Switchboard stack."""
+        """The configuration variables (README) for one Switchboard stack."""
         if self.database_url is None:
             raise HarnessError("PostgreSQL was not provisioned")
         return {

@@ -4,6 +4,6 @@
 room's layer group; every message is a ``group_send``), on Daphne with the
 project's channels_redis settings. ``raw_server``: a minimal ``websockets`` +
 Redis pub/sub broadcaster, the practical limit of Python here. Both speak just
-enough of DESIGN.md §3 for the same load generator: ``send`` frames in,
-``message`` frames (with the ``body`` verbatim) out.
+enough of the protocol (docs/protocol.md) for the same load generator:
+``send`` frames in, ``message`` frames (with the ``body`` verbatim) out.
 """

@@ -155,7 +155,7 @@ def provision_laptop(tmp_path: Path, usernames: list[str]) -> dict[str, str]:
 class Deployment:
     """What one test module's instances share: database, Redis, users.
 
-    ``env`` is the complete environment of an instance (DESIGN.md §2); a
+    ``env`` is the complete environment of an instance (README, Configuration); a
     ``Launcher`` adds to it per instance. API tokens are fetched once per
     module and kept in ``tokens`` (username -> key).
     """
@@ -629,7 +629,7 @@ class WsClient:
         timeout: float = 10.0,  # noqa: ASYNC109
     ) -> Frame:
         """After a ``?after=`` handshake: wait for ``replayed``; while it says
-        more remain, page through ``history``, as DESIGN.md §3 asks of
+        more remain, page through ``history``, as docs/protocol.md §9.3 asks of
         clients. Returns the ``replayed`` frame.
         """
         replayed = await self.wait_for_frame(
@@ -753,7 +753,7 @@ class Clients:
     ) -> WsClient:
         """Connect and wait for the connect-time frames.
 
-        ``presence`` ends them (DESIGN.md §3); with ``after`` the replay comes
+        ``presence`` ends them (docs/protocol.md §3); with ``after`` the replay comes
         before it.
         """
         client = WsClient(app, slug, token=token, after=after, name=name)

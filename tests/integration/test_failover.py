@@ -1,7 +1,7 @@
 """An instance dies (SIGKILL) or is stopped (SIGTERM): its users move on.
 
 Each test starts its own instances, because it kills one of them. Clients do
-what DESIGN.md §3 asks of them: keep the highest contiguous seq, reconnect to
+what docs/protocol.md §9.3 asks of them: keep the highest contiguous seq, reconnect to
 another instance with ``?after=`` and fetch with ``history`` what the replay
 did not include.
 """

@@ -738,7 +738,7 @@ class AppProcess(_Service):
     ``server="daphne"`` runs exactly what App Platform runs (``daphne -b
     ... -p ... backend.asgi:application``); ``"uvicorn"`` is the alternative.
     ``application`` replaces the ASGI path only for tests that wrap it.
-    The environment is ours plus ``env`` (DESIGN.md §2 lists the variables).
+    The environment is ours plus ``env`` (the README lists the variables).
     Output goes to ``log_path``, by default in a temporary directory that
     ``close()`` removes.
     """

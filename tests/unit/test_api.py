@@ -1,4 +1,4 @@
-"""The HTTP API of DESIGN.md section 4, through real requests.
+"""The HTTP API of docs/protocol.md section 15, through real requests.
 
 Requests carry real tokens (``Authorization: Token``), so authentication runs
 as it does for scripts. Channel-layer events are read from the process's

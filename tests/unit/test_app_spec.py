@@ -36,14 +36,15 @@ SCHEMA_DIR = (
 ).resolve()
 SCHEMA_BASE_URI = SCHEMA_DIR.as_uri() + "/"
 
-# DESIGN.md's command, plus: Daphne closes every WebSocket after 24 h by default.
+# The README's command, plus: Daphne closes every WebSocket after 24 h by default.
 RUN_COMMAND = (
     "daphne -b 0.0.0.0 -p 8080 --websocket_timeout -1 backend.asgi:application"
 )
 MIGRATE_COMMAND = "python manage.py migrate --noinput"
 
-# DESIGN.md section 2, less PORT, which App Platform derives from http_port.
-DESIGN_VARIABLES = (
+# The README's configuration variables, less PORT, which App Platform
+# derives from http_port.
+CONFIGURATION_VARIABLES = (
     "DJANGO_SECRET_KEY",
     "DJANGO_DEBUG",
     "DJANGO_ALLOWED_HOSTS",
@@ -61,7 +62,8 @@ EXPECTED_VALUES = {
     "DATABASE_URL": "${db.DATABASE_URL}",
     "REDIS_URL": "${cache.DATABASE_URL}",
     "REDIS_CA_CERT": "${cache.CA_CERT}",
-    # Not in DESIGN.md: verifies PostgreSQL as REDIS_CA_CERT verifies Valkey.
+    # Added since the first release: verifies PostgreSQL as REDIS_CA_CERT
+    # verifies Valkey.
     "DATABASE_CA_CERT": "${db.CA_CERT}",
 }
 # Variables whose value is a credential or leads to one.
@@ -419,7 +421,7 @@ def test_out_of_range_termination_is_a_schema_error() -> None:
 
 
 def test_web_runs_daphne_on_port_8080() -> None:
-    """The run command is DESIGN.md's plus the socket lifetime, and Daphne's
+    """The run command is the README's plus the socket lifetime, and Daphne's
     port is the http_port."""
     web = component(app_spec(), "services", "web")
     assert web["run_command"] == RUN_COMMAND
@@ -471,13 +473,13 @@ def test_migrate_job_builds_from_the_same_source_as_web() -> None:
 
 
 def test_every_design_variable_reaches_the_running_web_service() -> None:
-    """Each DESIGN.md section 2 variable (but PORT) is set at run time."""
+    """Each configuration variable (but PORT) is set at run time."""
     spec = app_spec()
     envs = effective_envs(spec, component(spec, "services", "web"))
-    missing = [key for key in DESIGN_VARIABLES if key not in envs]
+    missing = [key for key in CONFIGURATION_VARIABLES if key not in envs]
     build_only = [
         key
-        for key in DESIGN_VARIABLES
+        for key in CONFIGURATION_VARIABLES
         if key in envs and not is_available_at_run_time(envs[key])
     ]
     assert missing == []
@@ -619,8 +621,8 @@ def test_python_version_file_pins_the_minor_version() -> None:
 
 
 def test_daphne_as_deployed_never_closes_a_websocket_for_its_age() -> None:
-    """Read by Daphne's own argument parser: no socket lifetime, and the
-    DESIGN.md bind, port and application."""
+    """Read by Daphne's own argument parser: no socket lifetime, and
+    the README's bind, port and application."""
     from daphne.cli import CommandLineInterface
 
     for spec in (app_spec(), deploy_template()["spec"]):

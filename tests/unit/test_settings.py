@@ -1,4 +1,4 @@
-"""Configuration comes from the environment (DESIGN.md section 2).
+"""Configuration comes from the environment (README, Configuration).
 
 Each case runs ``manage.py``, the ASGI module or a settings read in a fresh
 interpreter with an environment built from scratch, so nothing from the

@@ -1,4 +1,4 @@
-"""Health probes and the pages (DESIGN.md section 4).
+"""Health probes and the pages (docs/protocol.md section 15).
 
 ``/healthz`` is the App Platform health check: it must answer whatever the
 Host header and without the HTTPS redirect. ``/readyz`` checks the database

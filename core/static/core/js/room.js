@@ -1,4 +1,4 @@
-// The room page: live messages over /ws/rooms/<slug>/ (DESIGN.md §3).
+// The room page: live messages over /ws/rooms/<slug>/ (docs/protocol.md).
 //
 // Messages are kept sorted and deduplicated by seq. Own messages show at
 // once as pending (data-client-id, data-pending) and take their seq from the

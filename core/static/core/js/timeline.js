@@ -3,7 +3,7 @@
 //
 // "contiguous" is the highest seq such that every message from the page's
 // first one up to it is held: the socket resumes with ?after=<contiguous>
-// and a gap above it is fetched with history (DESIGN.md §3, "No loss").
+// and a gap above it is fetched with history (docs/protocol.md §9.3, the no-loss algorithm).
 
 export class Timeline {
   /** @param {number} base the highest seq the page started with (0: empty) */
