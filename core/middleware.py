@@ -24,12 +24,8 @@ CONTENT_SECURITY_POLICY = {
 PRIVATE_CACHE_CONTROL = "private, no-store"
 
 
-class HealthCheckMiddleware:
-    """Answer ``/healthz`` before host validation and the HTTPS redirect.
-
-    App Platform probes each instance over plain HTTP with an internal Host
-    header; the check must pass while the process serves, with no I/O.
-    """
+class _SyncAndAsync:
+    """Middleware that runs in whichever mode its chain runs (Daphne: async)."""
 
     sync_capable = True
     async_capable = True
@@ -39,6 +35,14 @@ class HealthCheckMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
+
+
+class HealthCheckMiddleware(_SyncAndAsync):
+    """Answer ``/healthz`` before host validation and the HTTPS redirect.
+
+    App Platform probes each instance over plain HTTP with an internal Host
+    header; the check must pass while the process serves, with no I/O.
+    """
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self.is_async:
@@ -84,7 +88,7 @@ def content_security_policy(nonce: str | None = None) -> str:
     return "; ".join(f"{name} {value}" for name, value in directives.items())
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(_SyncAndAsync):
     """A Content-Security-Policy, and ``Cache-Control: private, no-store``.
 
     Django 5.2 has no CSP middleware (``django.middleware.csp`` arrives in
@@ -93,15 +97,6 @@ class SecurityHeadersMiddleware:
     shared cache or the browser; a view that sets Cache-Control itself
     keeps its own.
     """
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self.is_async:

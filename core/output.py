@@ -90,9 +90,9 @@ class ProcessOutput:
 
     def add(self, gate: OutputGate) -> None:
         self.gates.add(gate)
-        task = self.task
-        if task is None or task.done() or task.get_loop() is not _running_loop():
-            self.task = asyncio.get_running_loop().create_task(self._sample_forever())
+        task, loop = self.task, asyncio.get_running_loop()
+        if task is None or task.done() or task.get_loop() is not loop:
+            self.task = loop.create_task(self._sample_forever())
 
     def discard(self, gate: OutputGate) -> None:
         self.gates.discard(gate)
@@ -133,13 +133,4 @@ class ProcessOutput:
         )
 
 
-def _running_loop() -> asyncio.AbstractEventLoop:
-    return asyncio.get_running_loop()
-
-
 _process = ProcessOutput()
-
-
-def process_output() -> ProcessOutput:
-    """This process's ``ProcessOutput``."""
-    return _process

@@ -88,41 +88,39 @@ def _username_ident(username: str) -> str:
     return hashlib.sha256(username.casefold().encode()).hexdigest()[:32]
 
 
+def _spend(
+    name: str, ident: str, setting: str, who: str, template: str, **words: str
+) -> Refusal | None:
+    """Take a token from bucket (name, ident), sized by the settings
+    ``<setting>_RATE_PER_SECOND`` and ``<setting>_BURST``; None if allowed."""
+    wait = limits.take(
+        name,
+        ident,
+        getattr(settings, f"{setting}_RATE_PER_SECOND"),
+        getattr(settings, f"{setting}_BURST"),
+    )
+    return _refused(name, who, wait, template, **words) if wait else None
+
+
 def check_attempt(request: HttpRequest) -> Refusal | None:
     """Count one sign-in attempt of the client's address; None if allowed."""
     address = clientaddr.from_request(request)
-    wait = limits.take(
-        "credentials.address",
-        address,
-        settings.CREDENTIAL_ADDRESS_RATE_PER_SECOND,
-        settings.CREDENTIAL_ADDRESS_BURST,
-    )
-    if wait:
-        return _refused("credentials.address", address, wait, TOO_MANY_ATTEMPTS)
-    return None
+    return _spend(
+        "credentials.address", address, "CREDENTIAL_ADDRESS", address,
+        TOO_MANY_ATTEMPTS,
+    )  # fmt: skip
 
 
 def check_password_check(request: HttpRequest, username: str) -> Refusal | None:
     """Count one password check of ``username``; None if it may run."""
     user = _username_ident(username)
     address = clientaddr.from_request(request)
-    wait = limits.take(
-        "credentials.user_address",
-        f"{user}:{address}",
-        settings.CREDENTIAL_USER_ADDRESS_RATE_PER_SECOND,
-        settings.CREDENTIAL_USER_ADDRESS_BURST,
-    )
-    if wait:
-        return _refused("credentials.user_address", address, wait, TOO_MANY_ATTEMPTS)
-    wait = limits.take(
-        "credentials.user",
-        user,
-        settings.CREDENTIAL_USER_RATE_PER_SECOND,
-        settings.CREDENTIAL_USER_BURST,
-    )
-    if wait:
-        return _refused("credentials.user", address, wait, TOO_MANY_ATTEMPTS)
-    return None
+    return _spend(
+        "credentials.user_address", f"{user}:{address}", "CREDENTIAL_USER_ADDRESS",
+        address, TOO_MANY_ATTEMPTS,
+    ) or _spend(
+        "credentials.user", user, "CREDENTIAL_USER", address, TOO_MANY_ATTEMPTS
+    )  # fmt: skip
 
 
 def check_sign_in(request: HttpRequest, username: str) -> Refusal | None:
@@ -133,15 +131,9 @@ def check_sign_in(request: HttpRequest, username: str) -> Refusal | None:
 def check_new_account(request: HttpRequest) -> Refusal | None:
     """Count one account created from the client's address."""
     address = clientaddr.from_request(request)
-    wait = limits.take(
-        "signup.address",
-        address,
-        settings.SIGNUP_ADDRESS_RATE_PER_SECOND,
-        settings.SIGNUP_ADDRESS_BURST,
+    return _spend(
+        "signup.address", address, "SIGNUP_ADDRESS", address, TOO_MANY_SIGNUPS
     )
-    if wait:
-        return _refused("signup.address", address, wait, TOO_MANY_SIGNUPS)
-    return None
 
 
 # --- writes per user -----------------------------------------------------------
@@ -155,16 +147,10 @@ WRITES = {
 
 def check_write(name: str, user: AbstractBaseUser) -> Refusal | None:
     """Count one write ``name`` (a key of ``WRITES``) by ``user``."""
-    prefix, what = WRITES[name]
-    wait = limits.take(
-        name,
-        str(user.pk),
-        getattr(settings, f"{prefix}_RATE_PER_SECOND"),
-        getattr(settings, f"{prefix}_BURST"),
+    setting, what = WRITES[name]
+    return _spend(
+        name, str(user.pk), setting, f"user {user.pk}", TOO_MANY_WRITES, what=what
     )
-    if wait:
-        return _refused(name, f"user {user.pk}", wait, TOO_MANY_WRITES, what=what)
-    return None
 
 
 # --- password hashing ------------------------------------------------------------

@@ -102,6 +102,12 @@ def throwaway_redis() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the module's own, for modules that stop and restart it."""
+    yield from throwaway_redis()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """The Redis most modules share; tests that stop Redis start their own."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -25,19 +24,12 @@ from tests.integration.conftest import (
     ahttp_json,
     create_room,
     report,
-    throwaway_redis,
     unique_slug,
     wait_for_readyz,
 )
 from tests.support.services import AppProcess, RedisServer, manage
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[RedisServer]:
-    """This module stops and restarts its Redis."""
-    yield from throwaway_redis()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ open connections hold across instances.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,19 +17,12 @@ from tests.integration.conftest import (
     ahttp_json,
     create_room,
     handshake_status,
-    throwaway_redis,
     unique_slug,
     wait_for_readyz,
 )
 from tests.support.services import AppProcess, RedisServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[RedisServer]:
-    """This module stops and restarts its Redis."""
-    yield from throwaway_redis()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,24 @@ from channels.testing import WebsocketCommunicator
 from rest_framework.authtoken.models import Token
 
 from backend.asgi import application
+from tests.factories import RoomFactory, UserFactory
+
+# --- the usual room and users (async tests) ------------------------------------
+
+
+@pytest.fixture
+async def lobby() -> Any:
+    return await database_sync_to_async(RoomFactory)(slug="lobby", name="Lobby")
+
+
+@pytest.fixture
+async def alice() -> Any:
+    return await database_sync_to_async(UserFactory)(username="alice")
+
+
+@pytest.fixture
+async def bob() -> Any:
+    return await database_sync_to_async(UserFactory)(username="bob")
 
 
 def ws_path(slug: str, query: str = "") -> str:

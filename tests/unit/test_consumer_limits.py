@@ -27,21 +27,6 @@ from tests.unit.conftest import connected, receive_until, send_json, token_for, 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-async def lobby():
-    return await database_sync_to_async(RoomFactory)(slug="lobby", name="Lobby")
-
-
-@pytest.fixture
-async def alice():
-    return await database_sync_to_async(UserFactory)(username="alice")
-
-
-@pytest.fixture
-async def bob():
-    return await database_sync_to_async(UserFactory)(username="bob")
-
-
 async def refused_by_limit(slug, token=None, client=("203.0.113.7", 5000)):
     """Connect; expect the limit refusal and return its error frame."""
     headers = [(b"authorization", f"Token {token}".encode())] if token else []

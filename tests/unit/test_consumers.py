@@ -18,7 +18,7 @@ from core import services
 from core.fanout import get_hub
 from core.models import Membership, Message, Room
 from core.presence import RoomRef, get_presence
-from tests.factories import RoomFactory, UserFactory, private_room
+from tests.factories import RoomFactory, private_room
 from tests.unit.conftest import (
     connected,
     receive_until,
@@ -41,21 +41,6 @@ SERVER_FRAME_TYPES = {
     "pong",
     "error",
 }
-
-
-@pytest.fixture
-async def lobby():
-    return await database_sync_to_async(RoomFactory)(slug="lobby", name="Lobby")
-
-
-@pytest.fixture
-async def alice():
-    return await database_sync_to_async(UserFactory)(username="alice")
-
-
-@pytest.fixture
-async def bob():
-    return await database_sync_to_async(UserFactory)(username="bob")
 
 
 @database_sync_to_async
