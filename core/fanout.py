@@ -11,10 +11,11 @@ the process decodes every event once per connection and Channels
 dispatches each copy through a thread hop (and channels_redis' list-based
 layer stores a copy per connection in Redis).
 
-The hub also survives a Redis outage by itself: it probes its own
-subscription, and when events may have been lost (a probe or a receive
-failed), it re-joins its groups once Redis answers and asks every local
-connection to catch up from the database on what it may have missed.
+The hub also survives a Redis outage by itself: it hears its subscription
+reconnect and probes it, and when events may have been lost (a reconnect,
+or a probe or a receive failed), it re-joins its groups once Redis answers
+and asks every local connection to re-check its access and catch up from
+the database on what it may have missed.
 """
 
 import asyncio
@@ -26,10 +27,10 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
-from core import backpressure
+from core import backpressure, layer_watch
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Hub:
         async with self.lock:
             if self.channel is None:
                 self.channel = await _twice(self.layer.new_channel, "hub.")
+                self._watch_reconnects()
             if not self.members[group]:
                 await _twice(self.layer.group_add, group, self.channel)
             self.members[group].add(listener)
@@ -134,11 +136,30 @@ class Hub:
                 self.tasks = []
                 self.channel = None
 
+    def _watch_reconnects(self) -> None:
+        # The probes notice an outage only if it spans one; a reconnect of
+        # the subscription is the outage itself, however short.
+        if not layer_watch.on_reconnect(
+            self.layer, self.channel, self._layer_reconnected
+        ) and not isinstance(self.layer, InMemoryChannelLayer):
+            logger.warning(
+                "cannot watch %s's reconnects; outages shorter than %.1f s "
+                "are noticed by the periodic access re-check only",
+                self.layer.__class__.__name__,
+                settings.HUB_PROBE_SECONDS,
+            )
+
+    def _layer_reconnected(self, connection: object) -> None:
+        self._events_may_be_lost("the channel layer's subscription reconnected")
+
     def _events_may_be_lost(self, reason: str) -> None:
         """Note a gap in live events: the prober catches everyone up."""
+        # Every sign of loss moves the epoch, even within a gap already
+        # noticed: an access check read before it may predate a lost
+        # revocation.
+        self.epoch += 1
         if self.lost_after_probe is None:
             self.gaps += 1
-            self.epoch += 1
             logger.warning(
                 "live events may have been lost (%s); clients catch up once "
                 "the channel layer delivers again (gap %d)",
@@ -184,13 +205,15 @@ class Hub:
         channels_redis' pub/sub layer reconnects and subscribes again by
         itself, silently (its on_disconnect/on_reconnect hooks are no longer
         called: channels_redis issue 406), and what was published meanwhile
-        is gone. So the hub sends its own channel a numbered probe every
-        HUB_PROBE_SECONDS. Events may have been lost when a probe cannot be
-        sent, when one is skipped, when none has come back for
-        HUB_PROBE_TIMEOUT_SECONDS, or when a receive fails. Once a probe sent
-        after that comes back, the hub re-joins its groups (a restarted
-        Redis has forgotten them on the list-based layer) and asks every
-        local connection to catch up from the database.
+        is gone. The hub hears those reconnects (``_watch_reconnects``); a
+        subscription that stays connected but stops delivering, or a layer
+        it cannot watch, shows in the probes: the hub sends its own channel
+        a numbered probe every HUB_PROBE_SECONDS. Events may have been lost
+        when a probe cannot be sent, when one is skipped, when none has come
+        back for HUB_PROBE_TIMEOUT_SECONDS, or when a receive fails. Once a
+        probe sent after that comes back, the hub re-joins its groups (a
+        restarted Redis has forgotten them on the list-based layer) and asks
+        every local connection to catch up from the database.
         """
         interval = settings.HUB_PROBE_SECONDS
         while True:
