@@ -1,7 +1,8 @@
 """ASGI entry point: ``daphne -b 0.0.0.0 -p 8080 backend.asgi:application``.
 
-HTTP goes to Django; WebSockets go through the origin policy, then the
-session/token auth stack, then the URL router.
+HTTP goes to Django; WebSockets go through admission control (a bound on
+handshakes in progress), the origin policy, then the session/token auth
+stack, then the URL router.
 """
 
 import gc
@@ -23,6 +24,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from core import daphne_fix, routing  # noqa: E402
+from core.admission import AdmissionMiddleware  # noqa: E402
 from core.auth import OriginPolicyMiddleware, TokenAuthMiddlewareStack  # noqa: E402
 
 daphne_fix.apply()  # shutdown closes every socket with 4012 (Daphne 4.2.3 bug)
@@ -30,8 +32,10 @@ daphne_fix.apply()  # shutdown closes every socket with 4012 (Daphne 4.2.3 bug)
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": OriginPolicyMiddleware(
-            TokenAuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))
+        "websocket": AdmissionMiddleware(
+            OriginPolicyMiddleware(
+                TokenAuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))
+            )
         ),
     }
 )

@@ -311,6 +311,19 @@ HANDSHAKE_BURST_PER_ADDRESS = env_int(
 )
 # A refused connection is told to retry after about this long.
 CONNECTION_RETRY_SECONDS = 10.0
+# Admission control (core.admission): handshakes in progress per process;
+# past it a handshake is closed at once with 4503 and a retry hint. One not
+# accepted within the deadline is cancelled the same way (Daphne drops it at
+# 5 s). A process shutting down tells its clients to spread their reconnects
+# over (its connections / SHUTDOWN_RECONNECTS_PER_SECOND) seconds: set it to
+# the handshakes per second the rest of the fleet absorbs (docs/deploy.md).
+HANDSHAKE_CONCURRENCY = env_int("SWITCHBOARD_HANDSHAKE_CONCURRENCY", 64, minimum=1)
+HANDSHAKE_DEADLINE_SECONDS = env_float(
+    "SWITCHBOARD_HANDSHAKE_DEADLINE_SECONDS", 4.0, minimum=0.5
+)
+SHUTDOWN_RECONNECTS_PER_SECOND = env_float(
+    "SWITCHBOARD_SHUTDOWN_RECONNECTS_PER_SECOND", 400.0, minimum=1
+)
 # Every open connection's access is read again this often (docs/security.md).
 ACCESS_RECHECK_SECONDS = env_float(
     "SWITCHBOARD_ACCESS_RECHECK_SECONDS", 30.0, minimum=0.5

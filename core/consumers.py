@@ -8,6 +8,7 @@ channel-layer channel of the connection's own.
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from core import backpressure, clientaddr, limits, logs, protocol, services
+from core import admission, backpressure, clientaddr, limits, logs, protocol, services
 from core.backpressure import TOO_FULL, WRITTEN
 from core.fanout import Encoded, get_hub
 from core.models import Room
@@ -38,6 +39,8 @@ CLOSE_SHUTDOWN = 4012
 CLOSE_ACCESS_REVOKED = 4403
 CLOSE_TOO_MANY = 4429
 SHUTDOWN_CLEANUP_SECONDS = 2.0
+SHUTDOWN_WINDOW_MIN_SECONDS = 1.0
+SHUTDOWN_WINDOW_MAX_SECONDS = 60.0
 # A client closed as too slow gets this long to read up to the close frame
 # before its connection is cut.
 TOO_SLOW_GRACE_SECONDS = 5.0
@@ -52,6 +55,17 @@ def _exceeds_bytes(text: str, limit: int) -> bool:
     if len(text) * 4 <= limit:
         return False
     return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """What an accepted handshake read, for its welcome and replay."""
+
+    last_seq: int
+    after: int | None
+    after_error: ProtocolError | None
+    first_page: list[protocol.MessageFrame]
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +98,16 @@ class _ProcessConnections:
 def open_connections() -> int:
     """How many connections this process holds open."""
     return _ProcessConnections.count
+
+
+@functools.cache
+def shutdown_reason() -> str:
+    """The 4012 close reason: over how long clients should spread their
+    reconnects, sized once, at shutdown, to the crowd this process sends
+    to the rest of the fleet (docs/protocol.md, section 8)."""
+    window = open_connections() / settings.SHUTDOWN_RECONNECTS_PER_SECOND
+    window = min(max(window, SHUTDOWN_WINDOW_MIN_SECONDS), SHUTDOWN_WINDOW_MAX_SECONDS)
+    return f"retry_window_ms={math.ceil(window * 1000)}"
 
 
 class RoomConsumer(AsyncWebsocketConsumer):
@@ -147,6 +171,17 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         """Admit or refuse the handshake, then welcome, replay and presence."""
+        ticket = self.scope.get(admission.SCOPE_KEY)
+        try:
+            accepted = await self._open()
+            if accepted is not None and not self.closing:
+                await self._greet(accepted)
+        finally:
+            if ticket is not None:
+                ticket.release(completed=True)
+
+    async def _open(self) -> "_Accepted | None":
+        """Admit the handshake, read the room and access, accept or refuse."""
         self.slug = self.scope["url_route"]["kwargs"]["slug"]
         self.user = self.scope["user"]
         self.username = self.user.get_username() if self.user.is_authenticated else None
@@ -158,7 +193,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         refusal = await self._admit()
         if refusal is not None:
             await self._refuse(refusal)
-            return
+            return None
         # Join the user's group before reading access, and the room's before
         # reading its last_seq and the replay, so that neither a revocation
         # nor a message committed after those reads can be missed. The room's
@@ -198,10 +233,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if opened is None or self.closing:
             await self._leave()
             await self.close()  # before accept: HTTP 403, unknown or private alike
-            return
+            return None
         room = self.room = opened.room
         self.grant = self._grant(room)
-        last_seq, first_page, more = room.last_seq, opened.page, opened.more
 
         self.write_buffer = backpressure.locate(
             self.base_send, settings.OUTPUT_BUFFER_BYTES
@@ -209,16 +243,21 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.gate = OutputGate(self.write_buffer, self._too_slow)
         await self.accept()
         self.accepted = True
+        return _Accepted(room.last_seq, after, after_error, opened.page, opened.more)
+
+    async def _greet(self, accepted: "_Accepted") -> None:
+        """Welcome, replay, then presence, once accepted."""
+        room = self.room
         get_warden().watch(self)
         await self.send_frame(
             protocol.welcome_frame(
-                room=self.slug, user=self.username, last_seq=last_seq
+                room=self.slug, user=self.username, last_seq=accepted.last_seq
             )
         )
-        if after_error is not None:
-            await self.send_frame(protocol.error_frame(after_error))
-        if after is not None:
-            await self._replay(after, first_page, more)
+        if accepted.after_error is not None:
+            await self.send_frame(protocol.error_frame(accepted.after_error))
+        if accepted.after is not None:
+            await self._replay(accepted.after, accepted.first_page, accepted.more)
         await self._release_held()
         if self.closing:
             return
@@ -400,10 +439,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _close_for_shutdown(self) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(SHUTDOWN_CLEANUP_SECONDS):
-                if self.groups_joined and not self.closing:
+                # Before accept, a close would be an HTTP 403; the server (or
+                # core.admission, for a handshake past its deadline) answers.
+                if self.accepted and not self.closing:
                     self.closing = True
                     await self.base_send(
-                        {"type": "websocket.close", "code": CLOSE_SHUTDOWN}
+                        {
+                            "type": "websocket.close",
+                            "code": CLOSE_SHUTDOWN,
+                            "reason": shutdown_reason(),
+                        }
                     )
                 await self._leave()
 

@@ -637,8 +637,11 @@ async def test_logout_closes_that_sessions_sockets_only(lobby, alice):
 
 
 async def test_cancelled_consumer_closes_with_4012_and_leaves_presence(
-    lobby, alice, bob
+    lobby, alice, bob, settings
 ):
+    """A shutdown says 4012, and over how long to spread the reconnects:
+    this process's connections (two) at the rate the fleet absorbs."""
+    settings.SHUTDOWN_RECONNECTS_PER_SECOND = 0.8
     alice_ws = WebsocketCommunicator(
         application,
         ws_path("lobby"),
@@ -652,6 +655,7 @@ async def test_cancelled_consumer_closes_with_4012_and_leaves_presence(
         assert await alice_ws.receive_output(timeout=2) == {
             "type": "websocket.close",
             "code": 4012,
+            "reason": "retry_window_ms=2500",
         }
         update, _ = await receive_until(
             bob_ws, lambda f: f["type"] == "presence" and f["users"] == ["bob"]
