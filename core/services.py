@@ -440,8 +440,8 @@ def open_room(
     room = access.readable_room(user, slug)
     if room is None:
         return None
-    if after is None:
-        return OpenedRoom(room, [], False)
+    if after is None or after >= room.last_seq:
+        return OpenedRoom(room, [], False)  # nothing to replay: no query
     page, more = history(room=room, before=None, after=after, limit=limit)
     return OpenedRoom(room, page, more)
 
