@@ -19,8 +19,15 @@
    open none of it is read again; letting go of it took an idle connection
    from 35.9 to 29.4 KiB (docs/performance.md, "Memory per connection").
 
+3. Close reasons. Daphne passes a ``websocket.close`` message's code to the
+   client but drops its ``reason`` (ASGI spec 2.3), and Switchboard's
+   reasons carry retry hints: ``retry_after_ms`` on 4429 and 4503,
+   ``retry_window_ms`` on 4012 (docs/protocol.md, section 8). A close with a
+   reason is sent by autobahn itself, with the reason.
+
 Remove each once Daphne (or autobahn) ships the fix; both are checked
-against a real Daphne in tests/integration/test_daphne_fix.py.
+against a real Daphne in tests/integration/test_daphne_fix.py (the close
+reasons in tests/integration/test_storm.py).
 """
 
 import asyncio
@@ -55,6 +62,27 @@ def apply() -> None:
     ws = sys.modules.get("daphne.ws_protocol")
     if ws and not getattr(ws.WebSocketProtocol.onOpen, _MARK, False):
         _slim_websockets(ws)
+    if ws and not getattr(ws.WebSocketProtocol.handle_reply, _MARK, False):
+        _close_with_reason(ws)
+
+
+def _close_with_reason(module: Any) -> None:
+    handle_reply = module.WebSocketProtocol.handle_reply
+
+    def handle_reply_with_reason(self: Any, message: dict[str, Any]) -> None:
+        reason = message.get("reason")
+        if (
+            reason
+            and message.get("type") == "websocket.close"
+            and self.state != self.STATE_CONNECTING  # a refusal is an HTTP 403
+        ):
+            code = message.get("code")
+            self.sendClose(code=1000 if code is None else code, reason=reason)
+            return
+        handle_reply(self, message)
+
+    setattr(handle_reply_with_reason, _MARK, True)
+    module.WebSocketProtocol.handle_reply = handle_reply_with_reason
 
 
 def _fix_shutdown(module: Any) -> None:
