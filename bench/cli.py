@@ -8,7 +8,9 @@ from pathlib import Path
 from bench import config, markdown, runner
 from bench.runner import RESULTS_DIR, StackPlan
 
-SCENARIOS = ("fanout", "rooms", "idle", "send", "tradeoffs")
+SCENARIOS = ("fanout", "rooms", "idle", "send", "storm", "tradeoffs")
+# The baselines neither store nor resume: these measure Switchboard alone.
+SWITCHBOARD_ONLY = ("send", "storm", "tradeoffs")
 TARGETS = ("switchboard", "tutorial", "raw")
 SERVERS = ("daphne", "uvicorn", "websockets")
 SERVERS_OF = {
@@ -33,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=SCENARIOS,
-        help="run only this scenario (repeatable; default: all). 'send' is "
+        help="run only this scenario (repeatable; default: all). 'send' and "
+        "'storm' (instance B gets SIGTERM, its clients resume on A) are "
         "Switchboard only; 'tradeoffs' measures permessage-deflate and uvloop "
         "on uvicorn",
     )
@@ -91,11 +94,12 @@ def select(args: argparse.Namespace, p: argparse.ArgumentParser) -> list[StackPl
                 f"--target {target} runs on {' or '.join(SERVERS_OF[target])}, "
                 f"not on {', '.join(servers)}"
             )
-    only_switchboard = {"send", "tradeoffs"}
-    only_switchboard_chosen = args.scenario and set(args.scenario) <= only_switchboard
+    only_switchboard_chosen = args.scenario and set(args.scenario) <= set(
+        SWITCHBOARD_ONLY
+    )
     if only_switchboard_chosen and "switchboard" not in targets:
         p.error(
-            "--scenario send and tradeoffs measure Switchboard only: "
+            "--scenario send, storm and tradeoffs measure Switchboard only: "
             "add --target switchboard"
         )
     base = tuple(s for s in scenarios if s != "tradeoffs")
@@ -105,7 +109,9 @@ def select(args: argparse.Namespace, p: argparse.ArgumentParser) -> list[StackPl
         for server in SERVERS_OF[target]:
             if servers and server not in servers:
                 continue
-            chosen = tuple(s for s in base if s != "send" or target == "switchboard")
+            chosen = tuple(
+                s for s in base if s not in SWITCHBOARD_ONLY or target == "switchboard"
+            )
             stacks.append(
                 StackPlan(
                     target=target,

@@ -37,6 +37,20 @@ SEND_ACK_P99_MS_MAX = 25.0
 SEND_CHECK_RATE = 200
 # "Bounded, not one per room": far fewer Redis connections than rooms.
 REDIS_CONNECTIONS_PER_PROCESS_MAX = 20
+# A deploy (the storm): every mover resumed within 10 s of SIGTERM, and the
+# clients already on A barely notice.
+STORM_RESUME_SECONDS_MAX = 10.0
+STORM_STAYER_P99_MS_MAX = 250.0
+
+# The storm: a deploy SIGTERMs instance B and its clients resume on A.
+STORM_RATE = 2.0  # messages/s into the room for the whole run
+STORM_GIVE_UP_SECONDS = 60.0  # after SIGTERM, unresumed movers are counted
+STORM_AFTER_SECONDS = 2.0  # the storm window runs this long past the last resume
+STORM_DRAIN_SECONDS = 5.0  # for the last messages to reach everyone
+STORM_CURVE_STEP_SECONDS = 0.5  # movers resumed, counted every half second
+# App Platform waits for an instance to exit after SIGTERM; past this the
+# bench kills B and says so.
+STORM_EXIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,10 @@ class Plan:
     send_rates: tuple[int, ...]
     deflate_step: tuple[int, int]
     asyncio_loop_steps: tuple[tuple[int, int], ...]
+    storm_stayers: int
+    storm_movers: int
+    storm_before_seconds: float  # publishing before B gets SIGTERM
+    storm_connect_seconds: float
 
 
 FULL = Plan(
@@ -84,6 +102,10 @@ FULL = Plan(
     send_rates=(50, 100, 200),
     deflate_step=(500, 50),
     asyncio_loop_steps=((500, 50),),
+    storm_stayers=500,
+    storm_movers=2000,
+    storm_before_seconds=3.0,
+    storm_connect_seconds=45.0,
 )
 
 QUICK = Plan(
@@ -105,4 +127,8 @@ QUICK = Plan(
     send_rates=(50, 100),
     deflate_step=(200, 50),
     asyncio_loop_steps=((300, 50),),
+    storm_stayers=100,
+    storm_movers=300,
+    storm_before_seconds=2.0,
+    storm_connect_seconds=30.0,
 )

@@ -124,7 +124,7 @@ def git_state() -> dict[str, str]:
                 timeout=10,
                 check=False,
                 cwd=Path(__file__).resolve().parents[1],
-            ).stdout.strip()
+            ).stdout.rstrip()  # not strip(): porcelain lines start with a space
         except OSError:
             return ""
 

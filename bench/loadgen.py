@@ -6,7 +6,8 @@ It runs apart from the orchestrator so that only its own CPU competes with
 the servers, on uvloop when available, and it owns every client connection.
 Commands (see ``Generator.handle``): ``connect`` a group of connections,
 ``measure`` a schedule of ``send`` frames against them, ``count`` the open
-ones, ``close`` a group, ``quit``. Every command is bounded in time and count;
+ones, ``close`` a group, ``storm_begin`` and ``storm_finish`` (the clients of
+a deploy, ``bench/storm.py``), ``quit``. Every command is bounded in time and count;
 the process exits by itself when stdin closes.
 
 Every message body is JSON ``{"s": step, "k": index, "t": send time, ...}``,
@@ -32,6 +33,7 @@ from typing import Any
 
 from bench import probes
 from bench.stats import latency_summary
+from bench.storm import Storm
 from bench.wsclient import HandshakeFailed, WsClient, open_client
 
 SETTLE_QUIET_SECONDS = 0.5
@@ -88,6 +90,7 @@ class Generator:
         self.groups: dict[str, list[WsClient]] = {}
         self.recorder: Recorder | None = None
         self.last_frame_at = 0.0
+        self.storm: Storm | None = None
 
     # --- frames in ------------------------------------------------------------
 
@@ -175,6 +178,8 @@ class Generator:
             "count": self.count,
             "close": self.close,
             "ping": self.ping,
+            "storm_begin": self.storm_begin,
+            "storm_finish": self.storm_finish,
         }.get(name)
         if handler is None:
             raise ValueError(f"unknown command {name!r}")
@@ -265,6 +270,20 @@ class Generator:
             "group_size": len(members),
             "compressed": sum(client.compressed for _, client in opened),
         }
+
+    async def storm_begin(self, *, step: int, **arguments: Any) -> dict[str, Any]:
+        """Connect a storm's clients and start publishing (``Storm.begin``)."""
+        if self.storm is not None:
+            raise RuntimeError("a storm is already running")
+        self.storm = Storm(rng=random.Random(self.rng.random()), step=step)
+        return await self.storm.begin(**arguments)
+
+    async def storm_finish(self, **arguments: Any) -> dict[str, Any]:
+        """The storm's figures, once it is over (``Storm.finish``)."""
+        if self.storm is None:
+            raise RuntimeError("no storm is running")
+        storm, self.storm = self.storm, None
+        return await storm.finish(**arguments)
 
     async def count(self, *, group: str) -> dict[str, Any]:
         """How many of the group are still open, and the close codes seen."""

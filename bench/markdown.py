@@ -37,6 +37,11 @@ def idle(runs: list[Run]) -> list[str]:
     return _table(headers, rows) if rows else []
 
 
+def storm(runs: list[Run]) -> list[str]:
+    headers, rows = report.storm_cells(runs, markdown=True)
+    return _table(headers, rows) if rows else []
+
+
 def checks(runs: list[Run]) -> list[str]:
     rows = [
         [item["status"], item["target"], _fmt(item["value"], 2), item["goal"]]
@@ -71,6 +76,8 @@ def render(path: Path) -> str:
             parts += [f"#### {scenario}", "", *section]
     if idle(runs):
         parts += ["#### idle", "", *idle(runs)]
+    if storm(runs):
+        parts += ["#### storm", "", *storm(runs)]
     # Ratios and targets are recomputed, so an older file reads the same way.
     parts += ["#### ratios (same run)", "", *ratios(runs)]
     parts += ["#### targets", "", *checks(runs)]

@@ -183,6 +183,46 @@ def tradeoffs(runs: list[Run], directory: Path) -> list[Path]:
     return [_save(fig, directory / "tradeoffs.png")]
 
 
+def storm(runs: list[Run], directory: Path) -> list[Path]:
+    """Movers resumed, and stayers' p99 per second, against time from SIGTERM."""
+    chosen = [r for r in runs if r["scenario"] == "storm"]
+    if not chosen:
+        return []
+    fig, (resumed, latency) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for run in chosen:
+        curve = run["resumed_curve"]
+        resumed.plot(
+            [t for t, _ in curve],
+            [n for _, n in curve],
+            marker=".",
+            label=f"{label(run)} ({run['resumed']:,}/{run['planned_movers']:,})",
+        )
+        buckets = [b for b in run["latency_buckets"] if b[3] is not None]
+        latency.plot(
+            [b[0] + 0.5 for b in buckets],
+            [b[3] for b in buckets],
+            marker=".",
+            label=label(run),
+        )
+    resumed.axvline(config.STORM_RESUME_SECONDS_MAX, color="0.5", linestyle=":",
+                    label="target: all resumed")  # fmt: skip
+    resumed.set_xlabel("seconds after SIGTERM to instance B")
+    resumed.set_ylabel("movers resumed on A")
+    resumed.set_title("movers resumed (welcome and replay in)")
+    latency.axvline(0, color="0.7", linestyle="--", label="SIGTERM")
+    latency.axhline(config.STORM_STAYER_P99_MS_MAX, color="0.5", linestyle=":",
+                    label="p99 target")  # fmt: skip
+    latency.set_yscale("log")
+    latency.set_xlabel("seconds after SIGTERM (by send time, 1 s buckets)")
+    latency.set_ylabel("stayers' p99, ms (log)")
+    latency.set_title("stayers on A: publish -> receive p99")
+    for ax in (resumed, latency):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("storm: a deploy SIGTERMs B; its clients resume on A")
+    return [_save(fig, directory / "storm.png")]
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -197,4 +237,5 @@ def all_plots(runs: list[Run], directory: Path) -> list[Path]:
         + tradeoffs(runs, directory)
         + send(runs, directory)
         + idle(runs, directory)
+        + storm(runs, directory)
     )

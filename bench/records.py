@@ -9,6 +9,8 @@ such figure, plus scenario fields.
 
 from __future__ import annotations
 
+import bisect
+import math
 from typing import Any
 
 from bench import config
@@ -158,3 +160,90 @@ def idle_record(
         "errors": errors,
         "close_codes": close_codes,
     }
+
+
+def storm_record(base: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """A record for the storm: movers resumed, losses, stayers' latency.
+
+    Latency figures are the stayers', for messages sent in the storm window
+    (SIGTERM until every mover resumed, plus ``STORM_AFTER_SECONDS``). CPU is
+    over the same window: ``server_cpu_pct`` is instance A's, and
+    ``other_cpu_pct`` includes B's own shutdown.
+    """
+    latency, before = result["latency"], result["latency_before"]
+    cores = _cpu_rates(result["cpu"])
+    offsets = result["resumed_offsets"]
+    return {
+        **base,
+        **dict.fromkeys(COMMON_KEYS),
+        "subscribers": result["stayers"] + result["movers"],
+        "rate_per_s": config.STORM_RATE,
+        "p50_ms": latency["p50_ms"],
+        "p95_ms": latency["p95_ms"],
+        "p99_ms": latency["p99_ms"],
+        "max_ms": latency["max_ms"],
+        "lost": result["lost_stayers"] + result["lost_movers"],
+        "duplicates": result["duplicates_stayers"] + result["duplicates_movers"],
+        "stayers": result["stayers"],
+        "movers": result["movers"],
+        "resumed": result["resumed"],
+        "all_resumed_seconds": result["all_resumed_seconds"],
+        "half_resumed_seconds": _nth(offsets, result["movers"] / 2),
+        "resumed_curve": resume_curve(offsets, result["window_seconds"]),
+        "give_up_seconds": config.STORM_GIVE_UP_SECONDS,
+        "window_seconds": result["window_seconds"],
+        "published": result["published"],
+        "unacked": result["unacked"],
+        "first_seq": result["first_seq"],
+        "last_seq": result["last_seq"],
+        "lost_stayers": result["lost_stayers"],
+        "lost_movers": result["lost_movers"],
+        "lost_unresumed_movers": result["lost_unresumed_movers"],
+        "duplicates_stayers": result["duplicates_stayers"],
+        "duplicates_movers": result["duplicates_movers"],
+        "handshake_attempts": result["attempts"],
+        "stayer_reconnects": result["stayer_reconnects"],
+        "refusals": result["refusals"],
+        # The retry_after_ms the refusals asked for (before the client's jitter).
+        "refusal_hint_p50_ms": result["refusal_hints"]["p50_ms"],
+        "refusal_hint_max_ms": result["refusal_hints"]["max_ms"],
+        # Daphne 4.2.3 drops close reasons: these backed off with full jitter.
+        "refusals_without_hint": result["refusals_without_hint"],
+        "failures": result["failures"],
+        "b_close_codes": result["b_close_codes"],
+        "b_close_reasons": result["b_close_reasons"],
+        "b_closed_first_s": result["b_closed_first_s"],
+        "b_closed_last_s": result["b_closed_last_s"],
+        "later_closes": result["later_closes"],
+        "before_p50_ms": before["p50_ms"],
+        "before_p99_ms": before["p99_ms"],
+        "latency_buckets": result["latency_buckets"],
+        # The publisher's send -> ack on A, in the same window: the store.
+        "ack_p50_ms": result["ack_latency"]["ack_p50_ms"],
+        "ack_p99_ms": result["ack_latency"]["ack_p99_ms"],
+        "server_cpu_pct": _pct(cores.get("servers")),
+        "redis_cpu_pct": _pct(cores.get("redis")),
+        "database_cpu_pct": _pct(cores.get("database")),
+        "generator_cpu_pct": _pct(cores.get("generator")),
+        "other_cpu_pct": _pct(cores.get("other")),
+        "max_send_lag_ms": result["max_send_lag_ms"],
+        "errors": result["errors"],
+    }
+
+
+def resume_curve(offsets: list[float], until: float) -> list[list[float]]:
+    """``[seconds after SIGTERM, movers resumed by then]`` every half second."""
+    step = config.STORM_CURVE_STEP_SECONDS
+    points = math.ceil(max(until, offsets[-1] if offsets else 0.0) / step)
+    return [
+        [round(i * step, 2), bisect.bisect_right(offsets, i * step)]
+        for i in range(points + 1)
+    ]
+
+
+def _nth(offsets: list[float], count: float) -> float | None:
+    """When the ``count``-th mover resumed; None if fewer did."""
+    index = math.ceil(count) - 1
+    if index < 0 or index >= len(offsets):
+        return None
+    return offsets[index]

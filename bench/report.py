@@ -184,11 +184,65 @@ def idle_table(runs: list[Run]) -> list[str]:
     return ["[idle] (one instance)", *_table(headers, rows), ""]
 
 
+def _codes(counts: dict[str, int]) -> str:
+    """``{"4503": 12, "4429": 1}`` as ``4503:12 4429:1``; ``-`` when empty."""
+    return " ".join(f"{code}:{n}" for code, n in sorted(counts.items())) or "-"
+
+
+def _resumed(run: Run) -> str:
+    return f"{run['resumed']:,}/{run['planned_movers']:,}"
+
+
+def _hints(run: Run) -> str:
+    if run.get("refusal_hint_p50_ms") is None:
+        return "-"
+    return f"{run['refusal_hint_p50_ms']:,.0f}/{run['refusal_hint_max_ms']:,.0f}"
+
+
+def storm_cells(
+    runs: list[Run], *, markdown: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the storm table; empty without storm runs."""
+    chosen = [r for r in runs if r["scenario"] == "storm"]
+    if not chosen:
+        return [], []
+    columns: list[Column] = [
+        ("target/server", "target/server", label),
+        ("stayers", "stayers", lambda r: _fmt(r["stayers"])),
+        ("resumed", "movers resumed", _resumed),
+        ("half s", "half resumed s", lambda r: _fmt(r["half_resumed_seconds"], 2)),
+        ("all s", "all resumed s", lambda r: _fmt(r["all_resumed_seconds"], 2)),
+        ("B closes", "B's close codes", lambda r: _codes(r["b_close_codes"])),
+        ("attempts", "handshakes", lambda r: _fmt(r["handshake_attempts"])),
+        ("refused", "refused", lambda r: _codes(r["refusals"])),
+        ("hint ms", "retry hint p50/max ms", _hints),
+        ("failed", "other failures", lambda r: _fmt(sum(r["failures"].values()))),
+        ("lost", "lost", lambda r: _fmt(r["lost"])),
+        ("dup", "dup", lambda r: _fmt(r["duplicates"])),
+        ("p50 ms", "stayers p50 ms", lambda r: _fmt(r["p50_ms"])),
+        ("p99 ms", "stayers p99 ms", lambda r: _fmt(r["p99_ms"])),
+        ("max ms", "stayers max ms", lambda r: _fmt(r["max_ms"])),
+        ("A cpu %", "A CPU %", lambda r: _fmt(r["server_cpu_pct"], 0)),
+        ("other %", "other CPU %", lambda r: _fmt(r["other_cpu_pct"], 0)),
+    ]
+    headers = [long if markdown else short for short, long, _ in columns]
+    return headers, [[cell(run) for _, _, cell in columns] for run in chosen]
+
+
+def storm_table(runs: list[Run]) -> list[str]:
+    headers, rows = storm_cells(runs)
+    if not rows:
+        return []
+    title = "[storm] (B gets SIGTERM; its movers resume on A; stayers' latency)"
+    return [title, *_table(headers, rows), ""]
+
+
 def tables(runs: list[Run]) -> str:
     lines: list[str] = []
     for scenario in ("fanout", "rooms", "send"):
         lines += delivery_table(runs, scenario)
     lines += idle_table(runs)
+    lines += storm_table(runs)
     return "\n".join(lines)
 
 
@@ -328,6 +382,8 @@ def checks(runs: list[Run]) -> list[dict[str, Any]]:
             _at_most(send and send["ack_p99_ms"], config.SEND_ACK_P99_MS_MAX),
             f"<= {config.SEND_ACK_P99_MS_MAX:g} ms",
         ))  # fmt: skip
+    for server in ("daphne", "uvicorn"):
+        out += _storm_checks(runs, server)
     return out
 
 
@@ -374,6 +430,47 @@ def _rooms_checks(runs: list[Run], server: str) -> list[dict[str, Any]]:
             connections,
             _at_most(connections, config.REDIS_CONNECTIONS_PER_PROCESS_MAX),
             f"<= {config.REDIS_CONNECTIONS_PER_PROCESS_MAX} (not one per room)",
+        ),
+    ]
+
+
+def _storm_checks(runs: list[Run], server: str) -> list[dict[str, Any]]:
+    storm = find(runs, "storm", "switchboard", server)
+    resumed = passed = None
+    if storm is not None:
+        everyone = storm["movers"] >= storm["planned_movers"]
+        seconds = storm["all_resumed_seconds"]
+        passed = bool(everyone and _at_most(seconds, config.STORM_RESUME_SECONDS_MAX))
+        resumed = (
+            seconds
+            if everyone and seconds is not None
+            else f"{_resumed(storm)} in {storm['give_up_seconds']:g} s"
+        )
+    p99 = storm and storm["p99_ms"]
+    return [
+        _check(
+            f"{server} storm: every mover resumed",
+            resumed,
+            passed,
+            f"<= {config.STORM_RESUME_SECONDS_MAX:g} s after SIGTERM",
+        ),
+        _check(
+            f"{server} storm: lost",
+            storm and storm["lost"],
+            None if storm is None else storm["lost"] == 0,
+            "0",
+        ),
+        _check(
+            f"{server} storm: duplicated",
+            storm and storm["duplicates"],
+            None if storm is None else storm["duplicates"] == 0,
+            "0",
+        ),
+        _check(
+            f"{server} storm: stayers' p99 during the storm",
+            p99,
+            _at_most(p99, config.STORM_STAYER_P99_MS_MAX),
+            f"<= {config.STORM_STAYER_P99_MS_MAX:g} ms",
         ),
     ]
 

@@ -3,7 +3,8 @@
 Order: Redis, then PostgreSQL and provisioning (if Switchboard is selected),
 then one stack at a time (two instances + a fresh load generator), each
 running idle first (so its memory figure starts from a fresh process), then
-fanout, rooms and send. Baselines run in the same invocation.
+fanout, rooms, send and storm (which stops instance B and starts it again).
+Baselines run in the same invocation.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ OPEN_FILES_WANTED = 65536
 # Past this, optional trade-off measurements are skipped (with a note) so the
 # full run stays under 15 minutes even when a target connects slowly.
 SOFT_LIMIT_SECONDS = 13 * 60
-SCENARIO_ORDER = ("idle", "fanout", "rooms", "send")
+# storm last: it SIGTERMs instance B (then starts it again).
+SCENARIO_ORDER = ("idle", "fanout", "rooms", "send", "storm")
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ def _scenario(
         return scenarios.run_fanout(session, steps)
     if name == "rooms":
         return scenarios.run_rooms(session)
+    if name == "storm":
+        return scenarios.run_storm(session)
     return scenarios.run_send(session)
 
 
@@ -212,6 +216,15 @@ def _progress(
             say(
                 f"     {run['connections']:,} open, "
                 f"{report._fmt(run['rss_kib_per_conn'])} KiB/conn"
+            )
+            continue
+        if run["scenario"] == "storm":
+            say(
+                f"     {run['resumed']:,} of {run['movers']:,} movers resumed, "
+                f"all in {report._fmt(run['all_resumed_seconds'], 2)} s; "
+                f"lost {run['lost']}, dup {run['duplicates']}, "
+                f"stayers p99 {report._fmt(run['p99_ms'])} ms, "
+                f"refused {report._codes(run['refusals'])}"
             )
             continue
         say(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ import psutil
 from bench import config, environment, profiling
 from bench.config import Plan
 from bench.driver import LoadGenerator
-from bench.records import delivery_record, idle_record
+from bench.records import delivery_record, idle_record, storm_record
 from bench.targets import (
     ROOMS_SLUG,
     Infrastructure,
@@ -28,6 +29,7 @@ from bench.targets import (
     create_room_via_api,
     redis_connections_per_process,
 )
+from tests.support.services import AppProcess, ServiceFailed
 
 
 @dataclass
@@ -381,6 +383,96 @@ def run_send(session: Session) -> list[dict[str, Any]]:
             )
     session.close("send")
     return records
+
+
+# --- storm ----------------------------------------------------------------------
+
+
+def run_storm(session: Session) -> list[dict[str, Any]]:
+    """A deploy: B gets SIGTERM and its clients resume on A (``bench/storm.py``).
+
+    Stayers and a publisher on A, movers on B, one room. B is started again
+    afterwards, so the stack is whole for whatever runs next.
+    """
+    plan = session.plan
+    stack = session.stack
+    began = _begin_storm(session, session.room_path(_room_for(session, "storm")))
+    time.sleep(max(0.0, began["sigterm_at"] - time.monotonic()))
+    instance_b = stack.processes[1]
+    sigterm_at, exit_status, exit_seconds = _terminate(session, instance_b)
+    result = session.gen.call(
+        "storm_finish",
+        timeout=config.STORM_GIVE_UP_SECONDS + config.STORM_DRAIN_SECONDS + 90,
+        sigterm_at=sigterm_at,
+        drain_seconds=config.STORM_DRAIN_SECONDS,
+    )
+    instance_b.start()
+    environment.wait_quiet(stack.pids)
+    base = session.base("storm") | {
+        "planned_stayers": plan.storm_stayers,
+        "planned_movers": plan.storm_movers,
+        "connect_seconds": began["connect_seconds"],
+        "b_exit_status": exit_status,
+        "b_exit_seconds": round(exit_seconds, 2),
+        # Left at the server's default: the bench measures what ships.
+        "handshake_concurrency": os.environ.get(
+            "SWITCHBOARD_HANDSHAKE_CONCURRENCY", "default"
+        ),
+    }
+    return [storm_record(base, result)]
+
+
+def _begin_storm(session: Session, path: str) -> dict[str, Any]:
+    """Connect stayers and the publisher to A, movers to B; start sending."""
+    plan = session.plan
+    stack = session.stack
+    began = session.gen.call(
+        "storm_begin",
+        timeout=plan.storm_connect_seconds + 2 * config.HANDSHAKE_SECONDS + 30,
+        step=next(session.steps),
+        instances=stack.instances,
+        path=path,
+        headers=stack.headers,
+        stayers=plan.storm_stayers,
+        movers=plan.storm_movers,
+        concurrency=config.CONNECT_CONCURRENCY,
+        handshake_seconds=config.HANDSHAKE_SECONDS,
+        budget_seconds=plan.storm_connect_seconds,
+        rate=config.STORM_RATE,
+        before_seconds=plan.storm_before_seconds,
+        give_up_seconds=config.STORM_GIVE_UP_SECONDS,
+        after_seconds=config.STORM_AFTER_SECONDS,
+        # Instance A only: B's CPU is gone with B.
+        pids=stack.pids[:1],
+        redis_pid=session.infra.redis_pid(),
+        db_pid=session.infra.postgres_pid(),
+    )
+    if began["join_errors"]:
+        session.notes.append(
+            f"{stack.label} storm: {began['stayers']} stayers and "
+            f"{began['movers']} movers joined in {began['connect_seconds']:g} s; "
+            f"{began['join_errors']}"
+        )
+    return began
+
+
+def _terminate(
+    session: Session, process: AppProcess
+) -> tuple[float, int | None, float]:
+    """SIGTERM, as a deploy sends it: (when, exit status, seconds to exit).
+
+    An instance that outlives ``STORM_EXIT_SECONDS`` is killed (status None).
+    """
+    sigterm_at = time.monotonic()
+    try:
+        status, seconds = process.terminate(config.STORM_EXIT_SECONDS)
+    except ServiceFailed:
+        session.notes.append(
+            f"{session.stack.label} storm: instance B outlived SIGTERM by "
+            f"{config.STORM_EXIT_SECONDS:g} s and was killed"
+        )
+        return sigterm_at, None, time.monotonic() - sigterm_at
+    return sigterm_at, status, seconds
 
 
 # --- trade-offs -------------------------------------------------------------------

@@ -62,7 +62,7 @@ class WsClient(asyncio.Protocol):
 
     ``opened`` resolves when the server answered 101 (or fails with
     ``HandshakeFailed``); ``done`` resolves when the TCP connection is gone.
-    ``close_code`` is the server's close code, if it sent one.
+    ``close_code`` and ``close_reason`` are the server's, if it sent a close.
     """
 
     def __init__(
@@ -94,6 +94,7 @@ class WsClient(asyncio.Protocol):
         self.fragments: list[bytes] = []
         self.fragment_compressed = False
         self.close_code: int | None = None
+        self.close_reason = ""
         self.frames_in = 0
         self.tag = tag  # whatever the caller keeps per connection
 
@@ -229,6 +230,7 @@ class WsClient(asyncio.Protocol):
         elif opcode == OP_CLOSE:
             if len(payload) >= 2:
                 self.close_code = int.from_bytes(payload[:2], "big")
+                self.close_reason = payload[2:].decode("utf-8", "replace")
             self._write(OP_CLOSE, payload[:2])
             if self.transport is not None:
                 self.transport.close()

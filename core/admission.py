@@ -10,9 +10,9 @@ So each process lets at most ``HANDSHAKE_CONCURRENCY`` handshakes be in
 progress, from the moment the server hands one over until the consumer has
 sent its welcome, replay and presence, or refused it. Past the bound a
 handshake is answered at once, before any database or Redis work: accepted
-and closed with 4503, the reason ``retry_after_ms=<n>``. The hint grows with
-the crowd: the handshakes waiting (in progress, and refused in the last
-second) over the rate this process completes them, so retries arrive about
+and closed with 4503, the reason ``retry_window_ms=<n>``: retry at a random
+moment within the next n ms. The window grows with the crowd: the handshakes
+waiting over the rate this process completes them, so retries arrive about
 as fast as the process admits them. A handshake not accepted within
 ``HANDSHAKE_DEADLINE_SECONDS`` of its arrival is cancelled and answered the
 same way, before the server drops it (Daphne after 5 s) and its work would
@@ -22,9 +22,12 @@ go on for nobody.
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 CLOSE_BUSY = 4503
@@ -36,6 +39,7 @@ RETRY_MAX_SECONDS = 15.0
 # The rate is counted over windows this long.
 WINDOW_SECONDS = 1.0
 
+T = TypeVar("T")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -76,24 +80,40 @@ class Admission:
     def __init__(self) -> None:
         self.in_progress = 0
         self.completed = _Window()
-        self.refused = _Window()
+        # When recent handshakes were refused (within the last window told).
+        self.refused: deque[float] = deque()
+        self.window = RETRY_MIN_SECONDS
 
     def try_enter(self) -> "Ticket | None":
         """A place for one handshake, or None past the bound."""
+        now = time.monotonic()
         if self.in_progress >= settings.HANDSHAKE_CONCURRENCY:
-            self.refused.add()
+            self.refused.append(now)
             return None
         self.in_progress += 1
-        return Ticket(self, time.monotonic() + settings.HANDSHAKE_DEADLINE_SECONDS)
+        return Ticket(self, now + settings.HANDSHAKE_DEADLINE_SECONDS)
 
-    def retry_after(self) -> float:
-        """Seconds a refused client should wait before it tries again."""
+    def retry_window(self) -> float:
+        """Over how many seconds refused clients should spread their retries.
+
+        Long enough for this process to admit everyone waiting: those in
+        progress and those refused within the last window, at the rate it
+        completes handshakes. Then retries arrive about as fast as
+        handshakes are admitted.
+        """
+        now = time.monotonic()
+        refused = self.refused
+        while refused and refused[0] < now - max(self.window, WINDOW_SECONDS):
+            refused.popleft()
         # Before anything completed, assume the slowest rate that still
         # finishes a full house within the deadline.
         floor = settings.HANDSHAKE_CONCURRENCY / settings.HANDSHAKE_DEADLINE_SECONDS
         rate = max(self.completed.per_second(), floor)
-        waiting = self.in_progress + self.refused.per_second()
-        return min(max(waiting / rate, RETRY_MIN_SECONDS), RETRY_MAX_SECONDS)
+        # A client retrying at a random moment of the window comes back
+        # twice per window on average: each was refused about twice.
+        waiting = self.in_progress + len(refused) / 2
+        self.window = min(max(waiting / rate, RETRY_MIN_SECONDS), RETRY_MAX_SECONDS)
+        return self.window
 
 
 class Ticket:
@@ -123,18 +143,38 @@ def get_admission() -> Admission:
     return _admission
 
 
+# Handshakes read the database on threads of their own, so that a crowd of
+# them never queues ahead of the sends of connections already open (the
+# consumers' database thread): stayers keep priority. Two threads of the
+# process's pool (DB_POOL_SIZE).
+_handshake_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="handshake")
+
+
+def handshake_read(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``func`` run on the handshake threads, like database_sync_to_async.
+
+    SQLite (a laptop) keeps the one database thread: it serializes access
+    anyway, and readers on other threads would meet its table locks.
+    """
+    if "sqlite" in settings.DATABASES["default"]["ENGINE"]:
+        return database_sync_to_async(func)
+    return database_sync_to_async(
+        func, thread_sensitive=False, executor=_handshake_threads
+    )
+
+
 def reset_for_tests() -> None:
     """Forget every count (tests)."""
     global _admission
     _admission = Admission()
 
 
-def busy_reason(retry_after: float) -> str:
-    return f"retry_after_ms={math.ceil(retry_after * 1000)}"
+def busy_reason(window: float) -> str:
+    return f"retry_window_ms={math.ceil(window * 1000)}"
 
 
-async def refuse_busy(receive: Receive, send: Send, retry_after: float) -> None:
-    """Accept only to close with 4503 and the retry hint: the cheapest
+async def refuse_busy(receive: Receive, send: Send, window: float) -> None:
+    """Accept only to close with 4503 and the retry window: the cheapest
     answer a client can tell from "no access" (a 403)."""
     message = await receive()
     if message["type"] != "websocket.connect":
@@ -144,7 +184,7 @@ async def refuse_busy(receive: Receive, send: Send, retry_after: float) -> None:
         {
             "type": "websocket.close",
             "code": CLOSE_BUSY,
-            "reason": busy_reason(retry_after),
+            "reason": busy_reason(window),
         }
     )
 
@@ -162,7 +202,7 @@ class AdmissionMiddleware:
         admission = get_admission()
         ticket = admission.try_enter()
         if ticket is None:
-            await refuse_busy(receive, send, admission.retry_after())
+            await refuse_busy(receive, send, admission.retry_window())
             return
         answered = False
         try:
@@ -184,7 +224,7 @@ class AdmissionMiddleware:
                 {
                     "type": "websocket.close",
                     "code": CLOSE_BUSY,
-                    "reason": busy_reason(admission.retry_after()),
+                    "reason": busy_reason(admission.retry_window()),
                 }
             )
         finally:

@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
@@ -20,6 +19,7 @@ from django.http.request import validate_host
 from rest_framework.authtoken.models import Token
 
 from core import logs
+from core.admission import handshake_read
 from core.services import credential_id
 
 logger = logging.getLogger(__name__)
@@ -73,14 +73,16 @@ class OriginPolicyMiddleware:
         await self.app(scope, receive, send)
 
 
-@database_sync_to_async
-def _user_for_token(key: str) -> AbstractBaseUser | None:
+def _read_token_user(key: str) -> AbstractBaseUser | None:
     try:
         # get(), not first(): no ORDER BY to build on every handshake.
         token = Token.objects.select_related("user").get(key=key)
     except Token.DoesNotExist:
         return None
     return token.user if token.user.is_active else None
+
+
+_user_for_token = handshake_read(_read_token_user)
 
 
 class TokenAuthMiddleware(BaseMiddleware):

@@ -214,7 +214,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         known_id = _room_ids.get(self.slug)
         if known_id is not None:
             await self._join(services.room_group(known_id))
-        opened = await database_sync_to_async(services.open_room)(
+        opened = await admission.handshake_read(services.open_room)(
             slug=self.slug, user=self.user, after=after, limit=limit
         )
         if opened is not None and opened.room.pk != known_id:
@@ -222,7 +222,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 await self._leave_group(services.room_group(known_id))
             _remember_room_id(self.slug, opened.room.pk)
             await self._join(services.room_group(opened.room.pk))
-            opened = await database_sync_to_async(services.open_room)(
+            opened = await admission.handshake_read(services.open_room)(
                 slug=self.slug, user=self.user, after=after, limit=limit
             )
             if (

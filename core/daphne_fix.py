@@ -25,7 +25,7 @@
    ``retry_window_ms`` on 4012 (docs/protocol.md, section 8). A close with a
    reason is sent by autobahn itself, with the reason.
 
-Remove each once Daphne (or autobahn) ships the fix; both are checked
+Remove each once Daphne (or autobahn) ships the fix; each is checked
 against a real Daphne in tests/integration/test_daphne_fix.py (the close
 reasons in tests/integration/test_storm.py).
 """

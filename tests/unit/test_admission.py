@@ -8,7 +8,6 @@ import re
 import time
 
 import pytest
-from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from backend.asgi import application
@@ -19,11 +18,11 @@ from tests.unit.conftest import token_for, ws_path
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HINT = re.compile(r"retry_after_ms=(\d+)")
+HINT = re.compile(r"retry_window_ms=(\d+)")
 
 
 async def refused_busy(slug: str, token: str | None = None) -> int:
-    """Connect; expect 4503 with a retry hint; return the hint in ms."""
+    """Connect; expect 4503 with a retry window; return it in ms."""
     headers = [(b"authorization", f"Token {token}".encode())] if token else []
     communicator = WebsocketCommunicator(application, ws_path(slug), headers)
     try:
@@ -73,19 +72,19 @@ async def test_the_hint_grows_with_the_crowd_and_stays_bounded(settings):
     for _ in range(3):
         for _ in range(5):
             assert gate.try_enter() is None
-        hints.append(gate.retry_after())
+        hints.append(gate.retry_window())
     assert hints == sorted(hints), hints
     assert hints[0] < hints[-1], hints
     for _ in range(500):
         gate.try_enter()
-    assert gate.retry_after() == admission.RETRY_MAX_SECONDS
+    assert gate.retry_window() == admission.RETRY_MAX_SECONDS
 
 
 async def test_a_handshake_past_its_deadline_is_cancelled_and_undone(
     lobby, alice, settings, monkeypatch
 ):
-    """The database thread is busy (a slow query ahead of the handshake's
-    reads): at its deadline the handshake is answered with 4503, its queued
+    """The handshakes' database threads are busy (slow queries ahead of the
+    handshake's reads): at its deadline the handshake is answered with 4503, its queued
     reads never run, and nothing stays counted or joined."""
     settings.HANDSHAKE_DEADLINE_SECONDS = 0.5
     token = await token_for(alice)
@@ -97,13 +96,15 @@ async def test_a_handshake_past_its_deadline_is_cancelled_and_undone(
         return open_room(**kwargs)
 
     monkeypatch.setattr(services, "open_room", recorded_open_room)
-    slow_query = asyncio.create_task(database_sync_to_async(time.sleep)(2.0))
-    await asyncio.sleep(0)  # the slow query takes the database thread first
+    slow_queries = [
+        asyncio.create_task(admission.handshake_read(time.sleep)(2.0)) for _ in "ab"
+    ]
+    await asyncio.sleep(0)  # slow queries take both handshake threads first
     started = time.monotonic()
     hint = await refused_busy("lobby", token)
     assert time.monotonic() - started < 1.5, "answered at the deadline"
     assert hint > 0
-    await slow_query
+    await asyncio.gather(*slow_queries)
     assert rooms_read == [], "the handshake's queued reads were cancelled"
     assert consumers.open_connections() == 0
     assert admission.get_admission().in_progress == 0

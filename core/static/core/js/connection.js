@@ -1,4 +1,4 @@
-// One room's WebSocket, kept alive: reconnects with jittered exponential
+// One room's WebSocket, kept alive: reconnects with full-jitter exponential
 // backoff, notices a dead link with ping/pong, and gives up only when the
 // server says access is gone (close code 4403) or the room has become
 // unreadable (checked over HTTP after refused handshakes).
@@ -7,6 +7,13 @@ export const CLOSE_ACCESS_REVOKED = 4403;
 // A limit refused the connection (too many connections or handshakes); the
 // close reason says when to come back: "retry_after_ms=<n>".
 export const CLOSE_TOO_MANY = 4429;
+// The server is busy admitting other handshakes (a reconnect storm); the
+// reason says within how long to come back: "retry_window_ms=<n>".
+export const CLOSE_BUSY = 4503;
+// The server is shutting down (a deploy); the reason says over how long its
+// clients should spread their reconnects: "retry_window_ms=<n>".
+export const CLOSE_SHUTDOWN = 4012;
+const SHUTDOWN_WINDOW_DEFAULT_MS = 5_000;
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 10_000;
@@ -17,16 +24,39 @@ const HEARTBEAT_MS = 25_000;
 const PROBE_AFTER_FAILURES = 2;
 const PROBE_EVERY_FAILURES = 4;
 
-/** The server's retry hint in a 4429 close reason, in ms, or null. */
-export function retryHint(reason) {
-  const match = /^retry_after_ms=(\d{1,9})$/.exec(reason || "");
+/** A close reason's ``<name>=<n>`` hint (a number of ms), or null. */
+export function retryHint(reason, name = "retry_after_ms") {
+  const match = new RegExp(`^${name}=(\\d{1,9})$`).exec(reason || "");
   return match ? Number(match[1]) : null;
 }
 
-/** Delay before reconnect attempt ``attempt`` (0-based): "equal jitter". */
+/** Delay before reconnect attempt ``attempt`` (0-based): "full jitter",
+ * anywhere from 0 to the exponential ceiling, so a crowd spreads out. */
 export function backoffDelay(attempt) {
   const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
-  return ceiling / 2 + Math.random() * (ceiling / 2);
+  return Math.random() * ceiling;
+}
+
+/** How long to wait after a close with ``code`` and ``reason`` before
+ * attempt ``attempt``: the server's hint where it gives one. */
+export function reconnectDelay(code, reason, attempt) {
+  if (code === CLOSE_TOO_MANY) {
+    // Stay away at least as long as asked, spread by up to as long again.
+    const hint = retryHint(reason);
+    if (hint !== null) return hint * (1 + Math.random());
+  }
+  if (code === CLOSE_BUSY) {
+    // A random moment within the window the busy server names.
+    const window = retryHint(reason, "retry_window_ms");
+    if (window !== null) return Math.random() * window;
+  }
+  if ((code === CLOSE_SHUTDOWN || code === 1012) && attempt === 0) {
+    // Every client of the instance is told at once: a random share of the
+    // window, not all at the same moment.
+    const window = retryHint(reason, "retry_window_ms") ?? SHUTDOWN_WINDOW_DEFAULT_MS;
+    return Math.random() * window;
+  }
+  return backoffDelay(attempt);
 }
 
 export class RoomConnection {
@@ -146,10 +176,9 @@ export class RoomConnection {
     }
     // 1006 (link lost), 1012 and 4012 (server restarting or draining) and
     // anything else: try again, later each time, never in lockstep. A limit
-    // (4429) says how long to stay away: at least that, spread by half.
-    let delayMs = backoffDelay(this.attempt);
-    const hint = code === CLOSE_TOO_MANY ? retryHint(reason) : null;
-    if (hint !== null) delayMs = Math.max(delayMs, hint * (1 + Math.random() / 2));
+    // (4429) or a busy server (4503) says how long to stay away; a shutdown
+    // (4012) over how long to spread the first try.
+    const delayMs = reconnectDelay(code, reason, this.attempt);
     this.attempt += 1;
     this.retryTimer = setTimeout(() => this.start(), delayMs);
     this.onDrop({ code, delayMs });
