@@ -189,6 +189,26 @@ async def refuse_busy(receive: Receive, send: Send, window: float) -> None:
     )
 
 
+class _AnswerWatch:
+    """The handshake's ``send``: the first answer (accept or close) ends
+    its deadline. Shaped like Channels' session wrapper (``real_send``), so
+    core.backpressure still finds the server's socket behind it."""
+
+    __slots__ = ("answered", "budget", "real_send")
+
+    def __init__(self, real_send: Send) -> None:
+        self.real_send = real_send
+        self.budget: asyncio.Timeout | None = None
+        self.answered = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self.answered and message["type"] in ANSWERS:
+            self.answered = True
+            if self.budget is not None:
+                self.budget.reschedule(None)  # the deadline is met
+        await self.real_send(message)
+
+
 class AdmissionMiddleware:
     """Outermost for WebSockets: a handshake past the bound costs nothing
     more than its refusal (no session, token or room read), and one past
@@ -204,20 +224,13 @@ class AdmissionMiddleware:
         if ticket is None:
             await refuse_busy(receive, send, admission.retry_window())
             return
-        answered = False
+        watch = _AnswerWatch(send)
         try:
             async with asyncio.timeout(ticket.deadline - time.monotonic()) as budget:
-
-                async def send_answer(message: dict[str, Any]) -> None:
-                    nonlocal answered
-                    if not answered and message["type"] in ANSWERS:
-                        answered = True
-                        budget.reschedule(None)  # the deadline is met
-                    await send(message)
-
-                await self.app({**scope, SCOPE_KEY: ticket}, receive, send_answer)
+                watch.budget = budget
+                await self.app({**scope, SCOPE_KEY: ticket}, receive, watch.send)
         except TimeoutError:
-            if answered:
+            if watch.answered:
                 raise  # not the deadline's: it was off once answered
             await send({"type": "websocket.accept"})
             await send(

@@ -11,7 +11,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from backend.asgi import application
-from core import admission, consumers, services
+from core import admission, backpressure, consumers, services
 from core.fanout import get_hub
 from core.presence import RoomRef, get_presence
 from tests.unit.conftest import token_for, ws_path
@@ -112,3 +112,14 @@ async def test_a_handshake_past_its_deadline_is_cancelled_and_undone(
     presence = await get_presence().frame(RoomRef(lobby.pk, "lobby"))
     assert presence["users"] == []
     assert presence["anonymous"] == 0
+
+
+def test_the_output_gate_still_finds_the_socket_behind_admission():
+    """The admission wrapper around ``send`` must not hide the server's
+    socket from core.backpressure (the output gate and direct writes)."""
+
+    async def server_send(message):
+        return None
+
+    wrapped = admission._AnswerWatch(server_send).send
+    assert backpressure._unwrap(wrapped) is server_send
