@@ -12,12 +12,14 @@
    ``kill_all_applications`` is replaced by the same code using ``.get()``
    and ``return_exceptions=True``.
 
-2. Memory per WebSocket. An open WebSocket keeps, for as long as it lives,
+2. Memory and CPU per WebSocket. An open WebSocket keeps, for as long as it lives,
    the HTTP request it was upgraded from (Twisted's channel stays registered
    as the transport's producer), autobahn's copies of the opening handshake,
    and its own copy of the factory's 29 protocol options. Once the socket is
    open none of it is read again; letting go of it took an idle connection
    from 35.9 to 29.4 KiB (docs/performance.md, "Memory per connection").
+   And autobahn pretty-prints its options for a debug log line on every
+   connection, whether or not it is logged; that waits until it is.
 
 3. Close reasons. Daphne passes a ``websocket.close`` message's code to the
    client but drops its ``reason`` (ASGI spec 2.3), and Switchboard's
@@ -32,6 +34,7 @@ reasons in tests/integration/test_storm.py).
 
 import asyncio
 import logging
+import pprint
 import sys
 from typing import Any
 
@@ -136,6 +139,32 @@ def _slim_websockets(module: Any) -> None:
     setattr(onOpen, _MARK, True)
     module.WebSocketFactory.buildProtocol = buildProtocol
     module.WebSocketProtocol.onOpen = onOpen
+    _lazy_option_dump(sys.modules.get("autobahn.websocket.protocol"))
+
+
+class _LazyPformat:
+    """``pprint.pformat(obj)``, computed only if a log line is written."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.obj)
+
+    __repr__ = __str__
+
+
+def _lazy_option_dump(autobahn: Any) -> None:
+    # autobahn pretty-prints its 29 options for a debug line on every new
+    # connection, logged or not: 3 % of a handshake's CPU, paid in a storm.
+    if autobahn is None or getattr(autobahn, "pformat", None) is not pprint.pformat:
+        return
+    timings = getattr(autobahn, "Timings", None)
+    if timings is not None:  # its __str__ must return a str
+        timings.__str__ = lambda self: pprint.pformat(self._timings)
+    autobahn.pformat = _LazyPformat
 
 
 def _protocol_with_options(base: type, options: tuple[Any, ...]) -> type:
