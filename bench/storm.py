@@ -34,7 +34,7 @@ from bench.wsclient import HandshakeFailed, WsClient, open_client
 
 INSTANCE_A, INSTANCE_B = 0, 1
 # W, the shutdown's retry window, when the close reason names none.
-DEFAULT_RETRY_WINDOW_SECONDS = 1.0
+DEFAULT_RETRY_WINDOW_SECONDS = 5.0  # a shutdown without a window (uvicorn: 1012)
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 5.0
 REFUSAL_CODES = (4503, 4429)  # server busy, a limit: both say when to retry
