@@ -183,3 +183,41 @@ def test_a_connection_limit_refusal_is_retried_after_its_hint(
     # Without the hint the first retry would come within 0.5 s. (Playwright
     # runs these callbacks when it next hears from the browser, hence 0.9.)
     assert opened_at[1] - refused_at[0] >= 0.9 * hint_ms / 1000, opened_at
+
+
+# What the page's own reconnect code (connection.js) waits after each close,
+# sampled 400 times in the browser. Each bound below fails by chance with a
+# probability under 1e-30 (a uniform draw 400 times in a row on one side).
+RECONNECT_DELAYS = """async () => {
+  const script = document.querySelector('script[type="module"]');
+  const m = await import(new URL("connection.js", script.src));
+  const sample = (f) => Array.from({ length: 400 }, f);
+  return {
+    busy: sample(() => m.reconnectDelay(4503, "retry_window_ms=3000", 5)),
+    shutdown: sample(() => m.reconnectDelay(4012, "retry_window_ms=20000", 0)),
+    bare: sample(() => m.reconnectDelay(1012, "", 0)),
+    limit: sample(() => m.reconnectDelay(4429, "retry_after_ms=3000", 0)),
+    lost: sample(() => m.reconnectDelay(1006, "", 3)),
+  };
+}"""
+
+
+def test_reconnects_follow_the_servers_windows_with_full_jitter(
+    deployment: Deployment, browsing: Browsing, slug: str
+) -> None:
+    """4503: anywhere within its window, whatever the attempt; 4012: a share
+    of its window for the first try (5 s without one); 4429: at least its
+    hint; anything else: full jitter, 0 up to the backoff ceiling."""
+    deployment.create_room(slug)
+    room = browsing.open_room(deployment.url(0), slug, user="alice")
+    room.wait_open()
+    delays = room.page.evaluate(RECONNECT_DELAYS)
+    assert 0 <= min(delays["busy"]) < 500
+    assert 2500 < max(delays["busy"]) <= 3000
+    assert min(delays["shutdown"]) < 3000
+    assert 17_000 < max(delays["shutdown"]) <= 20_000
+    assert 4000 < max(delays["bare"]) <= 5000
+    assert min(delays["limit"]) >= 3000
+    assert max(delays["limit"]) <= 6000
+    assert min(delays["lost"]) < 500, "full jitter starts at 0"
+    assert 3500 < max(delays["lost"]) <= 4000

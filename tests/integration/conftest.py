@@ -772,12 +772,13 @@ class Clients:
         self, app: AppProcess, slug: str, *, token: str | None = None
     ) -> Frame:
         """Connect where a limit refuses: the error frame, with the close code
-        under ``close_code``."""
+        and reason under ``close_code`` and ``close_reason``."""
         client = WsClient(app, slug, token=token, name="refused")
         self.all.append(client)
         await client.connect()
         error = await client.wait_for_frame(is_type("error"), what="the refusal")
-        return {**error, "close_code": await client.wait_closed()}
+        code = await client.wait_closed()
+        return {**error, "close_code": code, "close_reason": client.ws.close_reason}
 
     async def resume(
         self, app: AppProcess, old: WsClient, *, name: str | None = None

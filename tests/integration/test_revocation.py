@@ -174,6 +174,8 @@ async def test_the_connection_limit_per_user_spans_instances(
     refused = await clients.open_refused(b, slug, token=token)
     assert refused["code"] == "too_many_connections"
     assert refused["close_code"] == 4429
+    # The hint reaches the client through a real Daphne, in the close reason.
+    assert refused["close_reason"] == f"retry_after_ms={refused['retry_after_ms']}"
     await opened[0].close()
     # The slot is free on every instance once the connection has gone.
     await clients.open(b, slug, token=token, name="tab3@b")
