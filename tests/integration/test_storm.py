@@ -21,7 +21,7 @@ from collections import Counter
 
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.integration.conftest import (
     Clients,
@@ -60,7 +60,9 @@ class Mover:
         self.greeted.clear()
         try:
             ws = await websockets.connect(app.ws_url(path), proxy=None, open_timeout=10)
-        except (OSError, InvalidStatus, TimeoutError):
+        except (OSError, InvalidHandshake, TimeoutError):
+            # Refused over HTTP, or dropped before the 101: a failed attempt,
+            # as a browser sees it (1006).
             self.closes.append((1006, ""))
             return False
         self.reading = asyncio.ensure_future(self._read(ws))
