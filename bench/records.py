@@ -204,10 +204,12 @@ def storm_record(base: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]
         "handshake_attempts": result["attempts"],
         "stayer_reconnects": result["stayer_reconnects"],
         "refusals": result["refusals"],
-        # The retry_after_ms the refusals asked for (before the client's jitter).
+        # What the refusals named (4503's retry_window_ms, 4429's
+        # retry_after_ms), before the client's jitter.
         "refusal_hint_p50_ms": result["refusal_hints"]["p50_ms"],
         "refusal_hint_max_ms": result["refusal_hints"]["max_ms"],
-        # Daphne 4.2.3 drops close reasons: these backed off with full jitter.
+        # Refusals that named no time (a close reason lost on the way): these
+        # backed off with full jitter.
         "refusals_without_hint": result["refusals_without_hint"],
         "failures": result["failures"],
         "b_close_codes": result["b_close_codes"],

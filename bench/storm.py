@@ -219,7 +219,7 @@ class Storm:
         self.join_errors: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()  # by role
         self.refusals: Counter[str] = Counter()  # by close code
-        self.hints: array = array("d")  # refusals' retry_after, seconds
+        self.hints: array = array("d")  # refusals' window or wait, seconds
         self.unhinted: Counter[str] = Counter()  # refusals that gave none
         self.failures: Counter[str] = Counter()  # by cause
         self.b_closes: Counter[str] = Counter()  # movers' codes from B
