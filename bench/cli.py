@@ -8,7 +8,7 @@ from pathlib import Path
 from bench import config, markdown, runner
 from bench.runner import RESULTS_DIR, StackPlan
 
-SCENARIOS = ("fanout", "rooms", "idle", "send", "storm", "tradeoffs")
+SCENARIOS = ("fanout", "rooms", "idle", "handshake", "send", "storm", "tradeoffs")
 # The baselines neither store nor resume: these measure Switchboard alone.
 SWITCHBOARD_ONLY = ("send", "storm", "tradeoffs")
 TARGETS = ("switchboard", "tutorial", "raw")
@@ -35,10 +35,12 @@ def parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=SCENARIOS,
-        help="run only this scenario (repeatable; default: all). 'send' and "
-        "'storm' (instance B gets SIGTERM, its clients resume on A) are "
-        "Switchboard only; 'tradeoffs' measures permessage-deflate and uvloop "
-        "on uvicorn",
+        help="run only this scenario (repeatable; default: all). 'handshake' "
+        "opens connections to one instance and reports handshakes/s and server "
+        "CPU per handshake (Switchboard's with token auth, a private room, a "
+        "?after= replay and presence). 'send' and 'storm' (instance B gets "
+        "SIGTERM, its clients resume on A) are Switchboard only; 'tradeoffs' "
+        "measures permessage-deflate and uvloop on uvicorn",
     )
     p.add_argument(
         "--target",

@@ -33,6 +33,9 @@ DAPHNE_VS_RAW_MIN = 0.85
 UVICORN_VS_RAW_MIN = 0.9
 CPU_US_PER_DELIVERY_MAX = 30.0
 IDLE_KIB_PER_CONN_MAX = 30.0
+# Switchboard's handshake (token auth, private-room access, a replay and
+# presence) against the tutorial's bare join, both on one instance.
+HANDSHAKE_VS_TUTORIAL_MIN = 1.0
 SEND_ACK_P99_MS_MAX = 25.0
 SEND_CHECK_RATE = 200
 # "Bounded, not one per room": far fewer Redis connections than rooms.
@@ -52,6 +55,9 @@ STORM_CURVE_STEP_SECONDS = 0.5  # movers resumed, counted every half second
 # bench kills B and says so.
 STORM_EXIT_SECONDS = 30.0
 
+# Stored messages each handshake scenario connection asks for with ?after=.
+HANDSHAKE_REPLAY = 5
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -69,11 +75,13 @@ class Plan:
     idle_connections: int
     idle_warm_connections: int
     idle_hold_seconds: float
+    handshake_connections: int
     # Handshakes stop starting after these budgets (see Session.connect);
     # the fanout budget is for all its steps together.
     fanout_connect_seconds: float
     rooms_connect_seconds: float
     idle_connect_seconds: float
+    handshake_connect_seconds: float
     send_rates: tuple[int, ...]
     deflate_step: tuple[int, int]
     asyncio_loop_steps: tuple[tuple[int, int], ...]
@@ -96,9 +104,11 @@ FULL = Plan(
     idle_connections=10_000,
     idle_warm_connections=100,
     idle_hold_seconds=2.0,
+    handshake_connections=2000,
     fanout_connect_seconds=45.0,
     rooms_connect_seconds=25.0,
     idle_connect_seconds=75.0,
+    handshake_connect_seconds=40.0,
     send_rates=(50, 100, 200),
     deflate_step=(500, 50),
     asyncio_loop_steps=((500, 50),),
@@ -121,9 +131,11 @@ QUICK = Plan(
     idle_connections=1000,
     idle_warm_connections=50,
     idle_hold_seconds=1.0,
+    handshake_connections=300,
     fanout_connect_seconds=30.0,
     rooms_connect_seconds=30.0,
     idle_connect_seconds=30.0,
+    handshake_connect_seconds=30.0,
     send_rates=(50, 100),
     deflate_step=(200, 50),
     asyncio_loop_steps=((300, 50),),

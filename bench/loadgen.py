@@ -40,6 +40,9 @@ SETTLE_QUIET_SECONDS = 0.5
 # The body's first fields as they appear JSON-escaped in a server's frame.
 BODY_FIELDS = re.compile(rb'\\"s\\": (\d+), \\"k\\": (\d+), \\"t\\": ([0-9.e+-]+)')
 DRAIN_POLL_SECONDS = 0.05
+# A stored message as the servers' json.dumps writes it (default separators);
+# counted while a greeting that ends on a marker is still under way.
+MESSAGE_MARKER = b'"type": "message"'
 TEXTS = (
     "On my way, five minutes out. Save me a seat near the window, please!",
     "Deploy is green on both instances; closing the incident ticket now.",
@@ -54,6 +57,9 @@ class ConnState:
     room: int
     instance: int
     greeted: asyncio.Future[None]
+    # Greeted on the first text frame holding this, or on the first at all.
+    greeting_marker: bytes | None = None
+    greeting_messages: int = 0  # message frames before the marker
     seen: set[int] = field(default_factory=set)
     window_got: int = 0
 
@@ -99,7 +105,11 @@ class Generator:
         self.last_frame_at = now
         state: ConnState = client.tag
         if not state.greeted.done():
-            state.greeted.set_result(None)
+            marker = state.greeting_marker
+            if marker is None or marker in payload:
+                state.greeted.set_result(None)
+            elif MESSAGE_MARKER in payload:
+                state.greeting_messages += 1
         rec = self.recorder
         if rec is None:
             return
@@ -200,6 +210,7 @@ class Generator:
         wait_greeting: bool,
         budget_seconds: float,
         deflate: bool = False,
+        greeting_marker: str | None = None,
     ) -> dict[str, Any]:
         """Open ``conns`` (``[instance, room, path, header index]`` each).
 
@@ -208,7 +219,14 @@ class Generator:
         ``budget_seconds``: the rest are counted as skipped. The group keeps
         the order of ``conns``, so its first members alternate over the
         instances; ``positions`` says which of ``conns`` joined.
+
+        With ``wait_greeting`` a connection counts once its first text frame
+        arrived; with ``greeting_marker``, once a text frame containing it
+        did (the last frame of a longer greeting). ``greeting_messages``
+        counts connections by the message frames they got before that.
         """
+        marker = greeting_marker.encode() if greeting_marker else None
+        unfinished = "no welcome" if marker is None else "greeting unfinished"
         members = self.groups.setdefault(group, [])
         opened: list[tuple[int, WsClient]] = []
         errors: Counter[str] = Counter()
@@ -224,7 +242,10 @@ class Generator:
                     errors["skipped: connect budget spent"] += 1
                     return
                 state = ConnState(
-                    room=room, instance=instance, greeted=self.loop.create_future()
+                    room=room,
+                    instance=instance,
+                    greeted=self.loop.create_future(),
+                    greeting_marker=marker,
                 )
                 try:
                     client = await open_client(
@@ -244,12 +265,12 @@ class Generator:
                 except (OSError, TimeoutError) as exc:
                     errors[type(exc).__name__] += 1
                     return
-                if wait_greeting:
+                if wait_greeting or marker is not None:
                     try:
                         async with asyncio.timeout(handshake_seconds):
                             await state.greeted
                     except TimeoutError:
-                        errors["no welcome"] += 1
+                        errors[unfinished] += 1
                         client.abort()
                         return
             opened.append((position, client))
@@ -269,6 +290,9 @@ class Generator:
             "seconds": round(time.monotonic() - started, 2),
             "group_size": len(members),
             "compressed": sum(client.compressed for _, client in opened),
+            "greeting_messages": dict(
+                Counter(str(client.tag.greeting_messages) for _, client in opened)
+            ),
         }
 
     async def storm_begin(self, *, step: int, **arguments: Any) -> dict[str, Any]:

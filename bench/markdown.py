@@ -37,6 +37,11 @@ def idle(runs: list[Run]) -> list[str]:
     return _table(headers, rows) if rows else []
 
 
+def handshake(runs: list[Run]) -> list[str]:
+    headers, rows = report.handshake_cells(runs, markdown=True)
+    return _table(headers, rows) if rows else []
+
+
 def storm(runs: list[Run]) -> list[str]:
     headers, rows = report.storm_cells(runs, markdown=True)
     return _table(headers, rows) if rows else []
@@ -65,6 +70,19 @@ def ratios(runs: list[Run]) -> list[str]:
     return _table(headers, rows, text_columns=2)
 
 
+def handshake_ratios(runs: list[Run]) -> list[str]:
+    rows = [
+        [
+            f"{item['a']} / {item['b']}",
+            _fmt(item["handshakes"], 2),
+            _fmt(item["cpu_per_handshake"], 2),
+        ]
+        for item in report.handshake_ratios(runs)
+    ]
+    headers = ["handshake, one instance: a / b", "handshakes/s", "CPU per handshake"]
+    return _table(headers, rows) if rows else []
+
+
 def render(path: Path) -> str:
     """Every table of a results file, as Markdown."""
     document = json.loads(path.read_text())
@@ -76,10 +94,12 @@ def render(path: Path) -> str:
             parts += [f"#### {scenario}", "", *section]
     if idle(runs):
         parts += ["#### idle", "", *idle(runs)]
+    if handshake(runs):
+        parts += ["#### handshake", "", *handshake(runs)]
     if storm(runs):
         parts += ["#### storm", "", *storm(runs)]
     # Ratios and targets are recomputed, so an older file reads the same way.
-    parts += ["#### ratios (same run)", "", *ratios(runs)]
+    parts += ["#### ratios (same run)", "", *ratios(runs), *handshake_ratios(runs)]
     parts += ["#### targets", "", *checks(runs)]
     machine = document.get("machine", {})
     parts.append(

@@ -162,6 +162,46 @@ def idle_record(
     }
 
 
+def handshake_record(
+    base: dict[str, Any],
+    *,
+    connections: int,
+    attempted: int,
+    open_after: int,
+    connect_seconds: float,
+    server_cpu_seconds: float,
+    replayed: int,
+    replay_mismatches: int,
+    errors: dict[str, int],
+    close_codes: dict[str, int],
+) -> dict[str, Any]:
+    """A record for the handshake scenario: handshakes/s on one instance.
+
+    ``server_cpu_ms_per_handshake`` is instance 0's CPU over the whole
+    connect call per connection made; ``replayed`` is how many stored
+    messages each connection asked for, ``replay_mismatches`` how many
+    connections got another number of them before their greeting ended.
+    """
+    per_second = connections / connect_seconds if connect_seconds else None
+    cpu_ms = server_cpu_seconds * 1e3 / connections if connections else None
+    return {
+        **base,
+        "instances": 1,
+        **dict.fromkeys(COMMON_KEYS),
+        "subscribers": connections,
+        "connections": connections,
+        "attempted": attempted,
+        "open_after": open_after,
+        "connect_seconds": round(connect_seconds, 2),
+        "handshakes_per_s": None if per_second is None else round(per_second, 1),
+        "server_cpu_ms_per_handshake": None if cpu_ms is None else round(cpu_ms, 2),
+        "replayed": replayed,
+        "replay_mismatches": replay_mismatches,
+        "errors": errors,
+        "close_codes": close_codes,
+    }
+
+
 def storm_record(base: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """A record for the storm: movers resumed, losses, stayers' latency.
 

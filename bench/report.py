@@ -184,6 +184,40 @@ def idle_table(runs: list[Run]) -> list[str]:
     return ["[idle] (one instance)", *_table(headers, rows), ""]
 
 
+def handshake_cells(
+    runs: list[Run], *, markdown: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the handshake table; empty without handshake runs."""
+    chosen = [r for r in runs if r["scenario"] == "handshake"]
+    if not chosen:
+        return [], []
+    columns: list[Column] = [
+        ("target/server", "target/server (one instance)", label),
+        ("done", "handshakes", lambda r: _fmt(r["connections"])),
+        ("of", "attempted", lambda r: _fmt(r["attempted"])),
+        ("per s", "handshakes/s", lambda r: _fmt(r["handshakes_per_s"], 0)),
+        (
+            "cpu ms",
+            "server CPU ms/handshake",
+            lambda r: _fmt(r["server_cpu_ms_per_handshake"], 2),
+        ),
+        ("replay", "replayed each", lambda r: _fmt(r["replayed"])),
+        ("off", "replays not as asked", lambda r: _fmt(r["replay_mismatches"])),
+        ("errors", "errors", lambda r: _codes(r["errors"])),
+        ("closes", "close codes", lambda r: _codes(r["close_codes"])),
+    ]
+    headers = [long if markdown else short for short, long, _ in columns]
+    return headers, [[cell(run) for _, _, cell in columns] for run in chosen]
+
+
+def handshake_table(runs: list[Run]) -> list[str]:
+    headers, rows = handshake_cells(runs)
+    if not rows:
+        return []
+    title = "[handshake] (one instance; Switchboard: token, private room, replay)"
+    return [title, *_table(headers, rows), ""]
+
+
 def _codes(counts: dict[str, int]) -> str:
     """``{"4503": 12, "4429": 1}`` as ``4503:12 4429:1``; ``-`` when empty."""
     return " ".join(f"{code}:{n}" for code, n in sorted(counts.items())) or "-"
@@ -242,6 +276,7 @@ def tables(runs: list[Run]) -> str:
     for scenario in ("fanout", "rooms", "send"):
         lines += delivery_table(runs, scenario)
     lines += idle_table(runs)
+    lines += handshake_table(runs)
     lines += storm_table(runs)
     return "\n".join(lines)
 
@@ -292,7 +327,30 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
     return found
 
 
-def ratio_lines(found: list[dict[str, Any]]) -> str:
+def handshake_ratios(runs: list[Run]) -> list[dict[str, Any]]:
+    """Same-run ratios of handshakes/s and server CPU per handshake."""
+    found = []
+    for (a_target, a_server), (b_target, b_server) in PAIRS:
+        a = find(runs, "handshake", a_target, a_server)
+        b = find(runs, "handshake", b_target, b_server)
+        if a is None or b is None:
+            continue
+        found.append(
+            {
+                "a": f"{a_target}/{a_server}",
+                "b": f"{b_target}/{b_server}",
+                "handshakes": ratio(a["handshakes_per_s"], b["handshakes_per_s"]),
+                "cpu_per_handshake": ratio(
+                    a["server_cpu_ms_per_handshake"], b["server_cpu_ms_per_handshake"]
+                ),
+            }
+        )
+    return found
+
+
+def ratio_lines(
+    found: list[dict[str, Any]], handshakes: Iterable[dict[str, Any]] = ()
+) -> str:
     lines = ["[ratios, same run: a / b]"]
     for item in found:
         lines.append(
@@ -301,6 +359,12 @@ def ratio_lines(found: list[dict[str, Any]]) -> str:
             f"deliveries x{_fmt(item['deliveries'], 2)}, "
             f"CPU per delivery x{_fmt(item['cpu_per_delivery'], 2)}, "
             f"p99 x{_fmt(item['p99'], 2)}"
+        )
+    for item in handshakes:
+        lines.append(
+            f"handshake, one instance: {item['a']} / {item['b']}: "
+            f"handshakes/s x{_fmt(item['handshakes'], 2)}, "
+            f"CPU per handshake x{_fmt(item['cpu_per_handshake'], 2)}"
         )
     return "\n".join(lines) + "\n"
 
@@ -375,6 +439,8 @@ def checks(runs: list[Run]) -> list[dict[str, Any]]:
         f"<= {config.IDLE_KIB_PER_CONN_MAX:g} KiB",
     ))  # fmt: skip
     for server in ("daphne", "uvicorn"):
+        out.append(_handshake_check(runs, server))
+    for server in ("daphne", "uvicorn"):
         send = find(runs, "send", "switchboard", server, rate=config.SEND_CHECK_RATE)
         out.append(_check(
             f"{server} send {config.SEND_CHECK_RATE}/s: ack p99",
@@ -407,6 +473,18 @@ def _versus(
             f">= {minimum:g} x",
         )
     ]
+
+
+def _handshake_check(runs: list[Run], server: str) -> dict[str, Any]:
+    a = find(runs, "handshake", "switchboard", server)
+    b = find(runs, "handshake", "tutorial", "daphne")
+    value = ratio(a and a["handshakes_per_s"], b and b["handshakes_per_s"])
+    return _check(
+        f"{server} handshakes/s vs tutorial",
+        value,
+        _at_least(value, config.HANDSHAKE_VS_TUTORIAL_MIN),
+        f">= {config.HANDSHAKE_VS_TUTORIAL_MIN:g} x",
+    )
 
 
 def _rooms_checks(runs: list[Run], server: str) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 Order: Redis, then PostgreSQL and provisioning (if Switchboard is selected),
 then one stack at a time (two instances + a fresh load generator), each
 running idle first (so its memory figure starts from a fresh process), then
-fanout, rooms, send and storm (which stops instance B and starts it again).
+handshake, fanout, rooms, send and storm (which stops instance B and starts
+it again).
 Baselines run in the same invocation.
 """
 
@@ -33,7 +34,7 @@ OPEN_FILES_WANTED = 65536
 # full run stays under 15 minutes even when a target connects slowly.
 SOFT_LIMIT_SECONDS = 13 * 60
 # storm last: it SIGTERMs instance B (then starts it again).
-SCENARIO_ORDER = ("idle", "fanout", "rooms", "send", "storm")
+SCENARIO_ORDER = ("idle", "handshake", "fanout", "rooms", "send", "storm")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def run(
     _write(document, output_dir)
     say("")
     say(report.tables(runs))
-    say(report.ratio_lines(document["ratios"]))
+    say(report.ratio_lines(document["ratios"], document["handshake_ratios"]))
     say(report.check_lines(document["checks"]))
     for stack_label, granted in extras["negotiated_extensions"].items():
         say(
@@ -197,6 +198,8 @@ def _scenario(
 ) -> list[dict[str, Any]]:
     if name == "idle":
         return scenarios.run_idle(session)
+    if name == "handshake":
+        return scenarios.run_handshake(session)
     if name == "fanout":
         steps = session.plan.asyncio_loop_steps if stack_plan.variant else None
         return scenarios.run_fanout(session, steps)
@@ -216,6 +219,15 @@ def _progress(
             say(
                 f"     {run['connections']:,} open, "
                 f"{report._fmt(run['rss_kib_per_conn'])} KiB/conn"
+            )
+            continue
+        if run["scenario"] == "handshake":
+            say(
+                f"     {run['connections']:,} handshakes at "
+                f"{report._fmt(run['handshakes_per_s'], 0)}/s, "
+                f"{report._fmt(run['server_cpu_ms_per_handshake'])} ms CPU each; "
+                f"replays not as asked {run['replay_mismatches']}, "
+                f"errors {report._codes(run['errors'])}"
             )
             continue
         if run["scenario"] == "storm":
@@ -276,6 +288,7 @@ def _document(
         "plan": dataclasses.asdict(plan),
         "wall_seconds": round(wall, 1),
         "ratios": report.ratios(runs),
+        "handshake_ratios": report.handshake_ratios(runs),
         "checks": report.checks(runs),
         "extras": extras,
         "notes": notes,

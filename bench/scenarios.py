@@ -21,8 +21,15 @@ import psutil
 from bench import config, environment, profiling
 from bench.config import Plan
 from bench.driver import LoadGenerator
-from bench.records import delivery_record, idle_record, storm_record
+from bench.records import (
+    delivery_record,
+    handshake_record,
+    idle_record,
+    storm_record,
+)
 from bench.targets import (
+    HANDSHAKE_MESSAGES,
+    HANDSHAKE_SLUG,
     ROOMS_SLUG,
     Infrastructure,
     Stack,
@@ -64,12 +71,15 @@ class Session:
         *,
         budget: float,
         deflate: bool = False,
+        greeting_marker: str | None = None,
     ) -> dict[str, Any]:
         """Open connections ``[instance, room, path, header index]``.
 
         Handshakes stop starting after ``budget`` seconds, so a server that
         accepts connections slowly cannot stretch the run; what was skipped
-        is noted and shows in the records' subscriber counts.
+        is noted and shows in the records' subscriber counts. With
+        ``greeting_marker``, a connection counts once a frame holding it
+        arrived rather than on its first frame (``Generator.connect``).
         """
         reply = self.gen.call(
             "connect",
@@ -83,6 +93,7 @@ class Session:
             wait_greeting=self.stack.wait_greeting,
             budget_seconds=budget,
             deflate=deflate,
+            greeting_marker=greeting_marker,
         )
         if reply["failed"] or reply["skipped"]:
             self.notes.append(
@@ -188,6 +199,72 @@ def _room_for(session: Session, scenario: str) -> str:
     slug = f"{scenario}-{suffix}"
     create_room_via_api(stack, session.infra.tokens[0], slug, f"Bench {slug}")
     return slug
+
+
+# --- handshake ----------------------------------------------------------------
+
+# Switchboard's greeting ends with presence (docs/protocol.md); the server's
+# json.dumps keeps the default separators.
+PRESENCE_MARKER = '"type": "presence"'
+
+
+def run_handshake(session: Session) -> list[dict[str, Any]]:
+    """Handshakes/s and server CPU per handshake on instance 0.
+
+    A Switchboard handshake does what a returning member's does: token auth,
+    access to a private room, a replay of ``HANDSHAKE_REPLAY`` stored
+    messages (``?after=``) and presence; it is done when presence arrives.
+    The baselines join their room as in idle. All are kept open until the
+    group closes, so the servers hold more and more connections meanwhile.
+    """
+    plan = session.plan
+    stack = session.stack
+    if stack.target == "switchboard":
+        after = HANDSHAKE_MESSAGES - config.HANDSHAKE_REPLAY
+        path = f"{session.room_path(HANDSHAKE_SLUG)}?after={after}"
+        replay, marker = config.HANDSHAKE_REPLAY, PRESENCE_MARKER
+    else:
+        path = session.room_path(_room_for(session, "handshake"))
+        replay, marker = 0, None
+    specs = [
+        [0, 0, path, session.header_index(i)] for i in range(plan.handshake_connections)
+    ]
+    server = psutil.Process(stack.pids[0])
+    environment.wait_quiet([server.pid], limit=10)
+    cpu_before = server.cpu_times()
+    reply = session.connect(
+        "handshake",
+        specs,
+        budget=plan.handshake_connect_seconds,
+        greeting_marker=marker,
+    )
+    cpu_after = server.cpu_times()
+    counted = session.gen.call("count", timeout=30, group="handshake")
+    session.close("handshake")
+    cpu_seconds = (cpu_after.user + cpu_after.system) - (
+        cpu_before.user + cpu_before.system
+    )
+    # No message is sent meanwhile: every message frame before presence is
+    # a replayed one.
+    mismatches = sum(
+        connections
+        for got, connections in reply["greeting_messages"].items()
+        if int(got) != replay
+    )
+    return [
+        handshake_record(
+            session.base("handshake"),
+            connections=reply["connected"],
+            attempted=plan.handshake_connections,
+            open_after=counted["open"],
+            connect_seconds=reply["seconds"],
+            server_cpu_seconds=cpu_seconds,
+            replayed=replay,
+            replay_mismatches=mismatches,
+            errors=reply["errors"],
+            close_codes=counted["close_codes"],
+        )
+    ]
 
 
 # --- fanout -------------------------------------------------------------------

@@ -46,6 +46,10 @@ BENCH_LIMITS = {
     # what a person may, and the storm scenario measures it as it ships.
 }
 ROOMS_SLUG = "r-{:04d}"
+# The handshake scenario's room: private, every bench user a member, with
+# stored messages for ?after= to replay.
+HANDSHAKE_SLUG = "handshake-private"
+HANDSHAKE_MESSAGES = 20
 
 
 class TutorialProcess(AppProcess):
@@ -82,19 +86,45 @@ PROVISION = textwrap.dedent(
     """
     import json
     from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from django.utils import timezone
     from rest_framework.authtoken.models import Token
-    from core.models import Room
+    from core.models import Membership, Message, Room
     User = get_user_model()
     tokens = {}
+    users = []
     for number in range(%(users)d):
         user, _ = User.objects.get_or_create(username="bench-%%02d" %% number)
         user.set_unusable_password()
         user.save()
+        users.append(user)
         tokens[user.username] = Token.objects.get_or_create(user=user)[0].key
     rooms = [
         Room(slug=%(slug)r.format(n), name="Bench %%d" %% n) for n in range(%(rooms)d)
     ]
     Room.objects.bulk_create(rooms, ignore_conflicts=True)
+    owner = users[0]
+    private, _ = Room.objects.get_or_create(
+        slug=%(handshake_slug)r,
+        defaults={"name": "Bench handshake", "is_private": True, "owner": owner},
+    )
+    Membership.objects.bulk_create(
+        [Membership(room=private, user=user) for user in users],
+        ignore_conflicts=True,
+    )
+    with transaction.atomic():
+        if not private.messages.exists():
+            now = timezone.now()
+            Message.objects.bulk_create(
+                Message(
+                    room=private, seq=seq, author=owner, author_name=owner.username,
+                    body="Stored message %%d" %% seq, sent_at=now,
+                )
+                for seq in range(1, %(messages)d + 1)
+            )
+            private.last_seq = %(messages)d
+            private.last_message_at = now
+            private.save(update_fields=["last_seq", "last_message_at"])
     print("TOKENS=" + json.dumps(tokens))
     """
 )
@@ -145,15 +175,23 @@ class Infrastructure:
         """Start PostgreSQL, migrate, create bench users, tokens and rooms.
 
         Users get no password (token auth only), so hashing costs nothing.
-        The many small rooms of the ``rooms`` scenario are created in bulk
-        here; the rooms the other scenarios use are created through the API.
+        The many small rooms of the ``rooms`` scenario and the handshake
+        scenario's private room (members and stored messages too; made
+        once) are created here; the rooms the other scenarios use are
+        created through the API.
         """
         if self.postgres is None:
             self.postgres = PostgresCluster().start()
             self.database_url = self.postgres.create_database("switchboard_bench")
         env = self.switchboard_env("bench-provision")
         manage("migrate", "--noinput", env=env, timeout=300)
-        code = PROVISION % {"users": BENCH_USERS, "slug": ROOMS_SLUG, "rooms": rooms}
+        code = PROVISION % {
+            "users": BENCH_USERS,
+            "slug": ROOMS_SLUG,
+            "rooms": rooms,
+            "handshake_slug": HANDSHAKE_SLUG,
+            "messages": HANDSHAKE_MESSAGES,
+        }
         result = manage("shell", "-c", code, env=env, timeout=300)
         line = next(
             (x for x in result.stdout.splitlines() if x.startswith("TOKENS=")), None
