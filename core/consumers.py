@@ -266,8 +266,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         presence = get_presence()
         self.in_presence = True
         room_ref = RoomRef(room.pk, self.slug)
-        await presence.join(room_ref, self.username, self.connection_id)
-        await self.send_frame(await presence.frame(room_ref))
+        await self.send_frame(
+            await presence.join(room_ref, self.username, self.connection_id)
+        )
 
     async def _admit(self) -> Refusal | None:
         """Count the connection in, or say which limit refuses it.
@@ -284,18 +285,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
             )
         _ProcessConnections.count += 1
         self.admitted = True
-        wait = await limits.atake(
-            "handshakes",
-            self.address,
-            settings.HANDSHAKE_RATE_PER_ADDRESS,
-            settings.HANDSHAKE_BURST_PER_ADDRESS,
-        )
-        if wait:
-            return Refusal(
-                protocol.TOO_MANY_CONNECTIONS,
-                "Too many connection attempts from your address; slow down.",
-                wait,
-            )
         if self.user.is_authenticated:
             slot = ("connections", f"user:{self.user.pk}")
             limit = settings.CONNECTIONS_PER_USER
@@ -304,7 +293,23 @@ class RoomConsumer(AsyncWebsocketConsumer):
             slot = ("anonymous", self.address)
             limit = settings.ANONYMOUS_CONNECTIONS_PER_ADDRESS
             detail = "Too many anonymous connections from your address; sign in."
-        if not await limits.get_slots().acquire(*slot, self.connection_id, limit):
+        # The address's handshake rate first, then the slot: one Redis call.
+        toll = limits.Toll(
+            "handshakes",
+            self.address,
+            settings.HANDSHAKE_RATE_PER_ADDRESS,
+            settings.HANDSHAKE_BURST_PER_ADDRESS,
+        )
+        acquired = await limits.get_slots().acquire_after_toll(
+            toll, *slot, self.connection_id, limit
+        )
+        if acquired.toll_wait:
+            return Refusal(
+                protocol.TOO_MANY_CONNECTIONS,
+                "Too many connection attempts from your address; slow down.",
+                acquired.toll_wait,
+            )
+        if not acquired.admitted:
             return Refusal(
                 protocol.TOO_MANY_CONNECTIONS, detail, settings.CONNECTION_RETRY_SECONDS
             )

@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from django.conf import settings
@@ -40,42 +40,72 @@ FALLBACK_LOG_SECONDS = 30.0
 REDIS_CONNECTIONS = 4
 REDIS_WAIT_SECONDS = 1.0
 
-# KEYS[1]: the bucket; ARGV: milliseconds per token, burst. Returns 0 if a
-# token was taken, else the milliseconds until one is available.
-TAKE_SCRIPT = """
+# Redis' own clock in milliseconds, as ``now``: one clock for every instance.
+_CLOCK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - now - (burst - 1) * interval
-if wait > 0.001 then return math.ceil(wait) end
-redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now))
-return 0
 """
 
-# KEYS[1]: the slot set; ARGV: limit, lease ms, member. 1 if admitted.
-ACQUIRE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# The generic cell rate algorithm on bucket key {key}, {interval} ms per
+# token and {burst} saved up: takes a token, or returns {refused}.
+_TAKE = """
+local interval = tonumber({interval})
+local burst = tonumber({burst})
+local tat = tonumber(redis.call('GET', {key}) or now)
+if tat < now then tat = now end
+local wait = tat - now - (burst - 1) * interval
+if wait > 0.001 then return {refused} end
+redis.call('SET', {key}, tat + interval, 'PX', math.ceil(tat + interval - now))
+"""
+
+# A slot of set {key} for member {member} among {limit}, leased {lease} ms:
+# returns 1 if given, 0 if all are held.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', {key}, '-inf', now)
+if redis.call('ZCARD', {key}) >= tonumber({limit}) then return 0 end
+redis.call('ZADD', {key}, now + tonumber({lease}), {member})
+redis.call('PEXPIRE', {key}, {lease})
 return 1
 """
 
+# KEYS[1]: the bucket; ARGV: milliseconds per token, burst. Returns 0 if a
+# token was taken, else the milliseconds until one is available.
+TAKE_SCRIPT = (
+    _CLOCK
+    + _TAKE.format(
+        key="KEYS[1]", interval="ARGV[1]", burst="ARGV[2]", refused="math.ceil(wait)"
+    )
+    + "return 0"
+)
+
+# KEYS[1]: the slot set; ARGV: limit, lease ms, member. 1 if admitted.
+ACQUIRE_SCRIPT = _CLOCK + _ACQUIRE.format(
+    key="KEYS[1]", limit="ARGV[1]", lease="ARGV[2]", member="ARGV[3]"
+)
+
+# A toll, then a slot, in one round trip (a handshake's two limits).
+# KEYS: the slot set, the toll's bucket; ARGV: limit, lease ms, member, ms
+# per token, burst. 1: admitted; 0: all slots held; negative: no token, for
+# that many milliseconds (no slot was tried).
+TOLL_THEN_ACQUIRE_SCRIPT = (
+    _CLOCK
+    + _TAKE.format(
+        key="KEYS[2]", interval="ARGV[4]", burst="ARGV[5]", refused="-math.ceil(wait)"
+    )
+    + _ACQUIRE.format(key="KEYS[1]", limit="ARGV[1]", lease="ARGV[2]", member="ARGV[3]")
+)
+
 # KEYS[1]: the slot set; ARGV: lease ms, members to renew.
-RENEW_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+RENEW_SCRIPT = (
+    _CLOCK
+    + """
 for i = 2, #ARGV do
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 0
 """
+)
 
 
 def owner(user: Any, address: str) -> str:
@@ -214,6 +244,22 @@ async def atake(name: str, ident: str, rate: float, burst: int) -> float:
 # --- slots ---------------------------------------------------------------------
 
 
+class Toll(NamedTuple):
+    """A token of bucket (name, ident) that a slot costs first."""
+
+    name: str
+    ident: str
+    rate: float
+    burst: int
+
+
+class Acquired(NamedTuple):
+    """What ``Slots.acquire_after_toll`` came to."""
+
+    admitted: bool
+    toll_wait: float = 0.0  # > 0: seconds until the toll's bucket has a token
+
+
 class Slots:
     """Concurrent holders per (name, ident), leased and renewed in Redis.
 
@@ -228,30 +274,55 @@ class Slots:
 
     async def acquire(self, name: str, ident: str, member: str, limit: int) -> bool:
         """Hold a slot of (name, ident) for ``member``; False if all are held."""
+        return (await self._acquire(name, ident, member, limit, None)).admitted
+
+    async def acquire_after_toll(
+        self, toll: Toll, name: str, ident: str, member: str, limit: int
+    ) -> Acquired:
+        """``atake`` a token of ``toll``, then ``acquire``, in one Redis call.
+
+        Without a token no slot is tried (``Acquired.toll_wait``); a token
+        taken stays taken when all slots are held, as with two calls.
+        """
+        return await self._acquire(name, ident, member, limit, toll)
+
+    async def _acquire(
+        self, name: str, ident: str, member: str, limit: int, toll: Toll | None
+    ) -> Acquired:
         key = _key("slots", name, ident)
         if settings.REDIS_URL:
+            lease_ms = int(SLOT_LEASE_SECONDS * 1000)
+            if toll is None:
+                script, keys, tail = ACQUIRE_SCRIPT, [key], []
+            else:
+                script = TOLL_THEN_ACQUIRE_SCRIPT
+                keys = [key, _key("bucket", toll.name, toll.ident)]
+                tail = [1000.0 / toll.rate, toll.burst]
             try:
                 async with asyncio.timeout(REDIS_WAIT_SECONDS):
-                    admitted = await _async_redis().eval(
-                        ACQUIRE_SCRIPT,
-                        1,
-                        key,
-                        limit,
-                        int(SLOT_LEASE_SECONDS * 1000),
-                        member,
+                    outcome = await _async_redis().eval(
+                        script, len(keys), *keys, limit, lease_ms, member, *tail
                     )
             except (redis.RedisError, TimeoutError) as exc:
                 _fell_back(name, exc)
             else:
-                if not admitted:
-                    return False
+                outcome = int(outcome)
+                if outcome < 0:
+                    return Acquired(False, -outcome / 1000.0)
+                if not outcome:
+                    return Acquired(False)
                 self.in_redis[key].add(member)
                 self._ensure_renewal()
-                return True
+                return Acquired(True)
+        if toll is not None:
+            bucket = _key("bucket", toll.name, toll.ident)
+            wait = _memory.take(bucket, toll.rate, toll.burst)
+            if wait:
+                return Acquired(False, wait)
         if not _memory.acquire(key, limit, member):
-            return False
+            return Acquired(False)
         self.in_memory[key].add(member)
-        return True
+        return Acquired(True)
 
     async def release(self, name: str, ident: str, member: str) -> None:
         """Give back ``member``'s slot (never raises)."""

@@ -77,6 +77,12 @@ class MemoryStore:
     async def put(self, room: RoomRef, members: list[str], expires: float) -> None:
         self.rooms[room].update(dict.fromkeys(members, expires))
 
+    async def put_and_read(
+        self, room: RoomRef, members: list[str], expires: float, now: float
+    ) -> list[str]:
+        await self.put(room, members, expires)
+        return await self.members(room, now)
+
     async def remove(self, room: RoomRef, members: list[str]) -> None:
         for member in members:
             self.rooms[room].pop(member, None)
@@ -130,6 +136,18 @@ class RedisStore:
                 pipe.expire(key, int(settings.PRESENCE_TTL_SECONDS * 2) + 1)
                 await pipe.execute()
 
+    async def put_and_read(
+        self, room: RoomRef, members: list[str], expires: float, now: float
+    ) -> list[str]:
+        """``put``, then ``members``: one round trip for a joining connection."""
+        key = self._key(room)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, dict.fromkeys(members, expires))
+            pipe.expire(key, int(settings.PRESENCE_TTL_SECONDS * 2) + 1)
+            pipe.zrangebyscore(key, f"({now}", "+inf")
+            *_, current = await pipe.execute()
+        return current
+
     async def remove(self, room: RoomRef, members: list[str]) -> None:
         if members:
             await self.redis.zrem(self._key(room), *members)
@@ -175,8 +193,11 @@ class Presence:
             _member("a", conn) for conn in self.anonymous[room]
         ]
 
-    async def join(self, room: RoomRef, user: str | None, connection: str) -> None:
-        """Count a connection in; make sure the refresh loop runs."""
+    async def join(
+        self, room: RoomRef, user: str | None, connection: str
+    ) -> dict[str, object]:
+        """Count a connection in; the ``presence`` frame it gets (one store
+        call for both). Makes sure the refresh loop runs."""
         if user is None:
             self.anonymous[room].add(connection)
             member = _member("a", connection)
@@ -185,7 +206,10 @@ class Presence:
             member = _member("u", user)
         self.dirty.add(room)
         self._ensure_loop()
-        await self.store.put(room, [member], self._expiry())
+        current = await self.store.put_and_read(
+            room, [member], self._expiry(), time.time()
+        )
+        return self._frame(room, current)
 
     async def leave(self, room: RoomRef, user: str | None, connection: str) -> None:
         """Count a connection out; the entry goes with the user's last one."""
@@ -206,7 +230,10 @@ class Presence:
 
     async def frame(self, room: RoomRef) -> dict[str, object]:
         """The ``presence`` frame for ``room`` as it is now."""
-        users, anonymous = _snapshot(await self.store.members(room, time.time()))
+        return self._frame(room, await self.store.members(room, time.time()))
+
+    def _frame(self, room: RoomRef, members: list[str]) -> dict[str, object]:
+        users, anonymous = _snapshot(members)
         return protocol.presence_frame(
             room=room.slug, users=set(users), anonymous=anonymous
         )

@@ -96,3 +96,45 @@ async def test_a_redis_outage_leaves_each_process_limiting_alone(redis_limits):
     assert not await slots.acquire("conn", "user:1", "b", limit=1)
     await slots.release("conn", "user:1", "a")
     assert await slots.acquire("conn", "user:1", "b", limit=1)
+
+
+async def test_a_slot_after_a_toll_is_one_call_with_both_rules(redis_limits):
+    """A handshake's two limits in one script: no token, no slot tried; a
+    token taken stays taken when every slot is held."""
+    client = redis_limits.client()
+    client.config_resetstat()
+    slots = limits.get_slots()
+    toll = limits.Toll("hs", "10.0.0.1", rate=1.0, burst=2)
+    first = await slots.acquire_after_toll(toll, "conn", "user:1", "a", limit=1)
+    assert first == limits.Acquired(True)
+    assert client.info("commandstats")["cmdstat_eval"]["calls"] == 1
+
+    # Slots full: refused as full, and the second token is spent anyway.
+    full = await slots.acquire_after_toll(toll, "conn", "user:1", "b", limit=1)
+    assert full == limits.Acquired(False)
+    # Bucket empty: refused with its wait, and the free slot is not taken.
+    empty = await slots.acquire_after_toll(toll, "conn", "user:2", "c", limit=1)
+    assert not empty.admitted
+    assert 0.9 < empty.toll_wait <= 1.0
+    assert client.zcard("limits-test:slots:conn:user:2") == 0
+    # Another address's bucket is its own.
+    other = limits.Toll("hs", "10.0.0.2", rate=1.0, burst=2)
+    assert (
+        await slots.acquire_after_toll(other, "conn", "user:2", "c", limit=1)
+    ).admitted
+    await slots.release("conn", "user:1", "a")
+    assert await slots.acquire("conn", "user:1", "b", limit=1)
+
+
+async def test_a_slot_after_a_toll_without_redis_keeps_both_rules(redis_limits):
+    redis_limits.stop()
+    slots = limits.get_slots()
+    toll = limits.Toll("hs", "10.0.0.1", rate=1.0, burst=2)
+    assert (await slots.acquire_after_toll(toll, "conn", "user:1", "a", 1)).admitted
+    assert await slots.acquire_after_toll(toll, "conn", "user:1", "b", 1) == (
+        limits.Acquired(False)
+    )
+    empty = await slots.acquire_after_toll(toll, "conn", "user:2", "c", 1)
+    assert not empty.admitted
+    assert 0.9 < empty.toll_wait <= 1.0
+    assert await slots.acquire("conn", "user:2", "c", limit=1)
