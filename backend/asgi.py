@@ -23,11 +23,12 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from core import daphne_fix, routing  # noqa: E402
+from core import daphne_fix, routing, uvicorn_fix  # noqa: E402
 from core.admission import AdmissionMiddleware  # noqa: E402
 from core.auth import OriginPolicyMiddleware, TokenAuthMiddlewareStack  # noqa: E402
 
 daphne_fix.apply()  # shutdown closes every socket with 4012 (Daphne 4.2.3 bug)
+uvicorn_fix.apply()  # uvicorn's shutdown 1012 names the reconnect window
 
 application = ProtocolTypeRouter(
     {

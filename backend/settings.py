@@ -317,13 +317,14 @@ CONNECTION_RETRY_SECONDS = 10.0
 # 5 s). A process shutting down tells its clients to spread their reconnects
 # over (its connections / SHUTDOWN_RECONNECTS_PER_SECOND) seconds: set it to
 # the handshakes per second the rest of the fleet absorbs (docs/deploy.md);
-# 150 is what one 1-vCPU instance absorbs, right for the spec's two.
+# 250 is what one instance absorbs while serving its own clients (measured:
+# docs/performance.md, "Reconnect storm"), right for the spec's two.
 HANDSHAKE_CONCURRENCY = env_int("SWITCHBOARD_HANDSHAKE_CONCURRENCY", 64, minimum=1)
 HANDSHAKE_DEADLINE_SECONDS = env_float(
     "SWITCHBOARD_HANDSHAKE_DEADLINE_SECONDS", 4.0, minimum=0.5
 )
 SHUTDOWN_RECONNECTS_PER_SECOND = env_float(
-    "SWITCHBOARD_SHUTDOWN_RECONNECTS_PER_SECOND", 150.0, minimum=1
+    "SWITCHBOARD_SHUTDOWN_RECONNECTS_PER_SECOND", 250.0, minimum=1
 )
 # Every open connection's access is read again this often (docs/security.md).
 ACCESS_RECHECK_SECONDS = env_float(

@@ -35,6 +35,7 @@ from tests.support.services import (
     AppProcess,
     PostgresCluster,
     RedisServer,
+    Server,
     ServiceUnavailable,
     async_wait_until,
     manage,
@@ -220,13 +221,17 @@ class Launcher:
         """Start one instance per name, all at once; return them ready."""
         return self.launch_each({name: env or {} for name in names})
 
-    def launch_each(self, envs: Mapping[str, Mapping[str, str]]) -> list[AppProcess]:
+    def launch_each(
+        self, envs: Mapping[str, Mapping[str, str]], server: Server = "daphne"
+    ) -> list[AppProcess]:
         """Start an instance per name with its own additions to the module's
         environment, all at once; return them once each answers /healthz.
         """
         apps = [
             AppProcess(
-                self.deployment.instance_env(env), name=f"{self.deployment.tag}-{name}"
+                self.deployment.instance_env(env),
+                server=server,
+                name=f"{self.deployment.tag}-{name}",
             )
             for name, env in envs.items()
         ]

@@ -278,6 +278,35 @@ async def test_sigterm_closes_with_4012_and_clients_resume_elsewhere(
         assert not new.duplicate_seqs()
 
 
+async def test_uvicorns_shutdown_close_names_the_reconnect_window(
+    launcher: Launcher, deployment: Deployment, clients: Clients
+) -> None:
+    """uvicorn closes every socket itself with 1012 on SIGTERM, before the
+    application hears of it; the close still names the window its clients
+    should spread their reconnects over (core/uvicorn_fix.py): 4 connections
+    at 2 reconnects/s make 2 s."""
+    (app,) = launcher.launch_each(
+        {"uvicorn": {"SWITCHBOARD_SHUTDOWN_RECONNECTS_PER_SECOND": "2"}},
+        server="uvicorn",
+    )
+    tokens = deployment.fetch_tokens(app)
+    names = deployment.usernames
+    slug = unique_slug("uvicorn-sigterm")
+    create_room(app, tokens[names[0]], slug)
+    opened = [
+        await clients.open(app, slug, token=tokens[names[n]], name=names[n])
+        for n in range(3)
+    ] + [await clients.open(app, slug, name="anonymous")]
+
+    # uvicorn exits by its signal once shut down (status -15): not checked.
+    await asyncio.to_thread(app.terminate, 30)
+
+    codes = [await client.wait_closed(timeout=5) for client in opened]
+    reasons = {client.ws.close_reason for client in opened}
+    assert codes == [1012] * 4
+    assert reasons == {"retry_window_ms=2000"}
+
+
 async def test_sigterm_right_after_an_upgrade_still_loses_nothing(
     launcher: Launcher, deployment: Deployment, clients: Clients
 ) -> None:
