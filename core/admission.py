@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from core.collector import get_collector
+
 CLOSE_BUSY = 4503
 SCOPE_KEY = "switchboard.handshake"
 # What the application sends to answer a handshake (ends its deadline).
@@ -91,6 +93,7 @@ class Admission:
             self.refused.append(now)
             return None
         self.in_progress += 1
+        get_collector().handshakes_in_progress(self.in_progress)
         return Ticket(self, now + settings.HANDSHAKE_DEADLINE_SECONDS)
 
     def retry_window(self) -> float:

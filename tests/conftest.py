@@ -12,19 +12,29 @@ def _fresh_process_state():
     from channels.layers import channel_layers
     from django.core.cache import cache
 
-    from core import admission, consumers, limits, logs, presence, throttling
+    from core import (
+        admission,
+        collector,
+        consumers,
+        limits,
+        logs,
+        presence,
+        throttling,
+    )
 
     presence.reset_for_tests()
     limits.reset_for_tests()
     logs.reset_for_tests()
     throttling.reset_for_tests()
     admission.reset_for_tests()
+    collector.reset_for_tests()
     consumers.shutdown_reason.cache_clear()
     channel_layers.backends.clear()  # a fresh in-memory layer per test
     cache.clear()
     yield
     presence.reset_for_tests()
     limits.reset_for_tests()
+    collector.reset_for_tests()
 
 
 @pytest.fixture(autouse=True)

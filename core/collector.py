@@ -1,0 +1,112 @@
+"""Full garbage collections wait out a surge of handshakes.
+
+Python runs a full collection each time its long-lived objects have grown
+by a quarter since the last one, and that pauses the whole process: 250 ms
+with 2,500 connections here (docs/performance.md, "Garbage-collector
+pauses"). A reconnect storm grows an instance from 500 connections to 2,500
+in seconds: seven full collections while it happens, each stalling every
+open connection just when they are busiest (the stayers' p99 in the storm
+scenario: 184-294 ms with them, 85-130 ms without).
+
+So while a process has ``SURGE_HANDSHAKES`` or more handshakes in progress,
+full collections wait: young objects are still collected as usual (the
+first two generations), only the oldest generation's threshold is raised.
+Once no surge has been seen for ``QUIET_SECONDS``, or after
+``MAX_DEFER_SECONDS`` in any case, the thresholds are restored, and Python
+collects fully at its next chance: one pause after the storm instead of
+several during it. After a deferral that ran its full length, the next one
+waits for a full collection, so a surge that never ends still collects.
+"""
+
+import asyncio
+import gc
+import time
+from typing import Any
+
+SURGE_HANDSHAKES = 8
+QUIET_SECONDS = 3.0
+MAX_DEFER_SECONDS = 20.0
+# The oldest generation's threshold while deferring: never reached.
+DEFERRED_THRESHOLD = 2**30
+
+
+class Collector:
+    """Defers full collections during surges, and puts them back after."""
+
+    def __init__(self) -> None:
+        self.saved: tuple[int, int, int] | None = None  # thresholds to restore
+        self.deferred_at = 0.0
+        self.surge_seen = 0.0
+        # False from a restore until a full collection has run.
+        self.may_defer = True
+        self.full_collections = 0
+        gc.callbacks.append(self._on_collection)
+
+    @property
+    def deferring(self) -> bool:
+        return self.saved is not None
+
+    def handshakes_in_progress(self, count: int) -> None:
+        """Told by admission control whenever a handshake starts."""
+        if count < SURGE_HANDSHAKES:
+            return
+        now = time.monotonic()
+        self.surge_seen = now
+        if self.saved is not None or not self.may_defer or not gc.isenabled():
+            return
+        young, middle, _ = self.saved = gc.get_threshold()
+        gc.set_threshold(young, middle, DEFERRED_THRESHOLD)
+        self.deferred_at = now
+        asyncio.get_running_loop().call_later(QUIET_SECONDS, self._check)
+
+    def _check(self) -> None:
+        if self.saved is None:
+            return
+        now = time.monotonic()
+        quiet = now - self.surge_seen >= QUIET_SECONDS
+        if quiet:
+            self.restore()
+            return
+        if now - self.deferred_at >= MAX_DEFER_SECONDS:
+            self.restore()
+            self.may_defer = False  # a surge that lasts still collects
+            return
+        wait = min(
+            self.surge_seen + QUIET_SECONDS, self.deferred_at + MAX_DEFER_SECONDS
+        )
+        asyncio.get_running_loop().call_later(max(wait - now, 0.05), self._check)
+
+    def restore(self) -> None:
+        """Python's own thresholds again."""
+        if self.saved is None:
+            return
+        gc.set_threshold(*self.saved)
+        self.saved = None
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            self.full_collections += 1
+            self.may_defer = True
+
+    def close(self) -> None:
+        self.restore()
+        self.may_defer = True
+        if self._on_collection in gc.callbacks:
+            gc.callbacks.remove(self._on_collection)
+
+
+_collector: Collector | None = None
+
+
+def get_collector() -> Collector:
+    global _collector
+    if _collector is None:
+        _collector = Collector()
+    return _collector
+
+
+def reset_for_tests() -> None:
+    global _collector
+    if _collector is not None:
+        _collector.close()
+    _collector = None
