@@ -480,7 +480,7 @@ def _handshake_check(runs: list[Run], server: str) -> dict[str, Any]:
     b = find(runs, "handshake", "tutorial", "daphne")
     value = ratio(a and a["handshakes_per_s"], b and b["handshakes_per_s"])
     return _check(
-        f"{server} handshakes/s vs tutorial",
+        f"{server} handshakes/s vs tutorial (an aim: docs/performance.md)",
         value,
         _at_least(value, config.HANDSHAKE_VS_TUTORIAL_MIN),
         f">= {config.HANDSHAKE_VS_TUTORIAL_MIN:g} x",
