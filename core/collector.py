@@ -39,9 +39,9 @@ class Collector:
         self.saved: tuple[int, int, int] | None = None  # thresholds to restore
         self.deferred_at = 0.0
         self.surge_seen = 0.0
-        # False from a restore until a full collection has run.
+        # False from a deferral cut short at MAX_DEFER_SECONDS until a full
+        # collection has run.
         self.may_defer = True
-        self.full_collections = 0
         gc.callbacks.append(self._on_collection)
 
     @property
@@ -87,12 +87,10 @@ class Collector:
 
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "stop" and info["generation"] == 2:
-            self.full_collections += 1
             self.may_defer = True
 
     def close(self) -> None:
         self.restore()
-        self.may_defer = True
         if self._on_collection in gc.callbacks:
             gc.callbacks.remove(self._on_collection)
 
