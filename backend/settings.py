@@ -159,6 +159,28 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL
         # A request waits this long for a free connection, then fails.
         "timeout": 10,
     }
+# Threads that run consumers' database work (core.db), besides the two for
+# handshakes: one slow query holds one of them, not the whole process. Keep
+# DB_THREADS + 2 under DB_POOL_SIZE so HTTP requests find a connection too.
+DB_THREADS = env_int("SWITCHBOARD_DB_THREADS", 4, minimum=1)
+# A statement running longer is cancelled (its caller gets an error and may
+# retry), so a stuck query cannot hold a thread and a connection for good;
+# migrations lift it (core.signals). 0 turns it off, e.g. for a pooler that
+# refuses startup options (docs/deploy.md).
+DB_STATEMENT_TIMEOUT_MS = env_int("SWITCHBOARD_DB_STATEMENT_TIMEOUT_MS", 5000)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and (
+    DB_STATEMENT_TIMEOUT_MS > 0
+):
+    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _db_options["options"] = " ".join(
+        filter(
+            None,
+            [
+                _db_options.get("options"),
+                f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
+            ],
+        )
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes the write lock when a transaction starts, so two writers
     # queue on the busy timeout instead of failing with "database is locked".
@@ -276,6 +298,12 @@ GROUP_REFRESH_SECONDS = 1800.0
 # events may have been lost: long enough for a backlog under overload.
 HUB_PROBE_SECONDS = 0.5
 HUB_PROBE_TIMEOUT_SECONDS = 10.0
+# A committed message reaches every open connection within this long, even
+# when its publish was lost and nothing follows it (core.fanout reads its
+# rooms' last_seq every DELIVERY_BOUND_SECONDS / 2.5 to notice).
+DELIVERY_BOUND_SECONDS = env_float(
+    "SWITCHBOARD_DELIVERY_BOUND_SECONDS", 5.0, minimum=1.0
+)
 
 # --- Limits: connections and their output (docs/security.md) ------------------
 # A connection whose unsent output passes this is closed as too slow (4008);

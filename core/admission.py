@@ -24,12 +24,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
+from core import db
 from core.collector import get_collector
 
 CLOSE_BUSY = 4503
@@ -146,24 +145,9 @@ def get_admission() -> Admission:
     return _admission
 
 
-# Handshakes read the database on threads of their own, so that a crowd of
-# them never queues ahead of the sends of connections already open (the
-# consumers' database thread): stayers keep priority. Two threads of the
-# process's pool (DB_POOL_SIZE).
-_handshake_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="handshake")
-
-
 def handshake_read(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """``func`` run on the handshake threads, like database_sync_to_async.
-
-    SQLite (a laptop) keeps the one database thread: it serializes access
-    anyway, and readers on other threads would meet its table locks.
-    """
-    if "sqlite" in settings.DATABASES["default"]["ENGINE"]:
-        return database_sync_to_async(func)
-    return database_sync_to_async(
-        func, thread_sensitive=False, executor=_handshake_threads
-    )
+    """``func`` run on the handshake threads (``core.db.run_handshake``)."""
+    return db.run_handshake(func)
 
 
 def reset_for_tests() -> None:

@@ -9,4 +9,4 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported for their side effects: signal receivers and system checks.
-        from core import checks, signals  # noqa: F401
+        from core import checks, db, signals  # noqa: F401

@@ -18,11 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from core import admission, backpressure, clientaddr, limits, logs, protocol, services
+from core import (
+    admission,
+    backpressure,
+    clientaddr,
+    db,
+    limits,
+    logs,
+    protocol,
+    services,
+)
 from core.backpressure import TOO_FULL, WRITTEN
 from core.fanout import Encoded, get_hub
 from core.models import Room
@@ -128,8 +136,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
     slot: tuple[str, str] | None = None
     # Live copies at or below the last replayed seq are duplicates.
     replayed_through = 0
-    # Highest seq sent; catching up after an outage starts above it.
+    # Highest seq sent, and the welcome's last_seq: the client knows of
+    # everything up to the larger (``told_through``) and fills its own gaps.
     last_seq_sent = 0
+    welcome_seq = 0
+    catching_up = False
+    catch_up_again = False
     # The hub's epoch when this connection's access was last read.
     checked_epoch = 0
     # Hub events that arrive while connect() runs wait here, so the welcome
@@ -159,7 +171,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
         Channels runs ``close_old_connections`` on the database thread before
         every handler: a hop per frame received. Every database call here goes
-        through ``database_sync_to_async``, which does the same before and
+        through ``core.db``, which does the same before and
         after the call, so the extra hop only costs (see docs/performance.md).
         """
         handler = getattr(self, get_handler_name(message), None)
@@ -249,6 +261,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         """Welcome, replay, then presence, once accepted."""
         room = self.room
         get_warden().watch(self)
+        self.welcome_seq = accepted.last_seq
         await self.send_frame(
             protocol.welcome_frame(
                 room=self.slug, user=self.username, last_seq=accepted.last_seq
@@ -380,7 +393,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         sent = 0
         while True:
             if page is None:
-                page, more = await database_sync_to_async(services.replay)(
+                page, more = await db.run(services.replay)(
                     room_id=self.room.pk,
                     after=after,
                     limit=min(STORED_PAGE, limit - sent),
@@ -544,9 +557,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             "history", settings.HISTORY_RATE_PER_SECOND, settings.HISTORY_BURST, None
         )
         try:
-            messages, has_more = await database_sync_to_async(
-                services.readable_history
-            )(
+            messages, has_more = await db.run(services.readable_history)(
                 user=self.user, room_id=self.room.pk,
                 before=frame.before, after=frame.after, limit=frame.limit,
                 max_bytes=gate.low_water if gate is not None else None,
@@ -717,7 +728,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         """The warden found this connection's access intact. If a catch-up
         after a gap could not run (the database was down), run it now."""
         if not self.closing and self.checked_epoch != get_hub().epoch:
-            self.catch_up_after_outage()
+            self.catch_up()
 
     async def _close_revoked(self, force: bool = False) -> None:
         if self.closing and not force:
@@ -727,27 +738,44 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return  # connect() has not accepted yet: it refuses (403)
         await self.close(code=CLOSE_ACCESS_REVOKED)
 
-    def catch_up_after_outage(self) -> None:
-        """Send what a channel-layer outage may have kept from this client."""
-        if not self.closing and self.held is None:
-            asyncio.get_running_loop().create_task(self._catch_up())
+    @property
+    def told_through(self) -> int:
+        """The highest seq this client has been told of (see ``welcome_seq``)."""
+        return max(self.last_seq_sent, self.welcome_seq)
+
+    def catch_up(self) -> None:
+        """Send what live delivery may have kept from this client (a
+        channel-layer outage, or a lost publish: core.fanout)."""
+        if self.closing or self.held is not None:
+            return
+        if self.catching_up:
+            self.catch_up_again = True  # a new gap: once more when done
+            return
+        self.catching_up = True
+        asyncio.get_running_loop().create_task(self._catch_up())
 
     async def _catch_up(self) -> None:
         """Re-check access (a revocation may have been lost too), then send
-        the messages stored since the last one this client was sent.
+        the messages stored above the last one this client was told of.
 
         Until the check passes, the hub gives this connection no live
         messages; those it skipped are read from the database after it.
         """
         try:
-            epoch, after = get_hub().epoch, self.last_seq_sent
-            if not await get_warden().holds(self.grant):
-                await self._close_revoked()
-                return
-            self.checked_epoch = epoch
-            await self._send_stored(after, settings.REPLAY_LIMIT)
+            while not self.closing:
+                self.catch_up_again = False
+                epoch, after = get_hub().epoch, self.told_through
+                if not await get_warden().holds(self.grant):
+                    await self._close_revoked()
+                    return
+                self.checked_epoch = epoch
+                await self._send_stored(after, settings.REPLAY_LIMIT)
+                if not self.catch_up_again:
+                    return
         except Exception as exc:
             logger.info("catching up failed (%s); the client resumes by itself", exc)
+        finally:
+            self.catching_up = False
 
     # --- output -------------------------------------------------------------------
 

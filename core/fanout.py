@@ -16,6 +16,14 @@ reconnect and probes it, and when events may have been lost (a reconnect,
 or a probe or a receive failed), it re-joins its groups once Redis answers
 and asks every local connection to re-check its access and catch up from
 the database on what it may have missed.
+
+A publish can also be lost where no outage shows: the publisher killed
+between commit and publish, a publish that timed out, the publisher alone
+cut off from Redis. Clients notice a gap only when a later message arrives,
+so in a quiet room nobody would. The hub therefore reads its rooms'
+``last_seq`` now and then, and has every connection not yet told of it
+catch up (``_check_tails_forever``): every committed message reaches every
+open connection within ``DELIVERY_BOUND_SECONDS``.
 """
 
 import asyncio
@@ -30,7 +38,7 @@ from typing import Any, Protocol, TypeVar
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
-from core import backpressure, layer_watch
+from core import backpressure, db, layer_watch, logs, services
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +75,17 @@ class Listener(Protocol):
     def deliver_now(self, seq: int, encoded: Encoded) -> bool:
         """Deliver a live message without awaiting; False: use ``hub_event``."""
 
-    def catch_up_after_outage(self) -> None:
-        """Fetch from the database whatever the outage may have dropped."""
+    def catch_up(self) -> None:
+        """Re-check access, then fetch from the database what live delivery
+        may have missed (above ``told_through``)."""
 
     # The hub's ``epoch`` when this listener's access was last read: live
     # messages go only to listeners checked since the last gap.
     checked_epoch: int
+
+    @property
+    def told_through(self) -> int:
+        """The highest ``seq`` this listener's client has been told of."""
 
 
 class Hub:
@@ -89,6 +102,9 @@ class Hub:
         # Goes up with every gap: a revocation may have been lost with it, so
         # live messages wait until a listener's access is read again.
         self.epoch = 0
+        # Catch-ups started because a room's last_seq ran ahead of what a
+        # connection had been told (a lost publish; _check_tails_forever).
+        self.tail_catch_ups = 0
         self._reset_probes()
 
     def _reset_probes(self) -> None:
@@ -114,6 +130,7 @@ class Hub:
                     loop.create_task(self._receive_forever()),
                     loop.create_task(self._probe_forever()),
                     loop.create_task(self._refresh_forever()),
+                    loop.create_task(self._check_tails_forever()),
                 ]
 
     async def unsubscribe(self, group: str, listener: Listener) -> None:
@@ -267,7 +284,69 @@ class Hub:
     def _catch_up_everyone(self) -> None:
         listeners = {member for group in self.members.values() for member in group}
         for listener in listeners:
-            listener.catch_up_after_outage()
+            listener.catch_up()
+
+    async def _check_tails_forever(self) -> None:
+        """Every committed message reaches every connection in time.
+
+        Every ``DELIVERY_BOUND_SECONDS / 2.5`` the hub reads the ``last_seq``
+        of every room it serves (one query). At the next check, once a probe
+        sent after that read has come back (so whatever Redis had by then
+        has been dispatched here), every connection not yet told of that
+        ``seq`` catches up from the database: its message was committed a
+        whole interval ago, and its publish was lost. A publish merely
+        slower than that makes a duplicate, which clients drop by ``seq``.
+        Outages are the probes' to notice; this waits while they show one.
+        """
+        interval = settings.DELIVERY_BOUND_SECONDS / 2.5
+        read: dict[int, int] = {}
+        probe_at_read = 0
+        while True:
+            await asyncio.sleep(interval)
+            delivering = (
+                self.lost_after_probe is None and self.probes_back > probe_at_read
+            )
+            if read and delivering:
+                self._catch_up_tails(read)
+            rooms = [
+                room_id
+                for group in self.members
+                if (room_id := services.room_id_of(group)) is not None
+            ]
+            try:
+                read = await db.run(services.last_seqs)(rooms) if rooms else {}
+            except Exception as exc:  # the database is down: next time
+                read = {}
+                logs.limited(
+                    logger,
+                    logging.WARNING,
+                    "hub.tail_check",
+                    "reading rooms' last_seq failed (%s)",
+                    exc.__class__.__name__,
+                )
+            probe_at_read = self.probes_sent
+
+    def _catch_up_tails(self, last_seqs: dict[int, int]) -> None:
+        for room_id, last_seq in last_seqs.items():
+            behind = [
+                listener
+                for listener in self.members.get(services.room_group(room_id), ())
+                if listener.told_through < last_seq
+            ]
+            if not behind:
+                continue
+            self.tail_catch_ups += len(behind)
+            logs.limited(
+                logger,
+                logging.INFO,
+                "hub.tail_catch_up",
+                "room %d: seq %d was not delivered live; %d connections catch up",
+                room_id,
+                last_seq,
+                len(behind),
+            )
+            for listener in behind:
+                listener.catch_up()
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         members = self.members.get(event.get("group", ""))

@@ -3,7 +3,7 @@
 Consumers, the HTTP API, pages and the ``announce`` command all call these
 functions. A message is published only after its transaction has committed,
 and publishing never runs on the database thread: async callers store through
-``database_sync_to_async`` and then await the publish on the event loop.
+``core.db`` and then await the publish on the event loop.
 """
 
 import asyncio
@@ -16,7 +16,6 @@ from datetime import UTC
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -25,12 +24,15 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from core import access, protocol
+from core import access, db, protocol
 from core.models import SLUG_PATTERN, Membership, Message, Room
 
 logger = logging.getLogger(__name__)
 
 User = AbstractBaseUser | AnonymousUser
+
+# Rooms per query when reading many rooms' last_seq.
+LAST_SEQS_CHUNK = 1000
 
 
 class AccessDenied(Exception):
@@ -79,6 +81,23 @@ def room_group(room_id: int) -> str:
     another room, and the old one's connections must not hear it.
     """
     return f"room.{room_id}"
+
+
+def room_id_of(group: str) -> int | None:
+    """The room id of a ``room_group`` name; None for any other group."""
+    prefix, _, room_id = group.partition(".")
+    if prefix != "room" or not room_id.isdigit():
+        return None
+    return int(room_id)
+
+
+def last_seqs(room_ids: list[int]) -> dict[int, int]:
+    """Each existing room's ``last_seq``, by id (rooms gone are left out)."""
+    found: dict[int, int] = {}
+    for start in range(0, len(room_ids), LAST_SEQS_CHUNK):
+        chunk = room_ids[start : start + LAST_SEQS_CHUNK]
+        found.update(Room.objects.filter(pk__in=chunk).values_list("pk", "last_seq"))
+    return found
 
 
 def user_group(user_id: int) -> str:
@@ -303,7 +322,7 @@ async def post_message(
     The publish happens after the commit and on the event loop; a failed
     publish is logged and counted, never raised: the message is stored.
     """
-    result = await database_sync_to_async(store_message)(
+    result = await db.run(store_message)(
         room=room, author=author, body=body, client_id=client_id
     )
     if result.created:

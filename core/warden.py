@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.sessions.models import Session
@@ -30,6 +29,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from rest_framework.authtoken.models import Token
 
+from core import db
 from core.models import Membership, Room
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Warden:
         await asyncio.sleep(BATCH_WINDOW_SECONDS)
         waiting, self.waiting = self.waiting, {}
         try:
-            gone = await database_sync_to_async(lost)(waiting.keys())
+            gone = await db.run(lost)(waiting.keys())
         except Exception as exc:
             for futures in waiting.values():
                 for future in futures:
@@ -203,7 +203,7 @@ class Warden:
     async def recheck_all(self) -> int:
         """Close every watched connection whose access is gone; how many."""
         connections = list(self.connections)
-        gone = await database_sync_to_async(lost)(c.grant for c in connections)
+        gone = await db.run(lost)(c.grant for c in connections)
         closed = 0
         for connection in connections:
             if connection not in self.connections:

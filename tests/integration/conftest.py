@@ -222,15 +222,20 @@ class Launcher:
         return self.launch_each({name: env or {} for name in names})
 
     def launch_each(
-        self, envs: Mapping[str, Mapping[str, str]], server: Server = "daphne"
+        self,
+        envs: Mapping[str, Mapping[str, str]],
+        server: Server = "daphne",
+        application: str = "backend.asgi:application",
     ) -> list[AppProcess]:
         """Start an instance per name with its own additions to the module's
         environment, all at once; return them once each answers /healthz.
+        ``application``: a test-only wrapper (tests/support/faults.py).
         """
         apps = [
             AppProcess(
                 self.deployment.instance_env(env),
                 server=server,
+                application=application,
                 name=f"{self.deployment.tag}-{name}",
             )
             for name, env in envs.items()

@@ -82,6 +82,58 @@ async def test_a_skipped_probe_has_every_connection_catch_up(settings):
         assert hub.gaps == 1
 
 
+async def messages_within(ws, seconds: float) -> list[dict]:
+    """The frames other than presence updates that arrive within ``seconds``."""
+    frames = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if await ws.receive_nothing(timeout=left):
+            break
+        frame = await ws.receive_json_from()
+        if frame["type"] != "presence":
+            frames.append(frame)
+    return frames
+
+
+async def test_a_lost_publish_reaches_quiet_connections_within_the_bound(settings):
+    """A message committed but never published (its publisher died between
+    the two), with nothing after it: connections in its room are sent it
+    within DELIVERY_BOUND_SECONDS, and only it; another room hears nothing."""
+    settings.DELIVERY_BOUND_SECONDS = 1.0
+    settings.HUB_PROBE_SECONDS = 0.05
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    await database_sync_to_async(RoomFactory)(slug="side")
+    for n in range(3):  # history the connections were told of at welcome
+        await database_sync_to_async(services.store_message)(
+            room=lobby, author=None, body=f"old {n}", client_id=None
+        )
+    async with connected("lobby") as quiet, connected("side") as elsewhere:
+        lost = await database_sync_to_async(services.store_message)(
+            room=lobby, author=None, body="never published", client_id=None
+        )
+        started = time.monotonic()
+        frame = await quiet.receive_json_from(timeout=5)
+        waited = time.monotonic() - started
+        assert frame == lost.message
+        assert waited < settings.DELIVERY_BOUND_SECONDS + 0.5, waited
+        assert await messages_within(quiet, 1.0) == []
+        assert await messages_within(elsewhere, 0.1) == []
+        assert get_hub().tail_catch_ups == 1
+
+
+async def test_published_messages_cause_no_tail_catch_up(settings):
+    settings.DELIVERY_BOUND_SECONDS = 1.0
+    settings.HUB_PROBE_SECONDS = 0.05
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with connected("lobby") as ws:
+        room = await database_sync_to_async(Room.objects.get)(slug="lobby")
+        result = await services.post_message(room=room, author=None, body="hi")
+        assert await ws.receive_json_from() == result.message
+        # Three checks' worth: each reads last_seq 1, which ws was sent.
+        assert await messages_within(ws, 1.5) == []
+        assert get_hub().tail_catch_ups == 0
+
+
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
 def test_shared_frames_are_valid_websocket_text_frames(size):
     """The frame written once for many sockets parses as a client would."""
