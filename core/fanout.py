@@ -39,6 +39,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from core import backpressure, db, layer_watch, logs, services
+from core.presence import get_presence
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +116,14 @@ class Hub:
         self.lost_after_probe: int | None = None
 
     async def subscribe(self, group: str, listener: Listener) -> None:
-        """Deliver ``group``'s events to ``listener`` from now on."""
+        """Deliver ``group``'s events to ``listener`` from now on.
+
+        Never fails for want of Redis: while the layer is unreachable the
+        listener is counted in here, and the hub joins its group in Redis
+        once the layer delivers again (``_recover``), then has it catch up.
+        """
         async with self.lock:
-            if self.channel is None:
-                self.channel = await _twice(self.layer.new_channel, "hub.")
-                self._watch_reconnects()
-            if not self.members[group]:
-                await _twice(self.layer.group_add, group, self.channel)
+            first = not self.members[group]
             self.members[group].add(listener)
             if not self.tasks:
                 self._reset_probes()
@@ -132,6 +134,22 @@ class Hub:
                     loop.create_task(self._refresh_forever()),
                     loop.create_task(self._check_tails_forever()),
                 ]
+            if self.lost_after_probe is not None:
+                return  # an outage is known: recovery joins every group
+            try:
+                async with asyncio.timeout(settings.PUBLISH_TIMEOUT_SECONDS):
+                    await self._ensure_channel()
+                    if first:
+                        await _twice(self.layer.group_add, group, self.channel)
+            except Exception as exc:
+                self._events_may_be_lost(
+                    f"joining {group} failed: {exc.__class__.__name__}"
+                )
+
+    async def _ensure_channel(self) -> None:
+        if self.channel is None:
+            self.channel = await _twice(layer_watch.new_channel, self.layer, "hub.")
+            self._watch_reconnects()
 
     async def unsubscribe(self, group: str, listener: Listener) -> None:
         """Stop delivering ``group`` to ``listener``; leave it if unused."""
@@ -143,8 +161,10 @@ class Hub:
             if members:
                 return
             del self.members[group]
-            with contextlib.suppress(Exception):
-                await self.layer.group_discard(group, self.channel)
+            if self.channel is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(settings.PUBLISH_TIMEOUT_SECONDS):
+                        await self.layer.group_discard(group, self.channel)
             if not self.members:
                 # Nobody left: stop, and take a new channel next time (a
                 # cancelled receive ends the channel on the pub/sub layer).
@@ -188,6 +208,10 @@ class Hub:
     async def _receive_forever(self) -> None:
         delay = RETRY_MIN_SECONDS
         while True:
+            if self.channel is None:  # not made yet: Redis was down
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
             try:
                 event = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
@@ -242,6 +266,9 @@ class Hub:
             self.probes_sent += 1
             probe = {"type": PROBE_TYPE, "n": self.probes_sent}
             try:
+                if self.channel is None:
+                    async with self.lock, asyncio.timeout(interval):
+                        await self._ensure_channel()
                 await asyncio.wait_for(
                     self.layer.send(self.channel, probe),
                     settings.HUB_PROBE_TIMEOUT_SECONDS,
@@ -258,7 +285,8 @@ class Hub:
 
     async def _recover(self) -> None:
         try:
-            await self._rejoin()
+            async with asyncio.timeout(settings.HUB_PROBE_TIMEOUT_SECONDS):
+                await self._rejoin()
         except Exception as exc:
             logger.info("re-joining groups failed (%r); retrying", exc)
             return
@@ -268,6 +296,7 @@ class Hub:
         logger.info("channel layer delivers again; %d groups", len(self.members))
         self.lost_after_probe = None
         self._catch_up_everyone()
+        get_presence().resync()  # presence updates may have been lost too
 
     async def _rejoin(self) -> None:
         for group in list(self.members):

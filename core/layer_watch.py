@@ -34,3 +34,23 @@ def on_reconnect(layer: Any, channel: str, callback: Callable[[Any], None]) -> b
         return False
     register(callback)
     return True
+
+
+async def new_channel(layer: Any, prefix: str) -> str:
+    """``layer.new_channel(prefix)``, leaving nothing behind if it fails.
+
+    channels_redis' pub/sub layer registers a new channel's local queue
+    before it subscribes in Redis, and keeps the queue when that fails: a
+    process retrying through a long outage would pile them up.
+    """
+    try:
+        local = layer._get_layer().channels
+    except AttributeError:
+        return await layer.new_channel(prefix)
+    before = set(local)
+    try:
+        return await layer.new_channel(prefix)
+    except BaseException:
+        for name in set(local) - before:
+            local.pop(name, None)
+        raise

@@ -124,11 +124,20 @@ def _key(kind: str, name: str, ident: str) -> str:
 
 
 _last_fallback_log = -math.inf
+# After a failure, calls go straight to memory this long before Redis is
+# tried again: while Redis hangs, no call waits REDIS_WAIT_SECONDS for it.
+FALLBACK_REST_SECONDS = 2.0
+_redis_resting_until = -math.inf
+
+
+def _use_redis() -> bool:
+    return bool(settings.REDIS_URL) and time.monotonic() >= _redis_resting_until
 
 
 def _fell_back(what: str, exc: Exception) -> None:
-    global _last_fallback_log
+    global _last_fallback_log, _redis_resting_until
     now = time.monotonic()
+    _redis_resting_until = now + FALLBACK_REST_SECONDS
     if now - _last_fallback_log >= FALLBACK_LOG_SECONDS:
         _last_fallback_log = now
         logger.warning(
@@ -217,7 +226,7 @@ def _sync_redis() -> redis.Redis:
 def take(name: str, ident: str, rate: float, burst: int) -> float:
     """Take a token from bucket (name, ident): 0.0, or seconds to wait."""
     key = _key("bucket", name, ident)
-    if settings.REDIS_URL:
+    if _use_redis():
         try:
             waited_ms = _sync_redis().eval(TAKE_SCRIPT, 1, key, 1000.0 / rate, burst)
             return int(waited_ms) / 1000.0
@@ -229,7 +238,7 @@ def take(name: str, ident: str, rate: float, burst: int) -> float:
 async def atake(name: str, ident: str, rate: float, burst: int) -> float:
     """``take`` for the event loop."""
     key = _key("bucket", name, ident)
-    if settings.REDIS_URL:
+    if _use_redis():
         try:
             async with asyncio.timeout(REDIS_WAIT_SECONDS):
                 waited_ms = await _async_redis().eval(
@@ -290,7 +299,7 @@ class Slots:
         self, name: str, ident: str, member: str, limit: int, toll: Toll | None
     ) -> Acquired:
         key = _key("slots", name, ident)
-        if settings.REDIS_URL:
+        if _use_redis():
             lease_ms = int(SLOT_LEASE_SECONDS * 1000)
             if toll is None:
                 script, keys, tail = ACQUIRE_SCRIPT, [key], []
@@ -336,6 +345,8 @@ class Slots:
         if held is None or member not in held:
             return
         _forget(self.in_redis, key, member)
+        if not _use_redis():
+            return  # the lease runs out by itself
         try:
             async with asyncio.timeout(REDIS_WAIT_SECONDS):
                 await _async_redis().zrem(key, member)
@@ -407,9 +418,10 @@ def get_slots() -> Slots:
 
 def reset_for_tests() -> None:
     """Forget every count kept in this process."""
-    global _memory, _sync_client
+    global _memory, _sync_client, _redis_resting_until
     _memory = _Memory()
     _sync_client = None
+    _redis_resting_until = -math.inf
     for slots in list(_slots.values()):
         if slots.task is not None:
             slots.task.cancel()

@@ -33,6 +33,9 @@ SWEEP_EVERY_SECONDS = 5.0
 # waits for one of them before it fails.
 REDIS_CONNECTIONS = 4
 REDIS_WAIT_SECONDS = 5.0
+# How long a handshake waits for shared presence before it answers with
+# this instance's view, marked unavailable.
+JOIN_WAIT_SECONDS = 1.0
 
 Snapshot = tuple[frozenset[str], int]
 
@@ -97,9 +100,13 @@ class MemoryStore:
     async def members(self, room: RoomRef, now: float) -> list[str]:
         return [m for m, expiry in self.rooms[room].items() if expiry > now]
 
-    async def claim_publish(self, room: RoomRef, digest: str) -> bool:
+    async def claim_publish(
+        self, room: RoomRef, digest: str, force: bool = False
+    ) -> bool:
         now = time.monotonic()
-        if self.published.get(room) == digest or self.throttle.get(room, 0) > now:
+        if not force and self.published.get(room) == digest:
+            return False
+        if self.throttle.get(room, 0) > now:
             return False
         self.published[room] = digest
         self.throttle[room] = now + settings.PRESENCE_BROADCAST_SECONDS
@@ -158,9 +165,11 @@ class RedisStore:
     async def members(self, room: RoomRef, now: float) -> list[str]:
         return await self.redis.zrangebyscore(self._key(room), f"({now}", "+inf")
 
-    async def claim_publish(self, room: RoomRef, digest: str) -> bool:
+    async def claim_publish(
+        self, room: RoomRef, digest: str, force: bool = False
+    ) -> bool:
         published_key = self._key(room, ":published")
-        if await self.redis.get(published_key) == digest:
+        if not force and await self.redis.get(published_key) == digest:
             return False
         interval_ms = int(settings.PRESENCE_BROADCAST_SECONDS * 1000)
         if not await self.redis.set(
@@ -187,6 +196,12 @@ class Presence:
         self.anonymous: dict[str, set[str]] = defaultdict(set)
         self.dirty: set[str] = set()
         self.task: asyncio.Task[None] | None = None
+        # The store failed (Redis unreachable): frames are this process's
+        # view, marked unavailable, until a full refresh succeeds.
+        self.stale = False
+        # Rooms whose next snapshot goes out even if it equals the last one
+        # published: that one may have been lost with the channel layer.
+        self.forced: set[RoomRef] = set()
 
     def _local_members(self, room: RoomRef) -> list[str]:
         return [_member("u", user) for user in self.users[room]] + [
@@ -206,10 +221,21 @@ class Presence:
             member = _member("u", user)
         self.dirty.add(room)
         self._ensure_loop()
-        current = await self.store.put_and_read(
-            room, [member], self._expiry(), time.time()
+        if not self.stale:
+            try:
+                async with asyncio.timeout(JOIN_WAIT_SECONDS):
+                    current = await self.store.put_and_read(
+                        room, [member], self._expiry(), time.time()
+                    )
+                return self._frame(room, current)
+            except Exception as exc:  # Redis unreachable: degrade, not fail
+                self._went_stale(exc)
+        return protocol.presence_frame(
+            room=room.slug,
+            users=set(self.users[room]),
+            anonymous=len(self.anonymous[room]),
+            available=False,
         )
-        return self._frame(room, current)
 
     async def leave(self, room: RoomRef, user: str | None, connection: str) -> None:
         """Count a connection out; the entry goes with the user's last one."""
@@ -226,7 +252,21 @@ class Presence:
             self.users.pop(room, None)
             self.anonymous.pop(room, None)
         self.dirty.add(room)
-        await self.store.remove(room, gone)
+        if not self.stale:
+            try:
+                async with asyncio.timeout(JOIN_WAIT_SECONDS):
+                    await self.store.remove(room, gone)
+            except Exception as exc:  # its entry expires by itself
+                self._went_stale(exc)
+
+    def _went_stale(self, exc: Exception) -> None:
+        if not self.stale:
+            self.stale = True
+            logger.warning(
+                "presence store failed (%s); serving this instance's view, "
+                "marked unavailable, until it answers",
+                exc.__class__.__name__,
+            )
 
     async def frame(self, room: RoomRef) -> dict[str, object]:
         """The ``presence`` frame for ``room`` as it is now."""
@@ -252,6 +292,15 @@ class Presence:
             await asyncio.sleep(settings.PRESENCE_BROADCAST_SECONDS)
             now = time.monotonic()
             try:
+                if self.stale:
+                    # Everything local, written again: a restarted Redis
+                    # has forgotten it. Then every room gets a snapshot.
+                    await self._refresh()
+                    self.stale = False
+                    refreshed = now
+                    self.forced = set(self.users.keys() | self.anonymous.keys())
+                    self.dirty |= self.forced
+                    logger.info("presence store answers again")
                 if now - refreshed >= settings.PRESENCE_REFRESH_SECONDS:
                     refreshed = now
                     await self._refresh()
@@ -259,8 +308,8 @@ class Presence:
                     swept = now
                     await self._sweep()
                 await self._broadcast()
-            except Exception:  # a Redis outage must not end presence for good
-                logger.warning("presence update failed; retrying", exc_info=True)
+            except Exception as exc:  # a Redis outage must not end presence
+                self._went_stale(exc)
 
     async def _refresh(self) -> None:
         expires = self._expiry()
@@ -273,10 +322,18 @@ class Presence:
             if await self.store.sweep(room, now):
                 self.dirty.add(room)
 
+    def resync(self) -> None:
+        """Events may have been lost (core.fanout): write every local entry
+        again (a restarted Redis has forgotten them) and send every room a
+        fresh snapshot."""
+        self.stale = True
+        self._ensure_loop()
+
     async def _broadcast(self) -> None:
         for room in list(self.dirty):
             snapshot = _snapshot(await self.store.members(room, time.time()))
-            if await self.store.claim_publish(room, _digest(snapshot)):
+            forced = room in self.forced
+            if await self.store.claim_publish(room, _digest(snapshot), forced):
                 users, anonymous = snapshot
                 frame = protocol.presence_frame(
                     room=room.slug, users=set(users), anonymous=anonymous
@@ -285,7 +342,8 @@ class Presence:
                     room_group(room.id), {"type": "room.presence", "frame": frame}
                 )
                 self.dirty.discard(room)
-            elif await self._unchanged(room, snapshot):
+                self.forced.discard(room)
+            elif not forced and await self._unchanged(room, snapshot):
                 self.dirty.discard(room)
 
     async def _unchanged(self, room: RoomRef, snapshot: Snapshot) -> bool:

@@ -375,13 +375,19 @@ def error_frame(error: ProtocolError) -> ErrorFrame:
 PRESENCE_MAX_USERS = 100
 
 
-def presence_frame(*, room: str, users: set[str], anonymous: int) -> dict[str, object]:
-    """At most 100 sorted usernames, plus the totals."""
+def presence_frame(
+    *, room: str, users: set[str], anonymous: int, available: bool = True
+) -> dict[str, object]:
+    """At most 100 sorted usernames, plus the totals. ``available=False``:
+    shared presence is unreachable, and this is one instance's view."""
     ordered = sorted(users)
-    return {
+    frame: dict[str, object] = {
         "type": "presence",
         "room": room,
         "users": ordered[:PRESENCE_MAX_USERS],
         "total_users": len(ordered),
         "anonymous": anonymous,
     }
+    if not available:
+        frame["available"] = False
+    return frame

@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     WsClient,
     ahttp_json,
     create_room,
+    is_type,
     report,
     unique_slug,
     wait_for_readyz,
@@ -304,3 +305,54 @@ async def test_dropped_subscriptions_are_noticed_and_their_clients_catch_up(
     await listener.wait_for_seqs(range(first, missed + 1), timeout=10)
     live = await sender.send_message("after the drop")
     await listener.wait_for_seqs(range(first, live + 1))
+
+
+async def test_clients_connect_send_and_read_while_redis_is_down(
+    own_redis: RedisServer,
+    pair: tuple[AppProcess, AppProcess],
+    deployment: Deployment,
+    clients: Clients,
+) -> None:
+    """Degraded, not down: with Redis unreachable a handshake still gets its
+    welcome, its replay from the database and a presence frame marked
+    unavailable; sends are stored and acknowledged, history answers, and
+    /healthz stays 200. Once Redis is back, the messages sent meanwhile
+    reach the other instance's clients and presence is whole again, with
+    no restart.
+    """
+    a, b = pair
+    tokens, names = deployment.tokens, deployment.usernames
+    slug = unique_slug("degraded")
+    create_room(a, tokens[names[0]], slug)
+    seeded = await clients.open(a, slug, token=tokens[names[0]], name="seeder")
+    first = await seeded.send_message("before the outage")
+    listener_b = await clients.open(b, slug, name="anonymous@B")
+
+    await asyncio.to_thread(own_redis.stop)
+    started = time.monotonic()
+    user = await clients.open(a, slug, token=tokens[names[1]], after=0, name="user@A")
+    anonymous = await clients.open(a, slug, name="anonymous@A")
+    handshake_s = time.monotonic() - started
+    assert user.seqs() == [first]
+    for client in (user, anonymous):
+        presence = next(f for f in client.frames if f["type"] == "presence")
+        assert presence["available"] is False, presence
+    during = await user.send_message("sent while Redis is down")
+    history = await user.request({"type": "history", "after": 0}, is_type("history"))
+    assert [m["seq"] for m in history["messages"]] == [first, during]
+    status, health = await ahttp_json(a, "GET", "/healthz")
+    assert (status, health) == (200, {"status": "ok"})
+
+    await asyncio.to_thread(own_redis.start)
+    await listener_b.wait_for_seqs({during}, timeout=15)
+    # Presence recovers by itself: a later snapshot counts both users.
+    await user.wait_for_frame(
+        lambda f: (
+            f["type"] == "presence"
+            and "available" not in f
+            and set(f["users"]) >= {names[0], names[1]}
+        ),
+        timeout=15,
+        what="presence available again",
+    )
+    report("handshakes while Redis is down", {"two_handshakes_s": f"{handshake_s:.2f}"})
