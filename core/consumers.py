@@ -32,6 +32,7 @@ from core import (
     services,
 )
 from core.backpressure import TOO_FULL, WRITTEN
+from core.daphne_fix import CLIENT_GONE
 from core.fanout import Encoded, get_hub
 from core.models import Room
 from core.output import OutputGate
@@ -635,13 +636,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
     ) -> None:
         """A frame for the client, where a client that has gone is no error.
 
-        uvicorn raises ClientDisconnected (an OSError) for a send after the
-        client left, where Daphne drops the message. The disconnect event
-        that follows cleans up; until then nothing more is sent.
+        Servers raise for a send after the client left (``CLIENT_GONE``).
+        The disconnect event that follows cleans up; until then nothing more
+        is sent.
         """
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
-        except OSError:
+        except CLIENT_GONE:
             self.closing = True
 
     def deliver_now(self, seq: int, encoded: Encoded) -> bool:

@@ -41,6 +41,21 @@ from typing import Any
 logger = logging.getLogger(__name__)
 _MARK = "_switchboard_fixed"
 
+
+def _client_gone() -> tuple[type[BaseException], ...]:
+    # uvicorn raises ClientDisconnected (an OSError) for a send after the
+    # client left; Daphne lets autobahn's Disconnected through. Importing
+    # autobahn.exception installs no reactor.
+    try:
+        from autobahn.exception import Disconnected
+    except ImportError:  # Daphne is not installed: uvicorn only
+        return (OSError,)
+    return (OSError, Disconnected)
+
+
+# What a server raises for a frame sent to a client that has gone.
+CLIENT_GONE = _client_gone()
+
 # autobahn's copies of the opening handshake, read only while it is processed
 # (processHandshake, succeedHandshake).
 HANDSHAKE_LEFTOVERS = (

@@ -5,6 +5,7 @@ import json
 
 import pytest
 from asgiref.sync import async_to_sync
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -720,11 +721,20 @@ async def test_a_handshake_that_fails_leaves_the_users_other_connections_counted
         assert dict(get_presence().users[RoomRef(lobby.pk, "lobby")]) == {"alice": 1}
 
 
+@pytest.mark.parametrize(
+    "raised",
+    [
+        OSError("client disconnected"),  # uvicorn's ClientDisconnected
+        Disconnected("Attempt to send on a closed protocol"),  # Daphne's
+    ],
+    ids=["uvicorn", "daphne"],
+)
 async def test_a_delivery_to_a_client_that_has_gone_is_not_an_error(
-    lobby, alice, caplog
+    lobby, alice, caplog, raised
 ):
-    """uvicorn raises ClientDisconnected (an OSError) for a send that races
-    the client's disconnect; Daphne drops it. Either way the room goes on."""
+    """A send that races the client's disconnect raises in the server
+    (uvicorn: ClientDisconnected; Daphne: autobahn's Disconnected). It is
+    no error: the room goes on and nothing is logged as one."""
     async with (
         connected("lobby") as gone,
         connected("lobby", token=await token_for(alice)) as sender,
@@ -733,7 +743,7 @@ async def test_a_delivery_to_a_client_that_has_gone_is_not_an_error(
         gone_consumer = next(c for c in listeners if c.username is None)
 
         async def client_left(message):
-            raise OSError("client disconnected")
+            raise raised
 
         gone_consumer.base_send = client_left
         await send_json(
