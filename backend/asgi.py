@@ -1,8 +1,8 @@
 """ASGI entry point: ``daphne -b 0.0.0.0 -p 8080 backend.asgi:application``.
 
-HTTP goes to Django; WebSockets go through admission control (a bound on
-handshakes in progress), the origin policy, then the session/token auth
-stack, then the URL router.
+HTTP goes to Django, at most HTTP_CONCURRENCY requests at once; WebSockets
+go through admission control (a bound on handshakes in progress), the
+origin policy, then the session/token auth stack, then the URL router.
 """
 
 import gc
@@ -24,7 +24,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from core import daphne_fix, routing, uvicorn_fix  # noqa: E402
-from core.admission import AdmissionMiddleware  # noqa: E402
+from core.admission import AdmissionMiddleware, HttpAdmission  # noqa: E402
 from core.auth import OriginPolicyMiddleware, TokenAuthMiddlewareStack  # noqa: E402
 
 daphne_fix.apply()  # shutdown closes every socket with 4012 (Daphne 4.2.3 bug)
@@ -32,7 +32,7 @@ uvicorn_fix.apply()  # uvicorn's shutdown 1012 names the reconnect window
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": HttpAdmission(django_asgi_app),
         "websocket": AdmissionMiddleware(
             OriginPolicyMiddleware(
                 TokenAuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))

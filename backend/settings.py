@@ -354,6 +354,11 @@ HANDSHAKE_DEADLINE_SECONDS = env_float(
 SHUTDOWN_RECONNECTS_PER_SECOND = env_float(
     "SWITCHBOARD_SHUTDOWN_RECONNECTS_PER_SECOND", 250.0, minimum=1
 )
+# HTTP requests one process has in Django at once (each runs on a thread of
+# its own); past it a request waits up to HTTP_QUEUE_SECONDS for a turn,
+# then gets 503 with Retry-After. /healthz never waits (core.admission).
+HTTP_CONCURRENCY = env_int("SWITCHBOARD_HTTP_CONCURRENCY", 16, minimum=1)
+HTTP_QUEUE_SECONDS = env_float("SWITCHBOARD_HTTP_QUEUE_SECONDS", 5.0, minimum=0.1)
 # Every open connection's access is read again this often (docs/security.md).
 ACCESS_RECHECK_SECONDS = env_float(
     "SWITCHBOARD_ACCESS_RECHECK_SECONDS", 30.0, minimum=0.5

@@ -20,6 +20,7 @@ go on for nobody.
 """
 
 import asyncio
+import json
 import math
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from django.conf import settings
 
 from core import db
 from core.collector import get_collector
+from core.middleware import HEALTH_PATH
 
 CLOSE_BUSY = 4503
 SCOPE_KEY = "switchboard.handshake"
@@ -229,3 +231,58 @@ class AdmissionMiddleware:
             )
         finally:
             ticket.release(completed=False)
+
+
+class HttpAdmission:
+    """At most ``HTTP_CONCURRENCY`` HTTP requests of a process in Django.
+
+    Django runs each request's synchronous code on a thread of its own, so
+    a crowd of slow requests (a slow query, a wait for a pool connection)
+    would make as many threads, each holding memory and waiting on the same
+    pool. Past the bound a request waits up to ``HTTP_QUEUE_SECONDS`` for a
+    turn, then gets 503 with ``Retry-After``. ``/healthz`` never waits: App
+    Platform would restart a busy but healthy instance.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._turns: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        turns = self._turns.get(loop)
+        if turns is None:
+            turns = self._turns[loop] = asyncio.Semaphore(settings.HTTP_CONCURRENCY)
+        return turns
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") == HEALTH_PATH:
+            await self.app(scope, receive, send)
+            return
+        turns = self._semaphore()
+        try:
+            async with asyncio.timeout(settings.HTTP_QUEUE_SECONDS):
+                await turns.acquire()
+        except TimeoutError:
+            await _busy(send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            turns.release()
+
+
+async def _busy(send: Send) -> None:
+    body = json.dumps({"detail": "This server is busy; try again shortly."})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"retry-after", b"1"),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode()})

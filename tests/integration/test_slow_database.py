@@ -9,7 +9,9 @@ client may retry, and the retry is stored once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.client
 import time
 from collections.abc import Iterator
 
@@ -21,20 +23,30 @@ from tests.integration.conftest import (
     Deployment,
     Launcher,
     WsClient,
+    ahttp_json,
     create_room,
     report,
     unique_slug,
 )
-from tests.support.services import AppProcess, PostgresCluster, async_wait_until
+from tests.support.services import (
+    LOOPBACK,
+    AppProcess,
+    PostgresCluster,
+    async_wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
 USERS = 6
 DB_THREADS = 2
 STATEMENT_TIMEOUT_MS = 3000
+HTTP_CONCURRENCY = 2
+HTTP_QUEUE_SECONDS = 0.5
 ENV = {
     "SWITCHBOARD_DB_THREADS": str(DB_THREADS),
     "SWITCHBOARD_DB_STATEMENT_TIMEOUT_MS": str(STATEMENT_TIMEOUT_MS),
+    "SWITCHBOARD_HTTP_CONCURRENCY": str(HTTP_CONCURRENCY),
+    "SWITCHBOARD_HTTP_QUEUE_SECONDS": str(HTTP_QUEUE_SECONDS),
 }
 # What "not delayed" means on a shared 2-core machine: far below the
 # statement timeout that a stalled process would show.
@@ -150,3 +162,50 @@ async def test_with_every_database_thread_blocked_a_post_waits_at_most_the_timeo
          "statement_timeout_s": STATEMENT_TIMEOUT_MS / 1000},
     )  # fmt: skip
     assert waited < STATEMENT_TIMEOUT_MS / 1000 + PROMPT_ACK_SECONDS
+
+
+def get(app: AppProcess, path: str) -> tuple[int, dict[str, str], float]:
+    """GET ``path``: status, headers and seconds taken."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection(LOOPBACK, app.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status, dict(response.getheaders()), time.monotonic() - started
+    finally:
+        conn.close()
+
+
+async def test_http_requests_past_the_bound_wait_briefly_then_get_503(
+    app: AppProcess, postgres: PostgresCluster, deployment: Deployment
+) -> None:
+    """HTTP_CONCURRENCY requests stuck in Django hold every turn: the next
+    waits HTTP_QUEUE_SECONDS and gets 503 with Retry-After instead of a
+    thread of its own; /healthz answers at once throughout; the stuck
+    requests finish once the lock goes."""
+    token = deployment.tokens[deployment.usernames[0]]
+    slug = unique_slug("locked-http")
+    create_room(app, token, slug)
+    with room_locked(postgres, deployment, slug):
+        path = f"/api/rooms/{slug}/messages/"
+        stuck = [
+            asyncio.create_task(
+                ahttp_json(app, "POST", path, token=token, body={"body": f"#{n}"})
+            )
+            for n in range(HTTP_CONCURRENCY)
+        ]
+        await blocked(postgres, deployment, HTTP_CONCURRENCY)
+        status, headers, waited = await asyncio.to_thread(get, app, "/api/rooms/")
+        health, _, health_s = await asyncio.to_thread(get, app, "/healthz")
+    assert (status, headers.get("Retry-After")) == (503, "1"), (status, headers)
+    assert HTTP_QUEUE_SECONDS <= waited < HTTP_QUEUE_SECONDS + 1, waited
+    assert health == 200
+    assert health_s < 0.5, health_s
+    assert [status for status, _ in await asyncio.gather(*stuck)] == [201, 201]
+    status, _, _ = await asyncio.to_thread(get, app, "/api/rooms/")
+    assert status == 200
+    report(
+        "HTTP past its bound",
+        {"refused_after_s": f"{waited:.2f}", "healthz_s": f"{health_s:.3f}"},
+    )
