@@ -10,6 +10,9 @@ from core import api, forms, views
 # login view is routed below, ahead of the admin's own URLs.
 admin.site.login_form = forms.AdminLoginForm
 
+# A URL no route matches: JSON under /api/, like every API error.
+handler404 = views.not_found
+
 urlpatterns = [
     path("", views.home, name="home"),
     path("rooms/new/", views.create_room, name="create-room"),

@@ -17,12 +17,17 @@ from django.contrib.auth import authenticate
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+)
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import Throttled, ValidationError
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -120,9 +125,27 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+class StringOnly:
+    """JSON strings only, as the document says (DRF's CharField also takes
+    numbers and turns them into text)."""
+
+    def to_internal_value(self, data: object) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")  # "Not a valid string."
+        return super().to_internal_value(data)
+
+
+class StrictCharField(StringOnly, serializers.CharField):
+    pass
+
+
+class StrictRegexField(StringOnly, serializers.RegexField):
+    pass
+
+
 class TokenRequestSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
-    password = serializers.CharField(max_length=4096, trim_whitespace=False)
+    username = StrictCharField(max_length=150)
+    password = StrictCharField(max_length=4096, trim_whitespace=False)
 
 
 class TokenSerializer(serializers.Serializer):
@@ -136,14 +159,14 @@ class RoomSerializer(serializers.ModelSerializer):
 
 
 class RoomCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(min_length=1, max_length=100)
+    name = StrictCharField(min_length=1, max_length=100)
     # Absent: None, and services.create_room derives it from the name.
-    slug = serializers.RegexField(rf"^{SLUG_PATTERN}\Z", required=False, default=None)
+    slug = StrictRegexField(rf"^{SLUG_PATTERN}\Z", required=False, default=None)
     is_private = StrictBooleanField(required=False, default=False)
 
 
 class MemberSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
+    username = StrictCharField(max_length=150)
 
 
 class MessageSerializer(serializers.Serializer):
@@ -164,6 +187,63 @@ class MessageCreateSerializer(serializers.Serializer):
 class MessagePageSerializer(serializers.Serializer):
     messages = MessageSerializer(many=True)
     has_more = serializers.BooleanField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """An error: ``detail`` says what is wrong; invalid input adds ``errors``,
+    each field's messages."""
+
+    detail = serializers.CharField()
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
+
+
+class RefusalSerializer(serializers.Serializer):
+    """A refusal (429, 503): try again in ``retry_after_ms``, which
+    ``Retry-After`` says in whole seconds."""
+
+    detail = serializers.CharField()
+    retry_after_ms = serializers.IntegerField(min_value=1)
+
+
+# --- what the OpenAPI document says besides the serializers ---------------------
+
+# Security requirements, named as drf-spectacular names the two authenticators.
+SIGNED_IN = [{"tokenAuth": []}, {"cookieAuth": []}]
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(ErrorSerializer, description=description)
+
+
+def _refusal(description: str) -> OpenApiResponse:
+    return OpenApiResponse(RefusalSerializer, description=description)
+
+
+# Every route answers an invalid token with 401, even where anonymous callers
+# are served; routes that read a body refuse one too large or not JSON.
+UNAUTHORIZED = _error("An invalid token; or not signed in where that is required.")
+BODY_ERRORS = {
+    413: _error("The request body is over DATA_UPLOAD_MAX_MEMORY_SIZE."),
+    415: _error("A request body that is not application/json."),
+}
+NO_SUCH_ROOM = _error("No such room, or a private room the caller cannot read.")
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    int,
+    OpenApiParameter.HEADER,
+    description="Whole seconds to wait, rounded up; also retry_after_ms.",
+    response=[429, 503],
+)
+
+
+def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema, where an empty value counts as absent."""
+    return {"anyOf": [schema, {"type": "string", "enum": [""]}]}
+
+
+SEQ_SCHEMA = _or_empty({"type": "integer", "minimum": 0, "maximum": protocol.MAX_INT})
 
 
 class SendThrottle(BaseThrottle):
@@ -229,7 +309,18 @@ def _seq_param(request: Request, name: str) -> int | None:
 class TokenView(APIView):
     """Exchange a username and password for an API token, or revoke it."""
 
-    @extend_schema(request=TokenRequestSerializer, responses={200: TokenSerializer})
+    @extend_schema(
+        request=TokenRequestSerializer,
+        parameters=[RETRY_AFTER],
+        responses={
+            200: TokenSerializer,
+            400: _error("Wrong credentials, an inactive user, or invalid input."),
+            401: UNAUTHORIZED,
+            429: _refusal("Too many sign-in attempts or password checks."),
+            503: _refusal("Every password-hashing slot is busy."),
+            **BODY_ERRORS,
+        },
+    )
     def post(self, request: Request) -> Response:
         refusal = throttling.check_attempt(request._request)
         if refusal is not None:
@@ -257,7 +348,11 @@ class TokenView(APIView):
         token, _ = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})
 
-    @extend_schema(request=None, responses={204: None})
+    # The view answers anonymous callers itself, where drf-spectacular looks
+    # for a permission class.
+    @extend_schema(
+        request=None, auth=SIGNED_IN, responses={204: None, 401: UNAUTHORIZED}
+    )
     def delete(self, request: Request) -> Response:
         if not request.user.is_authenticated:
             return Response(
@@ -275,16 +370,27 @@ class RoomListView(APIView):
     def get_permissions(self) -> list[Any]:
         if self.request.method == "POST":
             return [IsAuthenticated()]
-        return []
+        # AllowAny rather than none, so the document says anyone may list.
+        return [AllowAny()]
 
     @extend_schema(
         parameters=[
             OpenApiParameter(
-                "limit", int, description=f"1-{ROOMS_PAGE_MAX}, default 100"
+                "limit",
+                _or_empty({"type": "integer", "minimum": 1, "maximum": ROOMS_PAGE_MAX}),
+                description=f"1-{ROOMS_PAGE_MAX}, default 100",
             ),
-            OpenApiParameter("after", str, description="Only rooms after this slug"),
+            OpenApiParameter(
+                "after",
+                _or_empty({"type": "string", "pattern": f"^{SLUG_PATTERN}$"}),
+                description="Only rooms after this slug",
+            ),
         ],
-        responses={200: RoomSerializer(many=True)},
+        responses={
+            200: RoomSerializer(many=True),
+            400: _error("A bad limit or after."),
+            401: UNAUTHORIZED,
+        },
     )
     def get(self, request: Request) -> Response:
         """A page of rooms by slug; a ``Link`` header names the next one."""
@@ -298,7 +404,17 @@ class RoomListView(APIView):
             response["Link"] = _next_link(request, limit, page[limit - 1].slug)
         return response
 
-    @extend_schema(request=RoomCreateSerializer, responses={201: RoomSerializer})
+    @extend_schema(
+        request=RoomCreateSerializer,
+        parameters=[RETRY_AFTER],
+        responses={
+            201: RoomSerializer,
+            400: _error("Invalid input, a taken slug, or no slug from the name."),
+            401: UNAUTHORIZED,
+            429: _refusal("Too many rooms created."),
+            **BODY_ERRORS,
+        },
+    )
     def post(self, request: Request) -> Response:
         data = RoomCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -323,7 +439,19 @@ class MemberListView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=MemberSerializer, responses={201: MemberSerializer})
+    @extend_schema(
+        request=MemberSerializer,
+        parameters=[RETRY_AFTER],
+        responses={
+            201: MemberSerializer,
+            400: _error("No such active user, or invalid input."),
+            401: UNAUTHORIZED,
+            403: _error("Not the owner, or a public room."),
+            404: NO_SUCH_ROOM,
+            429: _refusal("Too many members added."),
+            **BODY_ERRORS,
+        },
+    )
     def post(self, request: Request, slug: str) -> Response:
         room = _visible_room_or_404(request, slug)
         data = MemberSerializer(data=request.data)
@@ -349,7 +477,14 @@ class MemberDetailView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(responses={204: None})
+    @extend_schema(
+        responses={
+            204: None,
+            401: UNAUTHORIZED,
+            403: _error("Not the owner, the owner leaving, or a public room."),
+            404: _error("No such room, or no such member."),
+        },
+    )
     def delete(self, request: Request, slug: str, username: str) -> Response:
         room = _visible_room_or_404(request, slug)
         try:
@@ -374,11 +509,30 @@ class MessageListView(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("after", int, description="Only messages above this seq"),
-            OpenApiParameter("before", int, description="Only messages below this seq"),
-            OpenApiParameter("limit", int, description="1-100, default 50"),
+            OpenApiParameter(
+                "after", SEQ_SCHEMA, description="Only messages above this seq"
+            ),
+            OpenApiParameter(
+                "before", SEQ_SCHEMA, description="Only messages below this seq"
+            ),
+            OpenApiParameter(
+                "limit",
+                _or_empty(
+                    {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": protocol.HISTORY_MAX_LIMIT,
+                    }
+                ),
+                description=f"1-{protocol.HISTORY_MAX_LIMIT}, default 50",
+            ),
         ],
-        responses={200: MessagePageSerializer},
+        responses={
+            200: MessagePageSerializer,
+            400: _error("A bad after, before or limit."),
+            401: UNAUTHORIZED,
+            404: NO_SUCH_ROOM,
+        },
     )
     def get(self, request: Request, slug: str) -> Response:
         room = _visible_room_or_404(request, slug)
@@ -394,9 +548,21 @@ class MessageListView(APIView):
         )
         return Response({"messages": messages, "has_more": has_more})
 
+    # Anonymous callers get 401 from the view itself (after the 404 of a room
+    # they cannot read), where drf-spectacular looks for a permission class.
     @extend_schema(
         request=MessageCreateSerializer,
-        responses={201: MessageSerializer, 200: MessageSerializer},
+        auth=SIGNED_IN,
+        parameters=[RETRY_AFTER],
+        responses={
+            201: MessageSerializer,
+            200: MessageSerializer,
+            400: _error("An invalid body or client_id."),
+            401: UNAUTHORIZED,
+            404: NO_SUCH_ROOM,
+            429: _refusal("Too many messages sent."),
+            **BODY_ERRORS,
+        },
     )
     def post(self, request: Request, slug: str) -> Response:
         room = _visible_room_or_404(request, slug)

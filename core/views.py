@@ -18,6 +18,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.timesince import timesince
+from django.views import defaults
 from django.views.decorators.http import require_http_methods
 
 from core import access, services, throttling
@@ -63,6 +64,15 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     if failing:
         return JsonResponse({"status": "unavailable", "failing": failing}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The 404 of a URL no route matches (``handler404``): JSON under
+    ``/api/``, as every API error is (a room slug outside the route's
+    pattern lands here), else Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)
 
 
 def _activity(moment: datetime | None) -> str:

@@ -230,6 +230,15 @@ def test_body_over_the_upload_limit_is_413_with_session_auth_too(settings):
     assert not Room.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "url", ["/api/nothing/", "/api/rooms/not%20a%20slug/messages/"]
+)
+def test_api_url_no_route_matches_is_a_json_404(url):
+    """Django's HTML page elsewhere; JSON like every API error here."""
+    response = APIClient().get(url)
+    assert assert_json_error(response, 404) == {"detail": "Not found."}
+
+
 def test_token_request_as_a_form_is_refused_as_unsupported_media_type():
     response = APIClient().post(
         "/api/auth/token/", {"username": "ada", "password": PASSWORD}
@@ -475,10 +484,12 @@ def test_a_slug_taken_by_a_hidden_private_room_answers_as_any_taken_slug():
         pytest.param({"name": "x" * 101}, "name", id="name-101"),
         pytest.param({"name": None}, "name", id="name-null"),
         pytest.param({"name": ["a"]}, "name", id="name-list"),
+        pytest.param({"name": 5}, "name", id="name-number"),
         pytest.param({"name": "Ok", "slug": "Bad Slug"}, "slug", id="slug-space"),
         pytest.param({"name": "Ok", "slug": "UPPER"}, "slug", id="slug-upper"),
         pytest.param({"name": "Ok", "slug": "-dash"}, "slug", id="slug-leading-dash"),
         pytest.param({"name": "Ok", "slug": "a" * 51}, "slug", id="slug-51"),
+        pytest.param({"name": "Ok", "slug": 42}, "slug", id="slug-number"),
         pytest.param({"name": "!!!"}, "slug", id="no-slug-from-name"),
         pytest.param({"name": "Ok", "is_private": "yes"}, "is_private", id="priv-str"),
         pytest.param({"name": "Ok", "is_private": 1}, "is_private", id="priv-1"),
