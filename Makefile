@@ -1,11 +1,12 @@
-# The one entry point: run, test, lint, stack, bench, requirements.
+# The one entry point: run, test, lint, stack, bench, soak, requirements.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 N ?= 2
+MINUTES ?= 10
 
-.PHONY: run test test-unit lint stack bench requirements clean
+.PHONY: run test test-unit lint stack bench soak requirements clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,11 @@ $(VENV)/.bench: $(VENV)/.dev
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m bench
+
+# Not part of make test: MINUTES of mixed traffic on two instances, Redis
+# restarted once; fails on lost messages, errors, leaks (docs/reliability.md).
+soak: $(VENV)/.bench
+	$(BIN)/python -m soak --minutes $(MINUTES)
 
 # requirements.txt is what App Platform's buildpack installs: pinned,
 # generated from pyproject.toml. CI fails when the two disagree.
