@@ -172,15 +172,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and (
     DB_STATEMENT_TIMEOUT_MS > 0
 ):
     _db_options = DATABASES["default"].setdefault("OPTIONS", {})
-    _db_options["options"] = " ".join(
-        filter(
-            None,
-            [
-                _db_options.get("options"),
-                f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
-            ],
-        )
-    )
+    _timeout = f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
+    _db_options["options"] = f"{_db_options.get('options', '')} {_timeout}".strip()
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes the write lock when a transaction starts, so two writers
     # queue on the busy timeout instead of failing with "database is locked".

@@ -23,13 +23,13 @@ import asyncio
 import json
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
 
-from core import db
 from core.collector import get_collector
 from core.middleware import HEALTH_PATH
 
@@ -147,11 +147,6 @@ def get_admission() -> Admission:
     return _admission
 
 
-def handshake_read(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """``func`` run on the handshake threads (``core.db.run_handshake``)."""
-    return db.run_handshake(func)
-
-
 def reset_for_tests() -> None:
     """Forget every count (tests)."""
     global _admission
@@ -246,7 +241,9 @@ class HttpAdmission:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self._turns: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._turns: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Semaphore
+        ] = weakref.WeakKeyDictionary()
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()

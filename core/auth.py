@@ -19,7 +19,7 @@ from django.db import connection
 from django.http.request import validate_host
 
 from core import logs
-from core.admission import handshake_read
+from core.db import run_handshake
 from core.services import credential_id
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _read_token_user(key: str) -> AbstractBaseUser | None:
     return user if user.is_active else None
 
 
-_user_for_token = handshake_read(_read_token_user)
+_user_for_token = run_handshake(_read_token_user)
 
 
 class TokenAuthMiddleware(BaseMiddleware):

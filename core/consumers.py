@@ -227,7 +227,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         known_id = _room_ids.get(self.slug)
         if known_id is not None:
             await self._join(services.room_group(known_id))
-        opened = await admission.handshake_read(services.open_room)(
+        opened = await db.run_handshake(services.open_room)(
             slug=self.slug, user=self.user, after=after, limit=limit
         )
         if opened is not None and opened.room.pk != known_id:
@@ -235,7 +235,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 await self._leave_group(services.room_group(known_id))
             _remember_room_id(self.slug, opened.room.pk)
             await self._join(services.room_group(opened.room.pk))
-            opened = await admission.handshake_read(services.open_room)(
+            opened = await db.run_handshake(services.open_room)(
                 slug=self.slug, user=self.user, after=after, limit=limit
             )
             if (

@@ -35,24 +35,22 @@ _handshake_threads = ThreadPoolExecutor(
 )
 
 
-def _on_sqlite() -> bool:
-    return "sqlite" in settings.DATABASES["default"]["ENGINE"]
+def _on(
+    executor: ThreadPoolExecutor, func: Callable[P, T]
+) -> Callable[P, Awaitable[T]]:
+    if "sqlite" in settings.DATABASES["default"]["ENGINE"]:
+        return database_sync_to_async(func)
+    return database_sync_to_async(func, thread_sensitive=False, executor=executor)
 
 
 def run(func: Callable[P, T]) -> Callable[P, Awaitable[T]]:
     """``func`` as a coroutine function, run on the database threads."""
-    if _on_sqlite():
-        return database_sync_to_async(func)
-    return database_sync_to_async(func, thread_sensitive=False, executor=_threads)
+    return _on(_threads, func)
 
 
 def run_handshake(func: Callable[P, T]) -> Callable[P, Awaitable[T]]:
     """``func`` as a coroutine function, run on the handshake threads."""
-    if _on_sqlite():
-        return database_sync_to_async(func)
-    return database_sync_to_async(
-        func, thread_sensitive=False, executor=_handshake_threads
-    )
+    return _on(_handshake_threads, func)
 
 
 @receiver(pre_migrate)

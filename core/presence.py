@@ -199,6 +199,9 @@ class Presence:
         # The store failed (Redis unreachable): frames are this process's
         # view, marked unavailable, until a full refresh succeeds.
         self.stale = False
+        # Every local entry is to be written again (the store failed, or the
+        # channel layer lost events: a restarted Redis has forgotten them).
+        self.rewrite = False
         # Rooms whose next snapshot goes out even if it equals the last one
         # published: that one may have been lost with the channel layer.
         self.forced: set[RoomRef] = set()
@@ -230,12 +233,7 @@ class Presence:
                 return self._frame(room, current)
             except Exception as exc:  # Redis unreachable: degrade, not fail
                 self._went_stale(exc)
-        return protocol.presence_frame(
-            room=room.slug,
-            users=set(self.users[room]),
-            anonymous=len(self.anonymous[room]),
-            available=False,
-        )
+        return self._frame(room, self._local_members(room), available=False)
 
     async def leave(self, room: RoomRef, user: str | None, connection: str) -> None:
         """Count a connection out; the entry goes with the user's last one."""
@@ -260,6 +258,7 @@ class Presence:
                 self._went_stale(exc)
 
     def _went_stale(self, exc: Exception) -> None:
+        self.rewrite = True
         if not self.stale:
             self.stale = True
             logger.warning(
@@ -272,10 +271,12 @@ class Presence:
         """The ``presence`` frame for ``room`` as it is now."""
         return self._frame(room, await self.store.members(room, time.time()))
 
-    def _frame(self, room: RoomRef, members: list[str]) -> dict[str, object]:
+    def _frame(
+        self, room: RoomRef, members: list[str], available: bool = True
+    ) -> dict[str, object]:
         users, anonymous = _snapshot(members)
         return protocol.presence_frame(
-            room=room.slug, users=set(users), anonymous=anonymous
+            room=room.slug, users=set(users), anonymous=anonymous, available=available
         )
 
     def _expiry(self) -> float:
@@ -292,15 +293,16 @@ class Presence:
             await asyncio.sleep(settings.PRESENCE_BROADCAST_SECONDS)
             now = time.monotonic()
             try:
-                if self.stale:
-                    # Everything local, written again: a restarted Redis
-                    # has forgotten it. Then every room gets a snapshot.
+                if self.stale or self.rewrite:
+                    # Everything local, written again, then every room gets
+                    # a snapshot.
                     await self._refresh()
-                    self.stale = False
+                    if self.stale:
+                        logger.info("presence store answers again")
+                    self.stale = self.rewrite = False
                     refreshed = now
                     self.forced = set(self.users.keys() | self.anonymous.keys())
                     self.dirty |= self.forced
-                    logger.info("presence store answers again")
                 if now - refreshed >= settings.PRESENCE_REFRESH_SECONDS:
                     refreshed = now
                     await self._refresh()
@@ -326,7 +328,7 @@ class Presence:
         """Events may have been lost (core.fanout): write every local entry
         again (a restarted Redis has forgotten them) and send every room a
         fresh snapshot."""
-        self.stale = True
+        self.rewrite = True
         self._ensure_loop()
 
     async def _broadcast(self) -> None:

@@ -82,15 +82,20 @@ def run_id() -> str:
     return secrets.token_hex(4)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    """One throwaway PostgreSQL cluster for the whole run."""
+def throwaway_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of its own, for a fixture to yield from."""
     try:
         cluster = PostgresCluster()
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
     with cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the whole run."""
+    yield from throwaway_postgres()
 
 
 def throwaway_redis() -> Iterator[RedisServer]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from tests.integration.conftest import (
     create_room,
     is_type,
     report,
+    throwaway_postgres,
     throwaway_redis,
     unique_slug,
     wait_for_readyz,
@@ -43,7 +42,6 @@ from tests.support.services import (
     AppProcess,
     PostgresCluster,
     RedisServer,
-    ServiceUnavailable,
     async_wait_until,
 )
 
@@ -62,12 +60,7 @@ ENV = {"SWITCHBOARD_SEND_BURST": "100", "SWITCHBOARD_SEND_RATE_PER_SECOND": "50"
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresCluster]:
     """The module's own cluster (it is restarted here)."""
-    try:
-        cluster = PostgresCluster()
-    except ServiceUnavailable as exc:
-        pytest.skip(str(exc))
-    with cluster:
-        yield cluster
+    yield from throwaway_postgres()
 
 
 @pytest.fixture(scope="module")
@@ -323,24 +316,39 @@ def figures(outcome: Outcome, readiness: Readiness, **more: object) -> dict:
 # --- the faults ------------------------------------------------------------------
 
 
+async def survive(
+    fault: Callable[[], Awaitable[None]],
+    failing: set[str],
+    title: str,
+    pair: tuple[AppProcess, AppProcess],
+    postgres: PostgresCluster,
+    deployment: Deployment,
+    clients: Clients,
+) -> None:
+    """Traffic through ``fault`` on both instances of ``pair``; nothing lost
+    or invisible, /readyz named exactly ``failing`` and is 200 again."""
+    slug, senders, listeners = await open_room(pair, deployment, clients, "fault")
+    readiness = Readiness(list(pair))
+    await run_traffic(fault, senders, readiness)
+    outcome = await verify(postgres, deployment, slug, senders, listeners)
+    ready_s = await ready_again(pair)
+    assert readiness.failing_parts() == failing
+    for app in pair:
+        app.check_alive()
+    report(title, figures(outcome, readiness, ready_again_s=f"{ready_s:.2f}"))
+
+
 async def test_redis_killed_and_restarted_mid_traffic(
     pair: tuple[AppProcess, AppProcess], redis_server: RedisServer,
     postgres: PostgresCluster, deployment: Deployment, clients: Clients,
 ) -> None:  # fmt: skip
-    slug, senders, listeners = await open_room(pair, deployment, clients, "killed")
-    readiness = Readiness(list(pair))
-
     async def fault() -> None:
         await asyncio.to_thread(redis_server.kill)
         await asyncio.sleep(FAULT_SECONDS)
         await asyncio.to_thread(redis_server.start)
 
-    await run_traffic(fault, senders, readiness)
-    outcome = await verify(postgres, deployment, slug, senders, listeners)
-    ready_s = await ready_again(pair)
-    assert readiness.failing_parts() == {"channel_layer"}
-    report("Redis SIGKILLed for 3 s mid-traffic",
-           figures(outcome, readiness, ready_again_s=f"{ready_s:.2f}"))  # fmt: skip
+    await survive(fault, {"channel_layer"}, "Redis SIGKILLed for 3 s mid-traffic",
+                  pair, postgres, deployment, clients)  # fmt: skip
 
 
 async def test_redis_paused_longer_than_the_publish_timeout(
@@ -349,47 +357,32 @@ async def test_redis_paused_longer_than_the_publish_timeout(
 ) -> None:  # fmt: skip
     """SIGSTOP: connections stay open and commands hang, which no refused
     connection shows; publishes time out after PUBLISH_TIMEOUT_SECONDS."""
-    slug, senders, listeners = await open_room(pair, deployment, clients, "paused")
-    readiness = Readiness(list(pair))
-    pid = redis_server._child.popen.pid
 
     async def fault() -> None:
-        os.kill(pid, signal.SIGSTOP)
+        redis_server.pause()
         try:
             await asyncio.sleep(FAULT_SECONDS)
         finally:
-            os.kill(pid, signal.SIGCONT)
+            redis_server.resume()
 
-    await run_traffic(fault, senders, readiness)
-    outcome = await verify(postgres, deployment, slug, senders, listeners)
-    ready_s = await ready_again(pair)
-    assert readiness.failing_parts() == {"channel_layer"}
-    report("Redis paused (SIGSTOP) for 3 s mid-traffic",
-           figures(outcome, readiness, ready_again_s=f"{ready_s:.2f}"))  # fmt: skip
+    await survive(fault, {"channel_layer"}, "Redis paused (SIGSTOP) for 3 s",
+                  pair, postgres, deployment, clients)  # fmt: skip
 
 
 async def test_postgres_restarted_mid_traffic(
     pair: tuple[AppProcess, AppProcess], postgres: PostgresCluster,
     deployment: Deployment, clients: Clients,
 ) -> None:  # fmt: skip
-    """Sends fail with internal_error while PostgreSQL is down; clients
-    resend them, and each is stored once when it is back."""
-    slug, senders, listeners = await open_room(pair, deployment, clients, "pg")
-    readiness = Readiness(list(pair))
+    """Sends fail while PostgreSQL is down; clients resend them, and each
+    is stored once when it is back."""
 
     async def fault() -> None:
         await asyncio.to_thread(postgres.stop)
         await asyncio.sleep(FAULT_SECONDS)
         await asyncio.to_thread(postgres.start)
 
-    await run_traffic(fault, senders, readiness)
-    outcome = await verify(postgres, deployment, slug, senders, listeners)
-    ready_s = await ready_again(pair)
-    assert readiness.failing_parts() == {"database"}
-    for app in pair:
-        app.check_alive()
-    report("PostgreSQL restarted (3 s down) mid-traffic",
-           figures(outcome, readiness, ready_again_s=f"{ready_s:.2f}"))  # fmt: skip
+    await survive(fault, {"database"}, "PostgreSQL restarted (3 s down)",
+                  pair, postgres, deployment, clients)  # fmt: skip
 
 
 async def test_one_instance_killed_and_one_terminated_during_a_burst(

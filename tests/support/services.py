@@ -491,6 +491,16 @@ class RedisServer(_Service):
         """SIGKILL the server, as a crash would."""
         self._child.kill()
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and every command hangs."""
+        assert self._child.popen is not None, "not started"
+        self._child.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        assert self._child.popen is not None, "not started"
+        self._child.popen.send_signal(signal.SIGCONT)
+
     def restart(self) -> Self:
         """Stop if running, then start on the same port, with no data."""
         self.stop()

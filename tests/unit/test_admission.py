@@ -11,7 +11,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from backend.asgi import application
-from core import admission, backpressure, consumers, services
+from core import admission, backpressure, consumers, db, services
 from core.fanout import get_hub
 from core.presence import RoomRef, get_presence
 from tests.unit.conftest import token_for, ws_path
@@ -97,7 +97,7 @@ async def test_a_handshake_past_its_deadline_is_cancelled_and_undone(
 
     monkeypatch.setattr(services, "open_room", recorded_open_room)
     slow_queries = [
-        asyncio.create_task(admission.handshake_read(time.sleep)(2.0)) for _ in "ab"
+        asyncio.create_task(db.run_handshake(time.sleep)(2.0)) for _ in "ab"
     ]
     await asyncio.sleep(0)  # slow queries take both handshake threads first
     started = time.monotonic()
