@@ -467,7 +467,17 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
     },
+    "filters": {
+        "redis_outage": {"()": "core.logs.RedisOutageLines"},
+        "service_unavailable": {"()": "core.logs.ServiceUnavailableLines"},
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "INFO"},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Redis outages are survived and reported by core; see the filter.
+        "channels_redis.pubsub": {"filters": ["redis_outage"]},
+        # A 503 is a designed answer (core.logs); a 500 stays an ERROR.
+        "django.request": {"filters": ["service_unavailable"]},
+    },
 }

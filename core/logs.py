@@ -118,3 +118,55 @@ def reset_for_tests() -> None:
     global _limiter
     with _limiter_lock:
         _limiter = None
+
+
+def _is_connection_failure(exc: BaseException | None) -> bool:
+    # redis-py's ConnectionError/TimeoutError are not OSError subclasses.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, OSError | RedisConnectionError | RedisTimeoutError)
+
+
+class RedisOutageLines(logging.Filter):
+    """Turn channels_redis' per-retry ERROR tracebacks into limited WARNINGs.
+
+    While Redis is unreachable, the pub/sub layer's receive task logs
+    "Unexpected exception in receive task" with a traceback on every retry,
+    once a second. An outage is expected and survived (docs/protocol.md,
+    "Without Redis"), and core already says so once per outage; an ERROR
+    per second would page an operator for a failover. Connection failures
+    become one WARNING line each, without the traceback, through the
+    process's limiter; any other exception stays an ERROR with its
+    traceback, because that one is a bug.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.ERROR or not _is_connection_failure(exc):
+            return True
+        limited(
+            logging.getLogger(record.name),
+            logging.WARNING,
+            "channels_redis.connection_lost",
+            "%s (Redis unreachable, the layer retries: %s: %s)",
+            record.getMessage().rstrip(":"),
+            type(exc).__name__,
+            exc,
+        )
+        return False
+
+
+class ServiceUnavailableLines(logging.Filter):
+    """Log Django's line for a 503 as a WARNING, not an ERROR.
+
+    Django logs every 5xx answer at ERROR. Switchboard's 503s are designed
+    answers, each with its own reason logged where it is decided: /readyz
+    naming a failing part, admission control or password hashing busy. A 500
+    stays an ERROR.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "status_code", None) == 503:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

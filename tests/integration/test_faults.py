@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from soak.checks import scan_log
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -326,15 +327,20 @@ async def survive(
     clients: Clients,
 ) -> None:
     """Traffic through ``fault`` on both instances of ``pair``; nothing lost
-    or invisible, /readyz named exactly ``failing`` and is 200 again."""
+    or invisible, /readyz named exactly ``failing`` and is 200 again, and no
+    ERROR line or traceback in the instances' logs: a survived outage is a
+    WARNING, not an alert."""
+    log_start = [len(app.log_text()) for app in pair]
     slug, senders, listeners = await open_room(pair, deployment, clients, "fault")
     readiness = Readiness(list(pair))
     await run_traffic(fault, senders, readiness)
     outcome = await verify(postgres, deployment, slug, senders, listeners)
     ready_s = await ready_again(pair)
     assert readiness.failing_parts() == failing
-    for app in pair:
+    for app, start in zip(pair, log_start, strict=True):
         app.check_alive()
+        logged = scan_log(app.log_text()[start:])
+        assert (logged["error_lines"], logged["tracebacks"]) == (0, 0), logged
     report(title, figures(outcome, readiness, ready_again_s=f"{ready_s:.2f}"))
 
 
