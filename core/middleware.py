@@ -1,10 +1,16 @@
 """HTTP middleware."""
 
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from core.logs import limited
+
+logger = logging.getLogger(__name__)
 
 HEALTH_PATH = "/healthz"
 
@@ -22,6 +28,7 @@ CONTENT_SECURITY_POLICY = {
     "frame-ancestors": "'none'",
 }
 PRIVATE_CACHE_CONTROL = "private, no-store"
+DATABASE_UNAVAILABLE = "The database is unavailable for a moment. Try again shortly."
 
 
 class _SyncAndAsync:
@@ -117,4 +124,47 @@ class SecurityHeadersMiddleware(_SyncAndAsync):
             response["Content-Security-Policy"] = content_security_policy(nonce)
         if "Cache-Control" not in response:
             response["Cache-Control"] = PRIVATE_CACHE_CONTROL
+        return response
+
+
+class DatabaseUnavailableMiddleware(_SyncAndAsync):
+    """Answer 503 with ``Retry-After`` when the database fails a request.
+
+    PostgreSQL down, restarting or failing over, a pool with no connection to
+    give, a statement past ``SWITCHBOARD_DB_STATEMENT_TIMEOUT_MS``: the
+    request did nothing (its transaction rolled back) and can be retried, so
+    it is a 503, JSON under ``/api/`` like every API error, and a WARNING in
+    the log, not a 500 and an ERROR with a traceback. Any other exception is
+    left to Django.
+    """
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        return self.get_response(request)
+
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponse | None:
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        limited(
+            logger,
+            logging.WARNING,
+            "http.database_unavailable",
+            "%s %s: the database failed (%s: %s); answered 503",
+            request.method,
+            request.path,
+            type(exception).__name__,
+            str(exception).split("\n", 1)[0][:200],
+        )
+        if request.path.startswith("/api/"):
+            response: HttpResponse = JsonResponse(
+                {"detail": DATABASE_UNAVAILABLE, "retry_after_ms": 1000}, status=503
+            )
+        else:
+            response = HttpResponse(
+                DATABASE_UNAVAILABLE,
+                status=503,
+                content_type="text/plain; charset=utf-8",
+            )
+        response["Retry-After"] = "1"
         return response

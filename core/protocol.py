@@ -6,6 +6,7 @@ is tested on its own. Business rules (access, rates, dedup) live in services.
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, NotRequired, TypedDict
@@ -89,6 +90,18 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _parse_int(text: str) -> int:
+    """``int(text)``, or for more digits than Python converts (4300 by
+    default, a guard against quadratic parsing) the largest number it does,
+    of the same sign: valid JSON, past every bound the protocol has, so an
+    unused field is ignored and a used one gets its range error."""
+    try:
+        return int(text)
+    except ValueError:
+        largest = 10 ** sys.get_int_max_str_digits() - 1
+        return -largest if text.startswith("-") else largest
+
+
 def _depth_exceeds(value: object, limit: int) -> bool:
     """True if ``value`` nests arrays/objects deeper than ``limit``."""
     stack = [(value, 1)]
@@ -109,7 +122,7 @@ def _depth_exceeds(value: object, limit: int) -> bool:
 def decode_json_object(text: str) -> dict[str, object]:
     """Decode ``text`` as a JSON object or raise ``ProtocolError(bad_json)``."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(BAD_JSON, f"Not valid JSON: {_short(exc)}") from None
     # Counting brackets first keeps the walk off the common, shallow path.
@@ -346,7 +359,8 @@ def fit_page(
     kept = 0
     ordered = reversed(messages) if keep_newest else iter(messages)
     for message in ordered:
-        total += len(json.dumps(message, ensure_ascii=False)) + 1
+        # Bytes, as the output budget counts them: UTF-8, up to 4 a character.
+        total += len(json.dumps(message, ensure_ascii=False).encode()) + 1
         if kept and total > max_bytes:
             break
         kept += 1

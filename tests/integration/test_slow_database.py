@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import json
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
+from soak.checks import scan_log
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -164,15 +166,19 @@ async def test_with_every_database_thread_blocked_a_post_waits_at_most_the_timeo
     assert waited < STATEMENT_TIMEOUT_MS / 1000 + PROMPT_ACK_SECONDS
 
 
-def get(app: AppProcess, path: str) -> tuple[int, dict[str, str], float]:
-    """GET ``path``: status, headers and seconds taken."""
+def get(
+    app: AppProcess, path: str, *, method: str = "GET", headers: dict | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], float, bytes]:  # fmt: skip
+    """One request: status, headers, seconds taken and the body."""
     started = time.monotonic()
     conn = http.client.HTTPConnection(LOOPBACK, app.port, timeout=10)
     try:
-        conn.request("GET", path)
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        response.read()
-        return response.status, dict(response.getheaders()), time.monotonic() - started
+        content = response.read()
+        elapsed = time.monotonic() - started
+        return response.status, dict(response.getheaders()), elapsed, content
     finally:
         conn.close()
 
@@ -196,16 +202,59 @@ async def test_http_requests_past_the_bound_wait_briefly_then_get_503(
             for n in range(HTTP_CONCURRENCY)
         ]
         await blocked(postgres, deployment, HTTP_CONCURRENCY)
-        status, headers, waited = await asyncio.to_thread(get, app, "/api/rooms/")
-        health, _, health_s = await asyncio.to_thread(get, app, "/healthz")
+        status, headers, waited, _ = await asyncio.to_thread(get, app, "/api/rooms/")
+        health, _, health_s, _ = await asyncio.to_thread(get, app, "/healthz")
     assert (status, headers.get("Retry-After")) == (503, "1"), (status, headers)
     assert HTTP_QUEUE_SECONDS <= waited < HTTP_QUEUE_SECONDS + 1, waited
     assert health == 200
     assert health_s < 0.5, health_s
     assert [status for status, _ in await asyncio.gather(*stuck)] == [201, 201]
-    status, _, _ = await asyncio.to_thread(get, app, "/api/rooms/")
+    status, _, _, _ = await asyncio.to_thread(get, app, "/api/rooms/")
     assert status == 200
     report(
         "HTTP past its bound",
         {"refused_after_s": f"{waited:.2f}", "healthz_s": f"{health_s:.3f}"},
+    )
+
+
+async def test_an_api_post_past_the_statement_timeout_gets_503_and_its_retry_201(
+    app: AppProcess, postgres: PostgresCluster, deployment: Deployment
+) -> None:
+    """A post blocked past the statement timeout stored nothing and may be
+    retried: 503 with Retry-After and a JSON detail, a WARNING and no ERROR
+    in the log; the retry with the same client_id is stored once."""
+    token = deployment.tokens[deployment.usernames[0]]
+    slug = unique_slug("timeout-http")
+    create_room(app, token, slug)
+    path = f"/api/rooms/{slug}/messages/"
+    post = {
+        "method": "POST",
+        "headers": {"Authorization": f"Token {token}",
+                    "Content-Type": "application/json"},
+        "body": json.dumps({"body": "past the timeout", "client_id": "t-1"}).encode(),
+    }  # fmt: skip
+    log_start = len(app.log_text())
+    with room_locked(postgres, deployment, slug):
+        status, headers, waited, content = await asyncio.to_thread(
+            get, app, path, **post
+        )
+    assert (status, headers.get("Retry-After")) == (503, "1"), (status, content)
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(content) == {
+        "detail": "The database is unavailable for a moment. Try again shortly.",
+        "retry_after_ms": 1000,
+    }
+    assert STATEMENT_TIMEOUT_MS / 1000 <= waited < STATEMENT_TIMEOUT_MS / 1000 + 2
+    logged = scan_log(app.log_text()[log_start:])
+    assert (logged["error_lines"], logged["tracebacks"]) == (0, 0), logged
+    assert logged["warnings_by_logger"].get("core.middleware") == 1, logged
+
+    status, _, _, content = await asyncio.to_thread(get, app, path, **post)
+    assert status == 201, content
+    again, _, _, _ = await asyncio.to_thread(get, app, path, **post)
+    assert again == 200  # a repeat of the stored one
+    status, body = await ahttp_json(app, "GET", path, token=token)
+    assert [m["body"] for m in body["messages"]] == ["past the timeout"]
+    report(
+        "API post past the statement timeout", {"answered_503_after_s": f"{waited:.2f}"}
     )

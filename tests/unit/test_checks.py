@@ -142,3 +142,20 @@ def test_our_checks_only_run_with_deploy():
     )
     assert result.returncode == 0, result.stderr
     assert reported_ids(result) == set()
+
+
+def test_the_models_and_the_migrations_agree():
+    """A model change without its migration would deploy a schema the code
+    does not expect: ``makemigrations --check`` fails on it (CI runs it too,
+    in ``make lint``)."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
+        cwd=ROOT,
+        env=clean_env(DJANGO_SETTINGS_MODULE="backend.settings", DJANGO_DEBUG="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes detected" in result.stdout

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.db import OperationalError
 
 from core import services, views
 from core.models import Room
@@ -503,3 +504,31 @@ async def test_pages_served_over_asgi_get_the_headers(async_client, db):
     assert response.status_code == 200
     assert response["Content-Security-Policy"] == POLICY_WITHOUT_NONCE
     assert "no-store" in response["Cache-Control"]
+
+
+# --- the database failing a request --------------------------------------------
+
+
+def _database_fails(*args: object, **kwargs: object) -> None:
+    raise OperationalError("canceling statement due to statement timeout")
+
+
+def test_a_page_the_database_fails_is_a_503_in_plain_text(client, monkeypatch, caplog):
+    """The fault itself is injected (the unit tier's SQLite cannot time out a
+    statement); the integration tier times out a real one."""
+    monkeypatch.setattr(views, "_rooms_for", _database_fails)
+    response = client.get("/")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert "database is unavailable" in response.content.decode()
+    assert [r.levelname for r in caplog.records if r.levelno >= 30] == [
+        "WARNING",  # core.middleware: why
+        "WARNING",  # django.request: the 503
+    ]
+
+
+def test_other_exceptions_stay_500(client, monkeypatch):
+    monkeypatch.setattr(views, "_rooms_for", lambda *a, **k: 1 / 0)
+    client.raise_request_exception = False
+    assert client.get("/").status_code == 500
