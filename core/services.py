@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC
@@ -24,7 +25,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from core import access, db, protocol
+from core import access, db, metrics, protocol
 from core.models import SLUG_PATTERN, Membership, Message, Room
 
 logger = logging.getLogger(__name__)
@@ -326,6 +327,7 @@ async def post_message(
         room=room, author=author, body=body, client_id=client_id
     )
     if result.created:
+        metrics.messages_stored.inc()
         await publish_message(room.pk, result.message)
     return result
 
@@ -340,6 +342,7 @@ def post_message_sync(
     """The synchronous twin of ``post_message`` (API views, commands)."""
     result = store_message(room=room, author=author, body=body, client_id=client_id)
     if result.created:
+        metrics.messages_stored.inc()
         # At once when no outer transaction is open; otherwise after it commits.
         message, room_id = result.message, room.pk
         transaction.on_commit(lambda: async_to_sync(publish_message)(room_id, message))
@@ -353,6 +356,7 @@ async def publish(group: str, event: dict[str, Any]) -> bool:
     on one channel (``core.fanout``) knows whom it is for.
     """
     layer = get_channel_layer()
+    started = time.perf_counter()
     try:
         await asyncio.wait_for(
             layer.group_send(group, {**event, "group": group}),
@@ -360,6 +364,7 @@ async def publish(group: str, event: dict[str, Any]) -> bool:
         )
     except Exception as exc:  # a Redis outage must not fail the caller
         publish_stats.failed += 1
+        metrics.publishes.labels("failed").inc()
         logger.warning(
             "publish to %s failed (%s: %s); clients resume from the database",
             group,
@@ -368,6 +373,8 @@ async def publish(group: str, event: dict[str, Any]) -> bool:
         )
         return False
     publish_stats.published += 1
+    metrics.publishes.labels("ok").inc()
+    metrics.observe_call(metrics.publish_seconds, started)
     return True
 
 
@@ -517,14 +524,25 @@ def create_room(
     """
     if not slug:
         slug = slug_from_name(name)
+    return save_room(Room(slug=slug, name=name, is_private=is_private, owner=owner))
+
+
+def save_room(room: Room) -> Room:
+    """Create or change ``room``, keeping its owner, if any, a member.
+
+    The owner manages a private room's members and cannot leave it, so an
+    owner set here (a new room, or a change of owner in the admin) is
+    admitted in the same transaction. A room made private has its
+    connections re-checked by ``core.signals`` once this commits. Raises
+    ``SlugTaken``.
+    """
     try:
         with transaction.atomic():
-            room = Room.objects.create(
-                slug=slug, name=name, is_private=is_private, owner=owner
-            )
-            Membership.objects.create(room=room, user=owner)
+            room.save()
+            if room.owner_id is not None:
+                Membership.objects.get_or_create(room=room, user_id=room.owner_id)
     except IntegrityError:
-        raise SlugTaken(slug) from None
+        raise SlugTaken(room.slug) from None
     return room
 
 
@@ -540,6 +558,28 @@ def add_member(*, room: Room, actor: User, username: str) -> Membership:
     user = get_user_model().objects.filter(username=username, is_active=True).first()
     if user is None:
         raise UnknownUser(username)
+    return admit_member(room=room, user=user)
+
+
+def check_admission(*, room: Room, user: AbstractBaseUser) -> None:
+    """Raise unless ``user`` may be made a member of ``room``.
+
+    Only private rooms have members to add (a public room admits everyone)
+    and only active users join: ``AccessDenied`` or ``UnknownUser``.
+    """
+    if not room.is_private:
+        raise AccessDenied
+    if not user.is_active:
+        raise UnknownUser(user.get_username())
+
+
+def admit_member(*, room: Room, user: AbstractBaseUser) -> Membership:
+    """Make ``user`` a member of the private ``room`` (idempotent).
+
+    Whoever asks: ``add_member`` checks that the owner asks, and the admin
+    (staff) calls this itself. Raises as ``check_admission`` does.
+    """
+    check_admission(room=room, user=user)
     membership, _ = Membership.objects.get_or_create(room=room, user=user)
     return membership
 
@@ -562,6 +602,31 @@ def remove_member(*, room: Room, actor: User, username: str) -> None:
     membership = Membership.objects.filter(room=room, user__username=username).first()
     if membership is None:
         raise UnknownUser(username)
+    membership.room = room  # read already; spares end_membership a query
+    end_membership(membership=membership)
+
+
+def can_end_membership(membership: Membership) -> bool:
+    """True if ``membership`` may be deleted, whoever asks.
+
+    Not in a public room: it admits everyone, and a deletion would close the
+    user's connections there for nothing. Not the owner's own: an owner
+    cannot leave their room.
+    """
+    room = membership.room
+    if not room.is_private:
+        return False
+    return membership.user_id != room.owner_id
+
+
+def end_membership(*, membership: Membership) -> None:
+    """Delete ``membership``; its user's connections to the room close.
+
+    Raises ``AccessDenied`` unless ``can_end_membership``. The revocation is
+    published by ``core.signals`` once the deletion commits.
+    """
+    if not can_end_membership(membership):
+        raise AccessDenied
     membership.delete()
 
 

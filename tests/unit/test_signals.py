@@ -356,13 +356,14 @@ def test_tokens_deleted_by_a_queryset_are_each_revoked(listen):
 
 
 def test_a_token_deleted_in_the_admin_is_revoked(listen):
-    """The admin deletes DRF's TokenProxy (which deletes through Token)."""
+    """The admin deletes core's ApiToken, a DRF TokenProxy (which deletes
+    through Token)."""
     user = UserFactory()
     credential = token_credential(user)
     channel = listen(services.user_group(user.pk))
 
     response = admin_client().post(
-        reverse("admin:authtoken_tokenproxy_delete", args=[user.pk]),
+        reverse("admin:core_apitoken_delete", args=[user.pk]),
         {"post": "yes"},
     )
 

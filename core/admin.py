@@ -1,0 +1,278 @@
+"""The Django admin: rooms, memberships, messages and API tokens.
+
+Staff write through the same services as the API, under the same rules, and
+the same events go out: a room made private or deleted closes the
+connections that lost access, a removed member's connections close with
+4403, and a deleted token stops working and closes what it signed in
+(``core.signals`` publishes after the commit, whatever the path).
+Messages are read-only (``MessageAdmin`` says why). docs/deploy.md tells
+staff what they can do here and how to create the first staff account.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import TokenProxy
+
+from core import services
+from core.models import ApiToken, Membership, Message, Room
+
+# What ``ModelAdmin.get_deleted_objects`` returns: the rows to list, counts
+# by model, what the user may not delete, what is protected.
+DeletedObjects = tuple[list[Any], dict[str, int], set[str], list[Any]]
+
+# --- rooms ----------------------------------------------------------------------
+
+
+class RoomAdminForm(forms.ModelForm):
+    """A room under the API's rules: the model's validators check the slug
+    and the name; a slug left empty is made from the name, as the API does.
+    """
+
+    class Meta:
+        model = Room
+        fields = ["name", "slug", "is_private", "owner"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "slug" in self.fields:  # a new room; RoomAdmin fixes it after
+            self.fields["slug"].required = False
+            self.fields["slug"].help_text = (
+                "Optional; made from the name when left empty. It cannot be "
+                "changed once the room exists."
+            )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "slug" in self.fields and not cleaned.get("slug") and cleaned.get("name"):
+            try:
+                cleaned["slug"] = services.slug_from_name(cleaned["name"])
+            except services.InvalidRoomName:
+                self.add_error("slug", "No slug can be made from this name; give one.")
+        owner = cleaned.get("owner")
+        if "owner" in self.changed_data and owner is not None and not owner.is_active:
+            self.add_error("owner", "Choose an active user.")
+        return cleaned
+
+
+@admin.register(Room)
+class RoomAdmin(admin.ModelAdmin):
+    """Rooms: create, rename, change privacy or owner, delete."""
+
+    form = RoomAdminForm
+    list_display = ["slug", "name", "is_private", "owner", "last_seq", "created_at"]
+    list_filter = ["is_private"]
+    list_select_related = ["owner"]
+    search_fields = ["slug", "name", "owner__username"]
+    raw_id_fields = ["owner"]
+
+    def get_fields(self, request: HttpRequest, obj: Room | None = None) -> list[str]:
+        if obj is None:
+            return ["name", "slug", "is_private", "owner"]
+        return [*self.get_readonly_fields(request, obj), "name", "is_private", "owner"]
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Room | None = None
+    ) -> list[str]:
+        if obj is None:
+            return []
+        # The slug is fixed, as in the API: clients' URLs and open
+        # connections name the room by it, and a member's removal finds
+        # their connections by it. Only a stored message moves last_seq.
+        return ["slug", "last_seq", "last_message_at", "created_at"]
+
+    def save_model(
+        self, request: HttpRequest, obj: Room, form: forms.ModelForm, change: bool
+    ) -> None:
+        """Save through ``services.save_room``: the owner stays a member."""
+        services.save_room(obj)
+
+    def get_deleted_objects(
+        self, objs: Iterable[Room], request: HttpRequest
+    ) -> DeletedObjects:
+        """What deleting rooms takes with it, counted rather than listed.
+
+        Django would list every message, and a room may hold millions.
+        They go with their room, the whole sequence at once, so no client
+        resumes into a gap; Django's own check would refuse it, because
+        ``MessageAdmin`` refuses deleting messages one by one.
+        """
+        rooms = list(objs)
+        ids = [room.pk for room in rooms]
+        counts = {
+            str(Room._meta.verbose_name_plural): len(rooms),
+            str(Membership._meta.verbose_name_plural): Membership.objects.filter(
+                room_id__in=ids
+            ).count(),
+            str(Message._meta.verbose_name_plural): Message.objects.filter(
+                room_id__in=ids
+            ).count(),
+        }
+        denied = {
+            str(Room._meta.verbose_name)
+            for room in rooms
+            if not self.has_delete_permission(request, room)
+        }
+        listed = [f"Room: {room.slug} ({room.name})" for room in rooms]
+        return listed, {k: n for k, n in counts.items() if n}, denied, []
+
+
+# --- memberships ----------------------------------------------------------------
+
+
+class MembershipForm(forms.ModelForm):
+    """A new member, under ``services.check_admission``'s rules."""
+
+    class Meta:
+        model = Membership
+        fields = ["room", "user"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        room, user = cleaned.get("room"), cleaned.get("user")
+        if room is None or user is None:
+            return cleaned
+        try:
+            services.check_admission(room=room, user=user)
+        except services.UnknownUser:
+            self.add_error("user", "Choose an active user.")
+        except services.AccessDenied:
+            self.add_error(
+                "room",
+                "A public room admits everyone; only private rooms have members.",
+            )
+        return cleaned
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    """Members of private rooms: add and remove; nothing to change.
+
+    Moving a membership to another room or user would be a removal and an
+    addition, so it is done as those two.
+    """
+
+    form = MembershipForm
+    list_display = ["room", "user", "joined_at"]
+    list_filter = ["room__is_private"]
+    list_select_related = ["room", "user"]
+    search_fields = ["=room__slug", "=user__username"]
+    search_help_text = "A room's slug or a username (exact)"
+    raw_id_fields = ["room", "user"]
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: Membership | None = None
+    ) -> bool:
+        return False
+
+    def save_model(
+        self, request: HttpRequest, obj: Membership, form: forms.ModelForm, change: bool
+    ) -> None:
+        """Admit through ``services.admit_member``, as the API's add does."""
+        # The admin goes on with ``obj``: its log entry, the redirect.
+        obj.pk = services.admit_member(room=obj.room, user=obj.user).pk
+
+    def get_deleted_objects(
+        self, objs: Iterable[Membership], request: HttpRequest
+    ) -> DeletedObjects:
+        """Django's list, refused where ``services.can_end_membership`` says no.
+
+        Checked here, not in ``has_delete_permission``: Django asks that for
+        every membership a user's or a room's deletion takes with it, and
+        those must still go.
+        """
+        memberships = list(objs)
+        listed, counts, denied, protected = super().get_deleted_objects(
+            memberships, request
+        )
+        if not all(services.can_end_membership(m) for m in memberships):
+            denied = {*denied, "a public room's memberships, or an owner's own"}
+        return listed, counts, denied, protected
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        """Remove through ``services.end_membership``, as the API does."""
+        services.end_membership(membership=obj)
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[Membership]
+    ) -> None:
+        with transaction.atomic():
+            for membership in queryset:
+                services.end_membership(membership=membership)
+
+
+# --- messages -------------------------------------------------------------------
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    """Messages, to read: no adding, changing or deleting.
+
+    Clients resume a room by ``seq``, which has no gaps (docs/protocol.md
+    section 9.1): a deleted message would be a hole that clients cannot
+    tell from a lost one, and an edit would never reach those who hold the
+    old text. Only the ``announce`` command and the sending paths write
+    messages; a room's messages go only with the room.
+    """
+
+    list_display = ["room", "seq", "author_name", "sent_at", "excerpt"]
+    list_select_related = ["room"]
+    search_fields = ["=room__slug", "=author_name"]
+    search_help_text = "A room's slug or an author's username (exact)"
+    fields = ["room", "seq", "author", "author_name", "sent_at", "client_id", "body"]
+    # Newest first, by the primary key: the default order (room, seq) would
+    # join and sort the whole table.
+    ordering = ["-id"]
+    show_full_result_count = False
+
+    @admin.display(description="body")
+    def excerpt(self, obj: Message) -> str:
+        return obj.body if len(obj.body) <= 80 else obj.body[:79] + "…"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: Message | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: Message | None = None
+    ) -> bool:
+        return False
+
+
+# --- API tokens -----------------------------------------------------------------
+
+# DRF's own admin shows each key; ours lists tokens by their user only.
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(TokenAdmin):
+    """API tokens: list and revoke (delete); keys are never shown.
+
+    A deleted token stops working at once (every request and handshake
+    reads it from the database) and closes the connections it signed in.
+    No adding: a key made here would be shown to staff; users get theirs
+    from ``POST /api/auth/token/``.
+    """
+
+    list_display = ["user", "created"]
+    list_select_related = ["user"]
+    fields = ["user", "created"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: ApiToken | None = None
+    ) -> bool:
+        return False
