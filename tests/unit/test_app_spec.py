@@ -3,7 +3,10 @@
 Both files are validated against DigitalOcean's own App Spec schema (OpenAPI
 fragments copied into tests/data/do-app-spec/, see the NOTICE there) with a
 Draft 7 validator; OpenAPI-only keywords such as ``nullable`` and ``example``
-are unknown to Draft 7 and so act as annotations. Those schemas never set
+are unknown to Draft 7 and so act as annotations. Fields the platform accepts
+but those files do not declare yet (scheduled jobs, component alerts) are
+added as the files load, from godo-additions.yml there, which names the Go
+client declarations they come from. Those schemas never set
 ``additionalProperties``, so a misspelt key would pass unnoticed: the
 documents are also walked alongside the schema, following ``$ref`` and merging
 the properties of ``allOf``/``oneOf``/``anyOf`` branches, and every key that
@@ -11,8 +14,10 @@ no branch declares is reported. Bindings such as ``${db.DATABASE_URL}`` are
 plain strings to the schema; ``doctl apps spec validate`` checks them on the
 server, and the tests below check that they name declared components.
 
-The module imports no Django and uses no database or fixture; alone it runs
-with ``pytest -p no:django --noconftest tests/unit/test_app_spec.py``.
+The module imports no Django and uses no database or fixture (one test
+reads the liveness route from core.liveness, which configures nothing);
+alone it runs with ``pytest -p no:django --noconftest
+tests/unit/test_app_spec.py``.
 """
 
 import copy
@@ -35,12 +40,17 @@ SCHEMA_DIR = (
     ROOT / "tests/data/do-app-spec/specification/resources/apps/models"
 ).resolve()
 SCHEMA_BASE_URI = SCHEMA_DIR.as_uri() + "/"
+ADDITIONS = ROOT / "tests/data/do-app-spec/godo-additions.yml"
 
 # The README's command, plus: Daphne closes every WebSocket after 24 h by default.
 RUN_COMMAND = (
     "daphne -b 0.0.0.0 -p 8080 --websocket_timeout -1 backend.asgi:application"
 )
 MIGRATE_COMMAND = "python manage.py migrate --noinput"
+CLEARSESSIONS_COMMAND = "python manage.py clearsessions"
+# SWITCHBOARD_LIVENESS_STALL_SECONDS's default (tests/unit/test_settings.py
+# pins it); the spec leaves the variable unset.
+LIVENESS_STALL_SECONDS = 10.0
 
 # The README's configuration variables, less PORT, which App Platform
 # derives from http_port.
@@ -89,6 +99,28 @@ COMPONENT_KINDS = ("services", "workers", "jobs", "static_sites", "functions")
 SOURCE_KEYS = ("git", "github", "gitlab", "bitbucket", "image")
 RUN_TIME_SCOPES = {"RUN_TIME", "RUN_AND_BUILD_TIME"}
 
+# Where each alert rule applies, from godo's AppAlertSpecRule documentation
+# (tests/data/do-app-spec/godo-additions.yml names the version): "Only
+# applicable at the app level", "at the component level", "to service
+# components", "to scheduled job components", "to functions components".
+APP_LEVEL_RULES = {
+    "DEPLOYMENT_FAILED",
+    "DEPLOYMENT_LIVE",
+    "DEPLOYMENT_STARTED",
+    "DEPLOYMENT_CANCELED",
+    "DOMAIN_FAILED",
+    "DOMAIN_LIVE",
+    "AUTOSCALE_FAILED",
+    "AUTOSCALE_SUCCEEDED",
+}
+INSTANCE_RULES = {"CPU_UTILIZATION", "MEM_UTILIZATION", "RESTART_COUNT"}
+SERVICE_RULES = INSTANCE_RULES | {"REQUESTS_PER_SECOND", "REQUEST_DURATION_P95_MS"}
+SCHEDULED_JOB_RULES = INSTANCE_RULES | {"JOB_INVOCATION_FAILED"}
+# Rules that compare a metric with a value over a window; the others are
+# events, with no operator, value or window. (Functions components have
+# rules of their own; this app has none.)
+THRESHOLD_RULES = SERVICE_RULES
+
 # A referencing Resolver; the class is not exported by the package.
 Resolver = Any
 
@@ -129,6 +161,32 @@ DEPLOY_TEMPLATE_SCHEMA = {
 }
 
 
+def _pointed(document: Any, pointer: str) -> Any:
+    """The node of ``document`` at a JSON pointer such as ``/allOf/2/enum``."""
+    node = document
+    for part in pointer.removeprefix("/").split("/"):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def godo_additions() -> dict[str, list[dict[str, Any]]]:
+    """The additions to upstream files, by file name (godo-additions.yml)."""
+    return _load(ADDITIONS)
+
+
+def with_additions(name: str, contents: Any) -> Any:
+    """A copy of the upstream file ``name``'s ``contents``, with what
+    godo-additions.yml adds to it."""
+    patched = copy.deepcopy(contents)
+    for entry in godo_additions().get(name, []):
+        target = _pointed(patched, entry["pointer"])
+        if "enum" in entry:
+            target.extend(entry["enum"])
+        else:
+            target.update(entry["properties"])
+    return patched
+
+
 def _retrieve_schema_file(uri: str) -> Resource:
     """Load a sibling schema file named by a ``file://`` URI."""
     path = Path(unquote(urlsplit(uri).path)).resolve()
@@ -136,6 +194,7 @@ def _retrieve_schema_file(uri: str) -> Resource:
         msg = f"refusing to load a schema outside {SCHEMA_DIR}: {uri}"
         raise LookupError(msg)
     contents = yaml.safe_load(path.read_text(encoding="utf-8"))
+    contents = with_additions(path.name, contents)
     return Resource.from_contents(contents, default_specification=DRAFT7)
 
 
@@ -298,7 +357,8 @@ def test_deploy_template_uses_only_declared_keys() -> None:
 
 
 def test_copied_schema_files_hold_their_whole_ref_closure() -> None:
-    """Every $ref in tests/data/do-app-spec names a file that was copied."""
+    """Every $ref in tests/data/do-app-spec, godo's additions included,
+    names a file that was copied."""
 
     def refs(node: Any) -> Iterator[str]:
         if isinstance(node, dict):
@@ -314,11 +374,41 @@ def test_copied_schema_files_hold_their_whole_ref_closure() -> None:
     missing = sorted(
         f"{path.name} -> {ref}"
         for path in SCHEMA_DIR.glob("*.yml")
-        for ref in refs(yaml.safe_load(path.read_text(encoding="utf-8")))
+        for ref in refs(
+            with_additions(path.name, yaml.safe_load(path.read_text(encoding="utf-8")))
+        )
         if not (SCHEMA_DIR / ref).is_file()
     )
     assert (SCHEMA_DIR / "app_spec.yml").is_file()
     assert missing == []
+
+
+def test_godo_additions_add_only_what_upstream_lacks() -> None:
+    """Each addition targets a node of a copied file that lacks what it
+    adds; once upstream declares a field, its addition must go."""
+    problems = []
+    for name, entries in godo_additions().items():
+        upstream = yaml.safe_load((SCHEMA_DIR / name).read_text(encoding="utf-8"))
+        for entry in entries:
+            where = f"{name}{entry['pointer']}"
+            assert entry["godo"], f"{where}: say which godo declaration it is"
+            try:
+                target = _pointed(upstream, entry["pointer"])
+            except (KeyError, IndexError, ValueError, TypeError):
+                problems.append(f"{where}: no such node upstream")
+                continue
+            added = entry["enum"] if "enum" in entry else entry["properties"]
+            problems += [
+                f"{where}: upstream has {key}" for key in added if key in target
+            ]
+    assert problems == []
+
+
+def test_godo_additions_are_what_the_validator_sees() -> None:
+    """SCHEDULED and ``schedule`` are declared once the files load."""
+    job = REGISTRY.resolver().lookup(SCHEMA_BASE_URI + "app_job_spec.yml").contents
+    assert "SCHEDULED" in job["allOf"][2]["properties"]["kind"]["enum"]
+    assert {"schedule", "alerts", "timeout"} <= job["allOf"][2]["properties"].keys()
 
 
 # The validator catches mistakes (negative tests on mutated copies).
@@ -407,6 +497,44 @@ def test_wrong_types_are_schema_errors() -> None:
     ]
 
 
+def test_misspelt_schedule_and_alert_keys_are_reported() -> None:
+    """The added fields are walked like upstream ones: strict on keys."""
+    spec = app_spec()
+    job = component(spec, "jobs", "clearsessions")
+    job["schedule"]["crontab"] = job["schedule"].pop("cron")
+    web = component(spec, "services", "web")
+    web["alerts"][0]["treshold"] = web["alerts"][0].pop("value")
+    web["liveness_health_check"]["path"] = "/livez"
+
+    assert undeclared_keys(spec, APP_SPEC_SCHEMA_ID) == [
+        "/services/0/liveness_health_check/path",
+        "/services/0/alerts/0/treshold",
+        "/jobs/1/schedule/crontab",
+    ]
+
+
+def test_wrong_alert_and_liveness_values_are_schema_errors() -> None:
+    """Alert rules, operators and windows are enums; a liveness check takes
+    one success to pass, at most."""
+    spec = app_spec()
+    web = component(spec, "services", "web")
+    web["alerts"][0]["rule"] = "RESTARTS"
+    web["alerts"][1]["window"] = "FIVE_MINUTE"
+    web["alerts"][2]["operator"] = "ABOVE"
+    web["liveness_health_check"]["success_threshold"] = 2
+    component(spec, "jobs", "clearsessions")["kind"] = "CRON"
+
+    errors = schema_errors(spec, APP_SPEC_SCHEMA_ID)
+
+    assert [e.split(":")[0] for e in errors] == [
+        "/jobs/1/kind",
+        "/services/0/alerts/0/rule",
+        "/services/0/alerts/1/window",
+        "/services/0/alerts/2/operator",
+        "/services/0/liveness_health_check/success_threshold",
+    ]
+
+
 def test_out_of_range_termination_is_a_schema_error() -> None:
     """``drain_seconds`` is capped at 110 by the platform."""
     spec = app_spec()
@@ -433,6 +561,126 @@ def test_health_check_is_healthz_not_readyz() -> None:
     """The platform probes /healthz, which never touches Redis or the DB."""
     check = component(app_spec(), "services", "web")["health_check"]
     assert check["http_path"] == "/healthz"
+
+
+def test_liveness_check_probes_the_route_the_app_serves() -> None:
+    """``liveness_health_check`` asks /livez on Daphne's port; not /healthz,
+    which a stalled loop still answers between stalls, and not /readyz,
+    which would restart every instance for a Valkey blip."""
+    from core.liveness import LIVENESS_PATH
+
+    web = component(app_spec(), "services", "web")
+    check = web["liveness_health_check"]
+    assert check["http_path"] == LIVENESS_PATH
+    assert check["port"] == web["http_port"]
+    assert LIVENESS_PATH not in (web["health_check"]["http_path"], "/readyz")
+
+
+def test_liveness_check_restarts_a_stuck_loop_not_a_single_stall() -> None:
+    """/livez fails for a stall's length plus its bound, and the platform
+    restarts after ``failure_threshold`` failed probes a period apart. So a
+    single stall up to twice the bound never restarts the instance, and a
+    loop that stays stuck is restarted within a minute. A probe gives up
+    before the next one starts, and probing starts after the readiness
+    check's does."""
+    spec = app_spec()
+    web = component(spec, "services", "web")
+    check = web["liveness_health_check"]
+    failing_probes_span = (check["failure_threshold"] - 1) * check["period_seconds"]
+    assert "SWITCHBOARD_LIVENESS_STALL_SECONDS" not in effective_envs(spec, web)
+    assert failing_probes_span - LIVENESS_STALL_SECONDS >= 2 * LIVENESS_STALL_SECONDS
+    assert check["failure_threshold"] * check["period_seconds"] <= 60
+    assert check["timeout_seconds"] < check["period_seconds"]
+    assert (
+        check["initial_delay_seconds"] >= web["health_check"]["initial_delay_seconds"]
+    )
+
+
+def test_web_alerts_on_restarts_cpu_and_memory() -> None:
+    """Any restart (a liveness kill, an out-of-memory kill, a crash), and
+    CPU or memory high for minutes on end."""
+    alerts = {
+        alert["rule"]: alert
+        for alert in component(app_spec(), "services", "web")["alerts"]
+    }
+    assert alerts.keys() == INSTANCE_RULES
+    assert alerts["RESTART_COUNT"]["value"] == 0
+    for rule in ("CPU_UTILIZATION", "MEM_UTILIZATION"):
+        assert 50 <= alerts[rule]["value"] < 100, rule  # percent
+    for alert in alerts.values():
+        assert alert["operator"] == "GREATER_THAN"
+        assert not alert.get("disabled", False)
+
+
+def test_every_alert_is_where_its_rule_applies() -> None:
+    """App-level rules at the app level, instance rules on components,
+    JOB_INVOCATION_FAILED on scheduled jobs only; a threshold rule has an
+    operator, a value and a window, an event rule none of them."""
+    for spec in (app_spec(), deploy_template()["spec"]):
+        placed = [("app", None, alert) for alert in spec.get("alerts", [])]
+        placed += [
+            (kind, comp, alert)
+            for kind, comp in components(spec)
+            for alert in comp.get("alerts", [])
+        ]
+        problems = []
+        for kind, comp, alert in placed:
+            rule = alert["rule"]
+            if kind == "app":
+                allowed = APP_LEVEL_RULES
+            elif kind == "services":
+                allowed = SERVICE_RULES
+            elif kind == "jobs" and comp.get("kind") == "SCHEDULED":
+                allowed = SCHEDULED_JOB_RULES
+            else:
+                allowed = INSTANCE_RULES
+            if rule not in allowed:
+                problems.append(f"{rule} on {kind}")
+            threshold = {"operator", "value", "window"} & alert.keys()
+            if rule in THRESHOLD_RULES and len(threshold) != 3:
+                problems.append(f"{rule} without an operator, value and window")
+            if rule not in THRESHOLD_RULES and threshold:
+                problems.append(f"{rule} is an event: {sorted(threshold)}")
+        assert problems == []
+
+
+def test_a_scheduled_job_clears_expired_sessions_daily() -> None:
+    """``clearsessions`` once a day at a fixed UTC time, off the hour when
+    other jobs crowd in, with an alert when a run fails."""
+    job = component(app_spec(), "jobs", "clearsessions")
+    assert job["kind"] == "SCHEDULED"
+    assert job["run_command"] == CLEARSESSIONS_COMMAND
+    cron = job["schedule"]["cron"]
+    minute, hour, *rest = cron.split()
+    assert rest == ["*", "*", "*"], cron
+    assert minute.isdigit(), cron
+    assert hour.isdigit(), cron
+    assert 1 <= int(minute) <= 59
+    assert 0 <= int(hour) <= 23
+    assert job["schedule"]["time_zone"] == "UTC"
+    assert [alert["rule"] for alert in job["alerts"]] == ["JOB_INVOCATION_FAILED"]
+    assert job["instance_count"] == 1
+
+
+def test_the_scheduled_job_runs_the_web_services_code_and_settings() -> None:
+    """Same repository, branch, buildpack and variables as web: it deletes
+    from the database web writes sessions to."""
+    spec = app_spec()
+    web = component(spec, "services", "web")
+    job = component(spec, "jobs", "clearsessions")
+    assert job["github"] == web["github"]
+    assert job["environment_slug"] == web["environment_slug"]
+    assert effective_envs(spec, job) == effective_envs(spec, web)
+    for key in ("DATABASE_URL", "DJANGO_SECRET_KEY"):
+        assert is_available_at_run_time(effective_envs(spec, job)[key]), key
+
+
+def test_only_scheduled_jobs_have_a_schedule() -> None:
+    """A schedule on a deploy-time job would mean nothing; a SCHEDULED job
+    without one would never run."""
+    for spec in (app_spec(), deploy_template()["spec"]):
+        for job in spec.get("jobs", []):
+            assert ("schedule" in job) == (job["kind"] == "SCHEDULED"), job["name"]
 
 
 def test_web_runs_several_instances_on_a_size_that_allows_it() -> None:
