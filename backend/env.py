@@ -75,6 +75,17 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     return number
 
 
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """Return one of ``choices`` (any case), or ``default`` when unset."""
+    value = env_str(name)
+    if value is None:
+        return default
+    if value.lower() not in choices:
+        expected = " or ".join(choices)
+        raise ImproperlyConfigured(f"{name}: expected {expected}, got {value!r}")
+    return value.lower()
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     """Parse a comma-separated list; blank items are dropped."""
     value = os.environ.get(name)

@@ -8,6 +8,8 @@ from typing import Any
 
 from rest_framework import authentication, exceptions
 
+from core import logcontext
+
 
 class TokenAuthentication(authentication.TokenAuthentication):
     """DRF's token check, where an inactive user's key is just invalid.
@@ -19,6 +21,10 @@ class TokenAuthentication(authentication.TokenAuthentication):
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
         try:
-            return super().authenticate_credentials(key)
+            user, token = super().authenticate_credentials(key)
         except exceptions.AuthenticationFailed:
             raise exceptions.AuthenticationFailed("Invalid token.") from None
+        # The request's log lines name the user from here on, not only its
+        # access line (core.middleware.LogContextMiddleware).
+        logcontext.annotate(user_id=user.pk)
+        return user, token

@@ -19,11 +19,12 @@ from django.http import HttpRequest
 UNKNOWN = "unknown"
 
 
-def _normalised(value: str | None) -> str | None:
+def _normalised(value: str | None, exact: bool = False) -> str | None:
     """``value`` as a canonical IP address, or None if it is not one.
 
-    IPv6 clients are grouped by /64: one subscriber usually holds a whole
-    /64, so a per-address limit keyed by the full address would not bind.
+    IPv6 clients are grouped by /64 unless ``exact``: one subscriber usually
+    holds a whole /64, so a per-address limit keyed by the full address
+    would not bind. Logs want the whole address.
     """
     if not value:
         return None
@@ -34,7 +35,8 @@ def _normalised(value: str | None) -> str | None:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
+        if not exact:
+            return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 
 
@@ -55,16 +57,20 @@ def from_request(request: HttpRequest) -> str:
     return _normalised(request.META.get("REMOTE_ADDR")) or UNKNOWN
 
 
-def from_scope(scope: dict[str, Any]) -> str:
-    """The client address of an ASGI connection (``UNKNOWN`` if none)."""
+def from_scope(scope: dict[str, Any], *, exact: bool = False) -> str:
+    """The client address of an ASGI connection (``UNKNOWN`` if none).
+
+    ``exact`` keeps an IPv6 address whole instead of its /64 (for logs).
+    """
     name = _trusted_header_name()
     if name is not None:
-        found = _normalised(_header(scope.get("headers", ()), name.lower().encode()))
+        value = _header(scope.get("headers", ()), name.lower().encode())
+        found = _normalised(value, exact)
         if found is not None:
             return found
     client = scope.get("client")
     peer = client[0] if client else None
-    return _normalised(peer) or UNKNOWN
+    return _normalised(peer, exact) or UNKNOWN
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -62,6 +62,8 @@ class LogLimiter:
             else:
                 window.suppressed += 1
             notice = window.suppressed == 1 and not emit
+        # The key names the event in structured logs (core.logcontext).
+        event = {"event": key}
         if summary:
             logger.log(
                 level,
@@ -70,6 +72,7 @@ class LogLimiter:
                 summary,
                 self.lines,
                 self.interval_seconds,
+                extra=event,
             )
         if notice:
             # Said once, so a reader knows lines are missing even if the
@@ -80,9 +83,10 @@ class LogLimiter:
                 key,
                 self.lines,
                 self.interval_seconds,
+                extra=event,
             )
         if emit:
-            logger.log(level, msg, *args)
+            logger.log(level, msg, *args, extra=event)
         return emit
 
     def _new_window(self, key: str, now: float) -> _Window:

@@ -58,3 +58,12 @@ def test_ipv6_clients_count_per_64_and_mapped_ipv4_as_ipv4(settings):
 def test_no_peer_at_all_is_one_unknown_address(settings):
     settings.HTTPS = False
     assert clientaddr.from_scope(scope(peer=None)) == clientaddr.UNKNOWN
+
+
+def test_logs_get_a_whole_ipv6_address_and_limits_its_64(settings):
+    settings.HTTPS = False
+    peer = scope(peer="2001:db8:1:2::1")
+    assert clientaddr.from_scope(peer, exact=True) == "2001:db8:1:2::1"
+    assert clientaddr.from_scope(peer) == "2001:db8:1:2::/64"
+    mapped = scope(peer="::ffff:192.0.2.7")
+    assert clientaddr.from_scope(mapped, exact=True) == "192.0.2.7"

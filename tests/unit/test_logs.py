@@ -62,6 +62,16 @@ def test_an_outage_does_not_flood_the_log(caplog):
     assert "suppressing similar lines" in records[-1].getMessage()
 
 
+def test_each_line_names_its_key_as_the_event(caplog):
+    """The key is the ``event`` of structured logs (core.logcontext)."""
+    error = RedisConnectionError("Connection closed by server.")
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            receive_task_fails(error)
+    events = {r.event for r in layer_records(caplog)}
+    assert events == {"channels_redis.connection_lost"}
+
+
 def test_any_other_exception_stays_an_error_with_its_traceback(caplog):
     with caplog.at_level(logging.INFO):
         receive_task_fails(KeyError("a bug, not an outage"))

@@ -89,6 +89,9 @@ BAD_VALUES = [
     pytest.param("SWITCHBOARD_CREDENTIAL_USER_RATE_PER_SECOND", "0", id="cred-rate-0"),
     pytest.param("SWITCHBOARD_PASSWORD_HASH_CONCURRENCY", "0", id="hashing-0"),
     pytest.param("SWITCHBOARD_ROOM_CREATE_RATE_PER_SECOND", "-1", id="rooms-rate"),
+    pytest.param("SWITCHBOARD_LOG_FORMAT", "xml", id="log-format-xml"),
+    pytest.param("SWITCHBOARD_LIVENESS_STALL_SECONDS", "ten", id="liveness-word"),
+    pytest.param("SWITCHBOARD_LIVENESS_STALL_SECONDS", "0.5", id="liveness-below-1"),
 ]
 
 
@@ -160,7 +163,8 @@ def test_asgi_app_imports_with_a_secret_key():
         DJANGO_SECRET_KEY=SECRET_KEY,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ProtocolTypeRouter"
+    # Channels' ProtocolTypeRouter, writing the access log too.
+    assert result.stdout.strip() == "AccessLogRouter"
 
 
 def test_what_the_asgi_app_loads_is_left_out_of_full_collections():
@@ -211,6 +215,34 @@ def test_defaults_are_local_and_safe():
         "channels.layers.InMemoryChannelLayer"
     )
     assert values["CACHES"]["default"]["BACKEND"].endswith("LocMemCache")
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({}, ("plain", "plain", "ext://sys.stderr")),
+        ({"DJANGO_HTTPS": "1"}, ("json", "json", "ext://sys.stdout")),
+        (
+            {"DJANGO_HTTPS": "1", "SWITCHBOARD_LOG_FORMAT": "plain"},
+            ("plain", "plain", "ext://sys.stderr"),
+        ),
+        ({"SWITCHBOARD_LOG_FORMAT": " JSON "}, ("json", "json", "ext://sys.stdout")),
+    ],
+    ids=["local", "behind-app-platform", "plain-chosen", "json-chosen"],
+)
+def test_log_format_is_json_on_stdout_behind_app_platform_else_plain(
+    variables, expected
+):
+    values = read_settings("LOG_FORMAT", "LOGGING", **variables)
+    console = values["LOGGING"]["handlers"]["console"]
+    assert (values["LOG_FORMAT"], console["formatter"], console["stream"]) == expected
+    assert "log_context" in console["filters"]
+
+
+def test_a_bad_log_format_names_the_choices():
+    result = run("manage.py", "check", **bad_env("SWITCHBOARD_LOG_FORMAT", "xml"))
+    expected = "SWITCHBOARD_LOG_FORMAT: expected plain or json, got 'xml'"
+    assert result.stderr.strip() == f"Configuration error: {expected}"
 
 
 @pytest.mark.parametrize(
@@ -494,6 +526,15 @@ def test_explicit_csrf_trusted_origins_win():
         "https://a.example.com",
         "https://b.example.com:8443",
     ]
+
+
+def test_liveness_stall_bound_defaults_to_ten_seconds():
+    """What .do/app.yaml's liveness check is tuned for (test_app_spec.py)."""
+    assert read_settings("LIVENESS_STALL_SECONDS") == {"LIVENESS_STALL_SECONDS": 10.0}
+    overridden = read_settings(
+        "LIVENESS_STALL_SECONDS", SWITCHBOARD_LIVENESS_STALL_SECONDS="2.5"
+    )
+    assert overridden == {"LIVENESS_STALL_SECONDS": 2.5}
 
 
 def test_limits_are_read_from_the_environment():
