@@ -1,8 +1,11 @@
 """ASGI entry point: ``daphne -b 0.0.0.0 -p 8080 backend.asgi:application``.
 
-HTTP goes to Django, at most HTTP_CONCURRENCY requests at once; WebSockets
-go through admission control (a bound on handshakes in progress), the
-origin policy, then the session/token auth stack, then the URL router.
+Every request and connection first gets its log scope and access log lines
+(core.accesslog). HTTP goes to Django, at most HTTP_CONCURRENCY requests at
+once, but for ``/livez``, answered from the event loop's heartbeat
+(core.liveness); WebSockets go through admission control (a bound on
+handshakes in progress), the origin policy, then the session/token auth
+stack, then the URL router.
 """
 
 import gc
@@ -21,18 +24,25 @@ exit_on_bad_configuration(require_runtime_settings)
 # anything below imports models (the routing imports the consumers).
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import URLRouter  # noqa: E402
 
 from core import daphne_fix, routing, uvicorn_fix  # noqa: E402
+from core.accesslog import AccessLogRouter, quiet_daphne  # noqa: E402
 from core.admission import AdmissionMiddleware, HttpAdmission  # noqa: E402
 from core.auth import OriginPolicyMiddleware, TokenAuthMiddlewareStack  # noqa: E402
+from core.liveness import LivenessMiddleware  # noqa: E402
 
 daphne_fix.apply()  # shutdown closes every socket with 4012 (Daphne 4.2.3 bug)
 uvicorn_fix.apply()  # uvicorn's shutdown 1012 names the reconnect window
+quiet_daphne()  # AccessLogRouter writes the access log, with the real client
 
-application = ProtocolTypeRouter(
+# Channels' ProtocolTypeRouter, which also opens each request's and
+# connection's log scope and writes its access lines.
+application = AccessLogRouter(
     {
-        "http": HttpAdmission(django_asgi_app),
+        # /livez is answered (and the loop's heartbeat started) ahead of the
+        # HTTP queue and Django: a busy instance is not a stuck one.
+        "http": LivenessMiddleware(HttpAdmission(django_asgi_app)),
         "websocket": AdmissionMiddleware(
             OriginPolicyMiddleware(
                 TokenAuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))

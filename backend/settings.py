@@ -19,6 +19,7 @@ except ImportError:  # redis-py before 7: no maintenance notifications
 
 from backend.env import (
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
@@ -97,6 +98,8 @@ MIDDLEWARE = [
     # First: answers the platform health check before host validation and
     # the HTTPS redirect can refuse it.
     "core.middleware.HealthCheckMiddleware",
+    # Lines logged for a request carry its id, client, user and room.
+    "core.middleware.LogContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -351,8 +354,23 @@ SHUTDOWN_RECONNECTS_PER_SECOND = env_float(
 # HTTP requests one process has in Django at once (each runs on a thread of
 # its own); past it a request waits up to HTTP_QUEUE_SECONDS for a turn,
 # then gets 503 with Retry-After. /healthz never waits (core.admission).
+# GET /metrics (core.metrics) answers only "Authorization: Bearer <this>";
+# unset, the endpoint is off (404). A secret: long and random.
+METRICS_TOKEN = env_str("SWITCHBOARD_METRICS_TOKEN", "")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 32:
+    raise ImproperlyConfigured(
+        "SWITCHBOARD_METRICS_TOKEN: shorter than 32 characters; use a long random "
+        'value, e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    )
 HTTP_CONCURRENCY = env_int("SWITCHBOARD_HTTP_CONCURRENCY", 16, minimum=1)
 HTTP_QUEUE_SECONDS = env_float("SWITCHBOARD_HTTP_QUEUE_SECONDS", 5.0, minimum=0.1)
+# /livez answers 503 once the event loop has been stalled longer than this
+# within the last this-many seconds (core.liveness); App Platform's liveness
+# check then restarts the instance. Far above any healthy lag (milliseconds
+# under load, docs/deploy.md), so that only a stuck loop fails it.
+LIVENESS_STALL_SECONDS = env_float(
+    "SWITCHBOARD_LIVENESS_STALL_SECONDS", 10.0, minimum=1.0
+)
 # Every open connection's access is read again this often (docs/security.md).
 ACCESS_RECHECK_SECONDS = env_float(
     "SWITCHBOARD_ACCESS_RECHECK_SECONDS", 30.0, minimum=0.5
@@ -462,17 +480,33 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# json: one object per line on stdout, with the request's or connection's
+# id, client address, user and room (core.logcontext), for App Platform's
+# log forwarding; plain: lines for a person, on stderr (docs/deploy.md).
+LOG_FORMAT = env_choice(
+    "SWITCHBOARD_LOG_FORMAT", ("plain", "json"), "json" if HTTPS else "plain"
+)
+LOGGING_CONFIG = "core.logcontext.configure_logging"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "core.logcontext.JsonFormatter"},
     },
     "filters": {
+        "log_context": {"()": "core.logcontext.ContextFilter"},
         "redis_outage": {"()": "core.logs.RedisOutageLines"},
         "service_unavailable": {"()": "core.logs.ServiceUnavailableLines"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["log_context"],
+            "stream": f"ext://sys.{'stdout' if LOG_FORMAT == 'json' else 'stderr'}",
+        }
+    },
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
@@ -480,5 +514,9 @@ LOGGING = {
         "channels_redis.pubsub": {"filters": ["redis_outage"]},
         # A 503 is a designed answer (core.logs); a 500 stays an ERROR.
         "django.request": {"filters": ["service_unavailable"]},
+        # Under uvicorn: its lines in this format too, and no access log of
+        # its own, since core.accesslog writes one.
+        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
     },
 }

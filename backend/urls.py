@@ -18,6 +18,7 @@ urlpatterns = [
     path("rooms/new/", views.create_room, name="create-room"),
     path("rooms/<slug:slug>/", views.room, name="room"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.metrics_endpoint, name="metrics"),
     path(
         "accounts/login/",
         views.credential_page(

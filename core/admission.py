@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
+from core import metrics
 from core.collector import get_collector
 from core.middleware import HEALTH_PATH
 
@@ -157,9 +158,13 @@ def busy_reason(window: float) -> str:
     return f"retry_window_ms={math.ceil(window * 1000)}"
 
 
+_BUSY = metrics.handshakes.labels("busy")
+
+
 async def refuse_busy(receive: Receive, send: Send, window: float) -> None:
     """Accept only to close with 4503 and the retry window: the cheapest
     answer a client can tell from "no access" (a 403)."""
+    _BUSY.inc()
     message = await receive()
     if message["type"] != "websocket.connect":
         return  # gone already
@@ -216,6 +221,7 @@ class AdmissionMiddleware:
         except TimeoutError:
             if watch.answered:
                 raise  # not the deadline's: it was off once answered
+            _BUSY.inc()
             await send({"type": "websocket.accept"})
             await send(
                 {
@@ -253,6 +259,8 @@ class HttpAdmission:
         return turns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            metrics.ensure_snapshots()  # the platform's checks reach every instance
         if scope["type"] != "http" or scope["path"].rstrip("/") == HEALTH_PATH:
             await self.app(scope, receive, send)
             return

@@ -27,7 +27,9 @@ from core import (
     clientaddr,
     db,
     limits,
+    logcontext,
     logs,
+    metrics,
     protocol,
     services,
 )
@@ -98,6 +100,18 @@ def _remember_room_id(slug: str, room_id: int) -> None:
     _room_ids[slug] = room_id
 
 
+_FRAME_TYPES = {
+    protocol.SendFrame: "send",
+    protocol.HistoryFrame: "history",
+    protocol.TypingFrame: "typing",
+    protocol.PingFrame: "ping",
+}
+_FRAMES_RECEIVED = {
+    name: metrics.frames_received.labels(name)
+    for name in (*_FRAME_TYPES.values(), "invalid", "unknown")
+}
+
+
 class _ProcessConnections:
     """Connections this process has admitted (``CONNECTIONS_PER_PROCESS``)."""
 
@@ -149,7 +163,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # comes first and a replay is never interleaved with live messages.
     held: list[tuple[dict[str, Any], Encoded | None]] | None = None
     write_buffer: backpressure.WriteBuffer | None = None
+    open_gauge: Any = None  # this connection's count in connections_open
     gate: OutputGate | None = None
+    # What this connection's log lines carry (core.logcontext), for lines
+    # logged from the hub's tasks on its behalf.
+    log_scope: logcontext.Scope | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -160,6 +178,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._close_for_shutdown()
             raise
         except Exception:
+            if not self.accepted:
+                metrics.handshakes.labels("failed").inc()
             # Channels calls disconnect() only after a websocket.disconnect;
             # a consumer that fails (e.g. Redis down during connect) must not
             # stay subscribed to the hub or counted in presence.
@@ -199,7 +219,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.user = self.scope["user"]
         self.username = self.user.get_username() if self.user.is_authenticated else None
         self.credential = self.scope.get("credential")
-        self.connection_id = uuid.uuid4().hex
+        # The log scope's id (core.accesslog), so that presence entries and
+        # log lines name a connection alike.
+        log_scope = logcontext.current()
+        connection_id = log_scope.get("connection_id") if log_scope else None
+        self.connection_id = str(connection_id or uuid.uuid4().hex)
+        self.log_scope = log_scope
+        logcontext.annotate(room=self.slug, user_id=self.user.pk)
         self.address = clientaddr.from_scope(self.scope)
         self.last_typing = -math.inf
 
@@ -245,6 +271,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 opened = None  # the slug changed hands again meanwhile
         if opened is None or self.closing:
             await self._leave()
+            metrics.handshakes.labels("refused").inc()
             await self.close()  # before accept: HTTP 403, unknown or private alike
             return None
         room = self.room = opened.room
@@ -256,6 +283,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.gate = OutputGate(self.write_buffer, self._too_slow)
         await self.accept()
         self.accepted = True
+        metrics.handshakes.labels("accepted").inc()
+        self.open_gauge = metrics.connections_open.labels(
+            "private" if room.is_private else "public"
+        )
+        self.open_gauge.inc()
         return _Accepted(room.last_seq, after, after_error, opened.page, opened.more)
 
     async def _greet(self, accepted: "_Accepted") -> None:
@@ -342,6 +374,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self._leave()
         await self.accept()
         error = ProtocolError(refusal.code, refusal.detail, retry_after_ms=retry_ms)
+        metrics.handshakes.labels("limited").inc()
+        metrics.error_frames.labels(refusal.code).inc()
         await self.send(text_data=json.dumps(protocol.error_frame(error)))
         await self.close(code=CLOSE_TOO_MANY, reason=f"retry_after_ms={retry_ms}")
 
@@ -431,6 +465,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Leave the hub's groups and presence."""
+        logcontext.annotate(close_code=code)  # for the access log's last line
         await self._leave()
 
     async def _leave(self) -> None:
@@ -444,6 +479,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.admitted:
             self.admitted = False
             _ProcessConnections.count -= 1
+        if self.open_gauge is not None:
+            self.open_gauge.dec()
+            self.open_gauge = None
         if self.slot is not None:
             slot, self.slot = self.slot, None
             await limits.get_slots().release(*slot, self.connection_id)
@@ -480,6 +518,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         if text_data is None:
+            _FRAMES_RECEIVED["invalid"].inc()
             await self.send_error(
                 ProtocolError(protocol.BAD_FRAME, "Binary frames are not supported.")
             )
@@ -491,8 +530,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
         frame = None
         try:
             frame = protocol.parse_client_frame(text_data)
+            _FRAMES_RECEIVED[_FRAME_TYPES[type(frame)]].inc()
             await self.handle(frame)
         except ProtocolError as exc:
+            if frame is None:
+                unknown = exc.code == protocol.UNKNOWN_TYPE
+                _FRAMES_RECEIVED["unknown" if unknown else "invalid"].inc()
             await self.send_error(exc)
         except Exception:
             # The frame was not done (e.g. the database is down); the client
@@ -685,14 +728,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
-        logs.limited(
-            logger,
-            logging.WARNING,
-            "ws.too_slow",
-            "closing a client of room %s: %s",
-            self.slug,
-            reason,
-        )
+        metrics.slow_client_closes.inc()
+        with logcontext.use(self.log_scope):  # often called from the hub
+            logs.limited(
+                logger,
+                logging.WARNING,
+                "ws.too_slow",
+                "closing a client of room %s: %s",
+                self.slug,
+                reason,
+            )
         asyncio.get_running_loop().create_task(self._close_too_slow())
 
     async def _close_too_slow(self) -> None:
@@ -753,6 +798,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.catch_up_again = True  # a new gap: once more when done
             return
         self.catching_up = True
+        metrics.catch_ups.inc()
         asyncio.get_running_loop().create_task(self._catch_up())
 
     async def _catch_up(self) -> None:
@@ -774,7 +820,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 if not self.catch_up_again:
                     return
         except Exception as exc:
-            logger.info("catching up failed (%s); the client resumes by itself", exc)
+            with logcontext.use(self.log_scope):  # started by the hub, often
+                logger.info(
+                    "catching up failed (%s); the client resumes by itself", exc
+                )
         finally:
             self.catching_up = False
 
@@ -788,7 +837,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if gate is not None and gate.over_budget():
             self._too_slow("its unsent output passed its budget")
             return
+        metrics.frames_sent.labels(frame.get("type", "other")).inc()
         await self.send(text_data=json.dumps(frame, ensure_ascii=False))
 
     async def send_error(self, error: ProtocolError) -> None:
+        metrics.error_frames.labels(error.code).inc()
         await self.send_frame(protocol.error_frame(error))

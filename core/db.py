@@ -14,6 +14,9 @@ SQLite (a laptop) keeps Channels' one database thread: it serializes access
 anyway, and readers on other threads would meet its table locks.
 """
 
+import functools
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -23,6 +26,8 @@ from django.conf import settings
 from django.db import connections
 from django.db.models.signals import pre_migrate
 from django.dispatch import receiver
+
+from core import metrics
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -35,9 +40,37 @@ _handshake_threads = ThreadPoolExecutor(
 )
 
 
+class _Timed:
+    """Times each call on its thread and counts the threads at work."""
+
+    def __init__(self, executor: str) -> None:
+        self.seconds = metrics.database_seconds.labels(executor)
+        self.busy = 0
+        self.lock = threading.Lock()
+
+    def wrap(self, func: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(func)
+        def timed(*args: P.args, **kwargs: P.kwargs) -> T:
+            with self.lock:
+                self.busy += 1
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                metrics.observe_call(self.seconds, started)
+                with self.lock:
+                    self.busy -= 1
+
+        return timed
+
+
+_timed = {"db": _Timed("db"), "handshake": _Timed("handshake")}
+
+
 def _on(
-    executor: ThreadPoolExecutor, func: Callable[P, T]
+    executor: ThreadPoolExecutor, func: Callable[P, T], timed: _Timed
 ) -> Callable[P, Awaitable[T]]:
+    func = timed.wrap(func)
     if "sqlite" in settings.DATABASES["default"]["ENGINE"]:
         return database_sync_to_async(func)
     return database_sync_to_async(func, thread_sensitive=False, executor=executor)
@@ -45,12 +78,38 @@ def _on(
 
 def run(func: Callable[P, T]) -> Callable[P, Awaitable[T]]:
     """``func`` as a coroutine function, run on the database threads."""
-    return _on(_threads, func)
+    return _on(_threads, func, _timed["db"])
 
 
 def run_handshake(func: Callable[P, T]) -> Callable[P, Awaitable[T]]:
     """``func`` as a coroutine function, run on the handshake threads."""
-    return _on(_handshake_threads, func)
+    return _on(_handshake_threads, func, _timed["handshake"])
+
+
+@metrics.reading(
+    "switchboard_database_threads_busy",
+    "Database threads of this process running a call (consumers, background "
+    "tasks and handshakes; at most SWITCHBOARD_DB_THREADS + 2).",
+)
+def _threads_busy() -> float:
+    return float(sum(timed.busy for timed in _timed.values()))
+
+
+def _pool_stat(key: str) -> float | None:
+    # Django keeps its psycopg pools on the backend's class; one per alias.
+    pools = getattr(connections["default"], "_connection_pools", {})
+    pool = pools.get("default")
+    return None if pool is None else float(pool.get_stats().get(key, 0))
+
+
+for _key, _doc in (
+    ("pool_size", "PostgreSQL connections the pool holds, in use or idle."),
+    ("pool_available", "Idle PostgreSQL connections in the pool."),
+    ("requests_waiting", "Requests waiting for a pool connection."),
+):
+    metrics.reading(f"switchboard_database_{_key}", _doc)(
+        functools.partial(_pool_stat, _key)
+    )
 
 
 @receiver(pre_migrate)

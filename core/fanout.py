@@ -30,15 +30,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
-from core import backpressure, db, layer_watch, logs, services
+from core import backpressure, db, layer_watch, logs, metrics, services
 from core.presence import get_presence
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class Hub:
 
     def _reset_probes(self) -> None:
         self.probes_sent = 0
+        self.probe_sent_at = 0.0
         self.probes_back = 0
         # While events may have been lost: the last probe sent before that
         # was noticed. One sent later coming back means the layer delivers.
@@ -238,6 +241,8 @@ class Hub:
         # earlier one means that one, and whatever came with it, was lost.
         if number > self.probes_back + 1:
             self._events_may_be_lost("a probe did not come back")
+        if number == self.probes_sent:  # the latest: its send time is known
+            metrics.observe_call(_PROBE_SECONDS, self.probe_sent_at)
         self.probes_back = max(self.probes_back, number)
 
     async def _probe_forever(self) -> None:
@@ -264,6 +269,7 @@ class Hub:
             ):
                 await self._recover()
             self.probes_sent += 1
+            self.probe_sent_at = time.perf_counter()
             probe = {"type": PROBE_TYPE, "n": self.probes_sent}
             try:
                 if self.channel is None:
@@ -398,6 +404,21 @@ class Hub:
                     await listener.hub_event(event, encoded)
             except Exception:
                 logger.exception("delivering %s failed", event.get("type"))
+        if encoded is not None:
+            # Once per message and process, never per socket.
+            _MESSAGE_FRAMES_SENT.inc(len(members))
+            _observe_lag(event["message"]["sent_at"])
+
+
+_PROBE_SECONDS = metrics.redis_seconds.labels("probe")
+_MESSAGE_FRAMES_SENT = metrics.frames_sent.labels("message")
+
+
+def _observe_lag(sent_at: str) -> None:
+    """Commit (the message's ``sent_at``) to now, written to the sockets."""
+    with contextlib.suppress(ValueError):
+        committed = datetime.fromisoformat(sent_at).timestamp()
+        metrics.delivery_lag_seconds.observe(max(0.0, time.time() - committed))
 
 
 async def _twice(call: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -426,3 +447,31 @@ def get_hub() -> Hub:
     if hub is None:
         hub = _hubs[loop] = Hub()
     return hub
+
+
+@metrics.reading(
+    "switchboard_hub_gaps",
+    "Times this process's hub found that live events may have been lost "
+    "(each made good by a catch-up from the database).",
+    counter=True,
+)
+def _gaps() -> float:
+    return float(sum(hub.gaps for hub in list(_hubs.values())))
+
+
+@metrics.reading(
+    "switchboard_hub_tail_catch_ups",
+    "Connections sent to catch up because their room's last_seq ran ahead "
+    "of what they had been told (a lost publish; the delivery bound).",
+    counter=True,
+)
+def _tail_catch_ups() -> float:
+    return float(sum(hub.tail_catch_ups for hub in list(_hubs.values())))
+
+
+@metrics.reading(
+    "switchboard_hub_groups",
+    "Channel-layer groups (rooms and users) this process listens to.",
+)
+def _groups() -> float:
+    return float(sum(len(hub.members) for hub in list(_hubs.values())))

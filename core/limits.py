@@ -30,6 +30,8 @@ import redis
 from django.conf import settings
 from redis import asyncio as aioredis
 
+from core import metrics
+
 logger = logging.getLogger(__name__)
 
 SLOT_LEASE_SECONDS = 60.0
@@ -226,28 +228,49 @@ def _sync_redis() -> redis.Redis:
 def take(name: str, ident: str, rate: float, burst: int) -> float:
     """Take a token from bucket (name, ident): 0.0, or seconds to wait."""
     key = _key("bucket", name, ident)
+    wait = None
     if _use_redis():
         try:
+            started = time.perf_counter()
             waited_ms = _sync_redis().eval(TAKE_SCRIPT, 1, key, 1000.0 / rate, burst)
-            return int(waited_ms) / 1000.0
+            metrics.observe_call(_REDIS_LIMIT_SECONDS, started)
+            wait = int(waited_ms) / 1000.0
         except redis.RedisError as exc:
             _fell_back(name, exc)
-    return _memory.take(key, rate, burst)
+    if wait is None:
+        wait = _memory.take(key, rate, burst)
+    return _counted(name, wait)
 
 
 async def atake(name: str, ident: str, rate: float, burst: int) -> float:
     """``take`` for the event loop."""
     key = _key("bucket", name, ident)
+    wait = None
     if _use_redis():
         try:
+            started = time.perf_counter()
             async with asyncio.timeout(REDIS_WAIT_SECONDS):
                 waited_ms = await _async_redis().eval(
                     TAKE_SCRIPT, 1, key, 1000.0 / rate, burst
                 )
-            return int(waited_ms) / 1000.0
+            metrics.observe_call(_REDIS_LIMIT_SECONDS, started)
+            wait = int(waited_ms) / 1000.0
         except (redis.RedisError, TimeoutError) as exc:
             _fell_back(name, exc)
-    return _memory.take(key, rate, burst)
+    if wait is None:
+        wait = _memory.take(key, rate, burst)
+    return _counted(name, wait)
+
+
+_REDIS_LIMIT_SECONDS = metrics.redis_seconds.labels("limit")
+_REDIS_SLOT_SECONDS = metrics.redis_seconds.labels("slot")
+
+
+def _counted(name: str, wait: float) -> float:
+    """``wait``, counting a refusal of bucket ``name`` in the metrics."""
+    if wait:
+        metrics.rate_limited.labels(name).inc()
+    return wait
 
 
 # --- slots ---------------------------------------------------------------------
@@ -283,7 +306,10 @@ class Slots:
 
     async def acquire(self, name: str, ident: str, member: str, limit: int) -> bool:
         """Hold a slot of (name, ident) for ``member``; False if all are held."""
-        return (await self._acquire(name, ident, member, limit, None)).admitted
+        acquired = await self._acquire(name, ident, member, limit, None)
+        if not acquired.admitted:
+            metrics.rate_limited.labels(name).inc()
+        return acquired.admitted
 
     async def acquire_after_toll(
         self, toll: Toll, name: str, ident: str, member: str, limit: int
@@ -293,7 +319,10 @@ class Slots:
         Without a token no slot is tried (``Acquired.toll_wait``); a token
         taken stays taken when all slots are held, as with two calls.
         """
-        return await self._acquire(name, ident, member, limit, toll)
+        acquired = await self._acquire(name, ident, member, limit, toll)
+        if not acquired.admitted:
+            metrics.rate_limited.labels(toll.name if acquired.toll_wait else name).inc()
+        return acquired
 
     async def _acquire(
         self, name: str, ident: str, member: str, limit: int, toll: Toll | None
@@ -308,10 +337,12 @@ class Slots:
                 keys = [key, _key("bucket", toll.name, toll.ident)]
                 tail = [1000.0 / toll.rate, toll.burst]
             try:
+                started = time.perf_counter()
                 async with asyncio.timeout(REDIS_WAIT_SECONDS):
                     outcome = await _async_redis().eval(
                         script, len(keys), *keys, limit, lease_ms, member, *tail
                     )
+                metrics.observe_call(_REDIS_SLOT_SECONDS, started)
             except (redis.RedisError, TimeoutError) as exc:
                 _fell_back(name, exc)
             else:
@@ -390,6 +421,11 @@ _async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = (
 _slots: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Slots]" = (
     weakref.WeakKeyDictionary()
 )
+
+
+def async_redis() -> aioredis.Redis:
+    """This event loop's Redis client, for limits and metrics snapshots."""
+    return _async_redis()
 
 
 def _async_redis() -> aioredis.Redis:

@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.functional import SimpleLazyObject
 
+from core import logcontext
 from core.logs import limited
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,45 @@ class HealthCheckMiddleware(_SyncAndAsync):
         if request.path in (HEALTH_PATH, HEALTH_PATH + "/"):
             return JsonResponse({"status": "ok"})
         return await self.get_response(request)
+
+
+class LogContextMiddleware(_SyncAndAsync):
+    """Log a request's lines with its scope, and its user and room after.
+
+    The scope (its id, the client's address) is opened by
+    ``core.accesslog``; Django runs the middleware in a task of its own,
+    which adopts it. The user is noted once the view has answered, and only
+    if something looked it up already: reading an unread session user would
+    cost queries (and Django refuses them in async code). The room is the
+    URL's ``slug``.
+    """
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if self.is_async:
+            return self._acall(request)
+        response = self.get_response(request)
+        _annotate_log(request)
+        return response
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        logcontext.adopt()
+        response = await self.get_response(request)
+        _annotate_log(request)
+        return response
+
+
+def _annotate_log(request: HttpRequest) -> None:
+    user = request.__dict__.get("user")
+    if isinstance(user, SimpleLazyObject):
+        # django.contrib.auth keeps the user here once it has been read.
+        user = request.__dict__.get("_cached_user") or request.__dict__.get(
+            "_acached_user"
+        )
+    match = request.resolver_match
+    logcontext.annotate(
+        user_id=user.pk if user is not None and user.is_authenticated else None,
+        room=match.kwargs.get("slug") if match is not None else None,
+    )
 
 
 class CspNonce:

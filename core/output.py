@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from core import metrics
 from core.backpressure import WriteBuffer
 
 logger = logging.getLogger(__name__)
@@ -134,3 +135,12 @@ class ProcessOutput:
 
 
 _process = ProcessOutput()
+
+
+@metrics.reading(
+    "switchboard_unsent_output_bytes",
+    "Bytes written to this process's sockets and not yet sent, at the last "
+    "once-a-second sum (the budget is SWITCHBOARD_OUTPUT_PROCESS_BYTES).",
+)
+def _unsent_bytes() -> float:
+    return float(_process.queued)

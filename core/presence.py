@@ -22,10 +22,12 @@ from typing import NamedTuple
 from django.conf import settings
 from redis import asyncio as aioredis
 
-from core import protocol
+from core import metrics, protocol
 from core.services import publish, room_group
 
 logger = logging.getLogger(__name__)
+
+_JOIN_SECONDS = metrics.redis_seconds.labels("presence")
 
 INSTANCE_ID = uuid.uuid4().hex[:12]
 SWEEP_EVERY_SECONDS = 5.0
@@ -226,10 +228,12 @@ class Presence:
         self._ensure_loop()
         if not self.stale:
             try:
+                started = time.perf_counter()
                 async with asyncio.timeout(JOIN_WAIT_SECONDS):
                     current = await self.store.put_and_read(
                         room, [member], self._expiry(), time.time()
                     )
+                metrics.observe_call(_JOIN_SECONDS, started)
                 return self._frame(room, current)
             except Exception as exc:  # Redis unreachable: degrade, not fail
                 self._went_stale(exc)
@@ -258,6 +262,7 @@ class Presence:
                 self._went_stale(exc)
 
     def _went_stale(self, exc: Exception) -> None:
+        metrics.presence_errors.inc()
         self.rewrite = True
         if not self.stale:
             self.stale = True

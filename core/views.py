@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -20,8 +21,9 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 from django.views import defaults
 from django.views.decorators.http import require_http_methods
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from core import access, services, throttling
+from core import access, logs, metrics, services, throttling
 from core.forms import RoomForm, SignupForm
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,25 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     if failing:
         return JsonResponse({"status": "unavailable", "failing": failing}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+async def metrics_endpoint(request: HttpRequest) -> HttpResponse:
+    """The fleet's metrics for Prometheus, to the holder of the token only.
+
+    Off (404) without ``SWITCHBOARD_METRICS_TOKEN``; 401 without the token.
+    """
+    if not settings.METRICS_TOKEN:
+        raise Http404
+    if not metrics.token_matches(request.headers.get("Authorization", "")):
+        logs.limited(logger, logging.WARNING, "http.metrics_token",
+                     "/metrics refused a request without the right token")  # fmt: skip
+        response = HttpResponse("A bearer token is required.\n", status=401,
+                                content_type="text/plain; charset=utf-8")  # fmt: skip
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(
+        await metrics.exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4
+    )
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
