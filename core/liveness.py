@@ -29,6 +29,8 @@ from typing import Any
 
 from django.conf import settings
 
+from core import metrics
+
 logger = logging.getLogger(__name__)
 
 LIVENESS_PATH = "/livez"
@@ -161,6 +163,13 @@ def latest_lag_seconds() -> float:
     """
     now = time.monotonic()
     return max((beat.lag(now) for beat in list(_heartbeats.values())), default=0.0)
+
+
+metrics.reading(
+    "switchboard_event_loop_lag_seconds",
+    "How late this process's event loop runs: the last heartbeat's lag, or "
+    "the wait for the next one if longer (/livez fails past its bound).",
+)(latest_lag_seconds)
 
 
 class LivenessMiddleware:

@@ -96,6 +96,9 @@ async def test_a_session_moves_the_counters_it_should(async_client, lobby, alice
     await refused(secret.slug, token=await token_for(alice))  # HTTP 403
     after = await scrape(async_client)
 
+    for gauge in ("event_loop_lag_seconds", "unsent_output_bytes", "hub_groups",
+                  "database_threads_busy"):  # fmt: skip
+        assert (f"switchboard_{gauge}", ()) in after, gauge
     assert value(during, "switchboard_connections_open", room_kind="public") == 1
     assert value(after, "switchboard_connections_open", room_kind="public") == 0
     changes = moved(before, after)
