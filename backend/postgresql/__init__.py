@@ -1,0 +1,1 @@
+"""Django's PostgreSQL backend, its pool checked by ``backend.dbpool``."""
