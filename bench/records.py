@@ -260,6 +260,10 @@ def storm_record(base: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]
         "before_p50_ms": before["p50_ms"],
         "before_p99_ms": before["p99_ms"],
         "latency_buckets": result["latency_buckets"],
+        # How late the generator's own loop ran (its worst, and per second):
+        # a stayer's latency includes it.
+        "generator_max_lag_ms": result["generator_max_lag_ms"],
+        "generator_lag_buckets": result["generator_lag_buckets"],
         # The publisher's send -> ack on A, in the same window: the store.
         "ack_p50_ms": result["ack_latency"]["ack_p50_ms"],
         "ack_p99_ms": result["ack_latency"]["ack_p99_ms"],

@@ -489,6 +489,8 @@ def run_storm(session: Session) -> list[dict[str, Any]]:
         "planned_stayers": plan.storm_stayers,
         "planned_movers": plan.storm_movers,
         "connect_seconds": began["connect_seconds"],
+        # Busy (4503) or limited while joining, and retried as told.
+        "join_refusals": began["join_refusals"],
         "b_exit_status": exit_status,
         "b_exit_seconds": round(exit_seconds, 2),
         # Left at the server's default: the bench measures what ships.

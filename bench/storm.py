@@ -48,6 +48,9 @@ WELCOME_SECONDS = 10.0
 ACK_WAIT_SECONDS = 15.0
 CLOSE_WAIT_SECONDS = 10.0
 POLL_SECONDS = 0.05
+# The generator's own loop is sampled this often: a late loop stamps frames
+# late, so a spike in the stayers' latency may be the generator's, not A's.
+LAG_PROBE_SECONDS = 0.01
 # A message frame's seq, and its body's send time as JSON-escaped inside it
 # (cheaper than json.loads for the bulk of the frames).
 MESSAGE_PREFIX = b'{"type": "message"'
@@ -121,6 +124,7 @@ class Failure:
 
     label: str
     retry_seconds: float | None = None
+    hint: float | None = None  # what a refusal named, before the jitter
 
 
 def new_link(loop: asyncio.AbstractEventLoop) -> Link:
@@ -216,7 +220,10 @@ class Storm:
         self.give_up_seconds = 0.0
         self.window_end = 0.0
         self.stayer_latencies: array = array("d")  # pairs: send time, latency
+        self.generator_lags: array = array("d")  # pairs: when, how late
+        self.lag_probe: asyncio.Task[None] | None = None
         self.join_errors: Counter[str] = Counter()
+        self.join_refusals: Counter[str] = Counter()  # retried, by role and code
         self.attempts: Counter[str] = Counter()  # by role
         self.refusals: Counter[str] = Counter()  # by close code
         self.hints: array = array("d")  # refusals' window or wait, seconds
@@ -311,6 +318,7 @@ class Storm:
         if not self.movers:
             self.all_resumed.set()
         self.tasks = [asyncio.create_task(self._follow(m)) for m in self.members]
+        self.lag_probe = asyncio.create_task(self._probe_lag())
         start = time.monotonic() + 0.1
         assert self.publisher is not None
         self.publishing = asyncio.create_task(self.publisher.run(start, rate))
@@ -328,8 +336,16 @@ class Storm:
             "stayers": len(self.members) - len(self.movers),
             "movers": len(self.movers),
             "join_errors": dict(self.join_errors),
+            "join_refusals": dict(self.join_refusals),
             "connect_seconds": round(time.monotonic() - started, 2),
         }
+
+    async def _probe_lag(self) -> None:
+        while True:
+            due = time.monotonic() + LAG_PROBE_SECONDS
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            now = time.monotonic()
+            self.generator_lags.extend((now, max(0.0, now - due)))
 
     def _loop_time(self, monotonic_at: float) -> float:
         return self.loop.time() + (monotonic_at - time.monotonic())
@@ -363,14 +379,21 @@ class Storm:
             rng=random.Random(self.rng.random()),
             link=new_link(self.loop),
         )
-        async with gate:
-            if time.monotonic() > deadline:
-                self.join_errors["skipped: connect budget spent"] += 1
+        while True:
+            async with gate:
+                if time.monotonic() > deadline:
+                    self.join_errors["skipped: connect budget spent"] += 1
+                    return None
+                failure = await self._open(member, instance, self.path, seconds)
+            if failure is None:
+                break
+            if failure.retry_seconds is None:
+                self.join_errors[f"{role}: {failure.label}"] += 1
                 return None
-            failure = await self._open(member, instance, self.path, seconds)
-        if failure is not None:
-            self.join_errors[f"{role}: {failure.label}"] += 1
-            return None
+            # Busy or limited: retry when told, as a client would.
+            self.join_refusals[f"{role}: {failure.label}"] += 1
+            member.link = new_link(self.loop)
+            await asyncio.sleep(failure.retry_seconds)
         member.joined = True
         return member
 
@@ -420,11 +443,7 @@ class Storm:
         else:  # a limit: at least its retry_after
             hint = retry_hint(link.client.close_reason) or link.error_hint
             wait = None if hint is None else refusal_wait(hint, self.rng)
-        if hint is None:
-            self.unhinted[str(code)] += 1  # backs off as after any failure
-            return Failure(str(code))
-        self.hints.append(hint)
-        return Failure(str(code), wait)
+        return Failure(str(code), wait, hint)
 
     # --- moving -------------------------------------------------------------------
 
@@ -443,6 +462,10 @@ class Storm:
                     break
                 if failure.label in REFUSED:
                     self.refusals[failure.label] += 1
+                    if failure.hint is None:
+                        self.unhinted[failure.label] += 1  # backs off below
+                    else:
+                        self.hints.append(failure.hint)
                 else:
                     self.failures[failure.label] += 1
                 if failure.retry_seconds is not None:
@@ -521,6 +544,8 @@ class Storm:
         first, last = self._expected_range()
         if last is not None:
             await self._drain(last, drain_seconds)
+        if self.lag_probe is not None:
+            self.lag_probe.cancel()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -567,6 +592,9 @@ class Storm:
             self.stayer_latencies, sigterm_at, self.window_end
         )
         acks, _, _ = _split(self.publisher.ack_latencies, sigterm_at, self.window_end)
+        lags, _, lags_by_second = _split(
+            self.generator_lags, sigterm_at, self.window_end
+        )
         return {
             "stayers": len(self.members) - len(self.movers),
             "movers": len(self.movers),
@@ -596,6 +624,11 @@ class Storm:
             "latency": latency_summary(window),
             "latency_before": latency_summary(before),
             "latency_buckets": _buckets(by_second),
+            "generator_max_lag_ms": _ms(max(lags, default=0.0)),
+            "generator_lag_buckets": [
+                [second, _ms(max(values))]
+                for second, values in sorted(lags_by_second.items())
+            ],
             "ack_latency": latency_summary(acks, prefix="ack_"),
             "max_send_lag_ms": round(self.publisher.worst_lag * 1e3, 1),
             "errors": dict(self.errors + self.publisher.errors),
