@@ -34,6 +34,7 @@ from core import (
     services,
 )
 from core.backpressure import TOO_FULL, WRITTEN
+from core.collector import get_collector
 from core.daphne_fix import CLIENT_GONE
 from core.fanout import Encoded, get_hub
 from core.models import Room
@@ -479,6 +480,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.admitted:
             self.admitted = False
             _ProcessConnections.count -= 1
+            get_collector().connection_closed(_ProcessConnections.count)
         if self.open_gauge is not None:
             self.open_gauge.dec()
             self.open_gauge = None

@@ -162,6 +162,15 @@ redis_seconds = Histogram(
 )
 
 
+gc_full_collection_seconds = Histogram(
+    "switchboard_gc_full_collection_seconds",
+    "Full (oldest generation) garbage collections: each pauses every "
+    "connection of the process for this long (core.collector).",
+    buckets=_CALL_BUCKETS,
+    registry=REGISTRY,
+)
+
+
 class _Readings(Collector):
     """Figures kept elsewhere, read at scrape time: nothing on the hot paths."""
 
