@@ -59,7 +59,7 @@ ProcessCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
 # Seconds: from a millisecond (a local call) to past the timeouts that end
-# a call (publish 2 s, statement 5 s).
+# a call (publish 1 s, statement 5 s).
 _CALL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                  0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
 # Commit to socket: milliseconds live, seconds after an outage (the
