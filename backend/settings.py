@@ -144,7 +144,7 @@ else:
     try:
         DATABASES = {
             "default": dj_database_url.parse(
-                _DATABASE_URL, conn_max_age=0, conn_health_checks=False
+                _DATABASE_URL, conn_max_age=0, conn_health_checks=True
             )
         }
     except ValueError as exc:
@@ -152,12 +152,9 @@ else:
 # Opening a PostgreSQL connection costs milliseconds (TLS, auth, a backend
 # fork) and Django opens one per request or database_sync_to_async call when
 # connections are not persistent. Persistent connections (CONN_MAX_AGE) are
-# unsafe under ASGI, so each process keeps a small psycopg pool instead; its
-# check hands out only live connections, with a round trip only when the
-# server has closed or written to the socket (backend.dbpool, installed by
-# the backend/postgresql engine set below; it replaces CONN_HEALTH_CHECKS, a
-# round trip every time). The size bounds one process's share of the
-# server's connection limit.
+# unsafe under ASGI, so each process keeps a small psycopg pool instead; the
+# health check (CONN_HEALTH_CHECKS) hands out only live connections. The
+# size bounds one process's share of the server's connection limit.
 DB_POOL_SIZE = env_int("SWITCHBOARD_DB_POOL_SIZE", 8)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_SIZE:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -204,8 +201,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         if _db_options.get("sslmode") != "verify-ca":
             _db_options["sslmode"] = "verify-full"
         _db_options["sslrootcert"] = DATABASE_CA_CERT_FILE
-    # Django's own backend, but for the pool's check (backend/postgresql).
-    DATABASES["default"]["ENGINE"] = "backend.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, presence, cache -----------------------------------

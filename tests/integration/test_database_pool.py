@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 import pytest
 
-from backend import dbpool
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -135,40 +133,6 @@ async def test_connections_dropped_by_the_server_are_replaced_unseen(
     assert status == 200, body
     assert [m["body"] for m in body["messages"]] == ["before", "after"]
     assert not writer.errors()
-
-
-def last_query(postgres: PostgresCluster, pid: int) -> str:
-    with postgres.connect() as conn:
-        row = conn.execute(
-            "SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)
-        ).fetchone()
-    assert row is not None, f"backend {pid} is gone"
-    return str(row[0])
-
-
-def test_the_pool_check_costs_no_round_trip_until_the_server_ends_a_connection(
-    postgres: PostgresCluster,
-) -> None:
-    with psycopg.connect(postgres.url(), autocommit=True) as conn:
-        conn.execute("SELECT 'last words'")
-        pid = conn.info.backend_pid
-
-        dbpool.check_connection(conn)  # a live connection passes...
-        # ...without a query: the server still shows the last one.
-        assert last_query(postgres, pid) == "SELECT 'last words'"
-
-        with postgres.connect() as other:
-            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        wait_until(
-            lambda: pid not in app_connections(postgres, "postgres"),
-            timeout=10,
-            message="the terminated backend to exit",
-        )
-        with pytest.raises(psycopg.OperationalError):
-            dbpool.check_connection(conn)
-
-    with pytest.raises(psycopg.OperationalError):
-        dbpool.check_connection(conn)  # closed by us
 
 
 def test_pool_size_zero_opens_a_connection_per_use(

@@ -1,1 +1,0 @@
-"""Django's PostgreSQL backend, its pool checked by ``backend.dbpool``."""
