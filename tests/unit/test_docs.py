@@ -9,6 +9,7 @@ file from outside this repository. The variables, metrics and alerts the
 docs name are the ones the code and the App Spec have. No database.
 """
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,10 @@ DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 # Placeholders a link must never carry: a button or link to one of these
 # sends a newcomer nowhere.
 PLACEHOLDERS = ("your-org", "your-username", "your-fork", "<org>", "<owner>")
-# Files from outside this repository that earlier documents cited.
-FOREIGN = ("DESIGN.md", "STYLE.md", "../shared")
+# A Markdown file a document names, with or without a path before it.
+MARKDOWN_NAME = re.compile(r"\b[\w-]+\.md\b")
+# A relative path that starts by climbing.
+CLIMBING_PATH = re.compile(r"(?:\.\./)+[\w./-]+")
 # Paths the docs name in code spans that a run writes, not the repository.
 GENERATED = ("soak/results/", "bench/results/partial/")
 # Top-level folders: a code span starting with one names a repository path.
@@ -203,10 +206,27 @@ def test_no_link_points_at_a_placeholder(path: Path) -> None:
     assert placeholders == []
 
 
+@functools.cache
+def markdown_names() -> frozenset[str]:
+    """Names of the repository's Markdown files."""
+    found = {path.name for path in ROOT.glob("*.md")}
+    for folder in REPO_DIRS:
+        found |= {path.name for path in (ROOT / folder).rglob("*.md")}
+    return frozenset(found)
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_document_cites_a_file_from_elsewhere(path: Path) -> None:
+    """Every Markdown file a document names is one of the repository's, and
+    no relative path leads out of it: a reader has only the repository."""
     text = path.read_text()
-    assert [name for name in FOREIGN if name in text] == []
+    elsewhere = sorted(set(MARKDOWN_NAME.findall(text)) - markdown_names())
+    elsewhere += [
+        climbing
+        for climbing in CLIMBING_PATH.findall(text)
+        if not (path.parent / climbing).resolve().is_relative_to(ROOT)
+    ]
+    assert elsewhere == []
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
