@@ -208,10 +208,14 @@ def test_no_link_points_at_a_placeholder(path: Path) -> None:
 
 @functools.cache
 def markdown_names() -> frozenset[str]:
-    """Names of the repository's Markdown files."""
+    """Names of the repository's Markdown files, and of those a run writes
+    (named somewhere with their generated folder, e.g. ``soak/results/``)."""
     found = {path.name for path in ROOT.glob("*.md")}
     for folder in REPO_DIRS:
         found |= {path.name for path in (ROOT / folder).rglob("*.md")}
+    written = re.compile("(?:" + "|".join(map(re.escape, GENERATED)) + r")([\w-]+\.md)")
+    for doc in DOCS:
+        found |= set(written.findall(doc.read_text()))
     return frozenset(found)
 
 
