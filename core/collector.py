@@ -106,11 +106,17 @@ class Collector:
         )
 
     def _collect_garbage(self) -> None:
-        self.collect_planned = False
         if self.closed_since_full < GARBAGE_CONNECTIONS:
+            self.collect_planned = False
             return  # Python collected meanwhile
         if self.deferring:
-            return  # a surge is on: its full collection comes after it
+            # A surge is on: collect once it is over, or the garbage waits
+            # for Python's next full pass, which the next surge sets off
+            # (a bench run carried 2,500 closed connections' objects, 190,000,
+            # from one scenario into the reconnect storm that way).
+            asyncio.get_running_loop().call_later(QUIET_SECONDS, self._collect_garbage)
+            return
+        self.collect_planned = False
         gc.collect()
 
     def _check(self) -> None:

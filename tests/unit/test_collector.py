@@ -136,6 +136,7 @@ async def test_a_wave_of_closes_is_collected_while_few_are_connected(monkeypatch
 
 async def test_closes_during_a_surge_wait_for_the_surge(monkeypatch):
     monkeypatch.setattr(collector, "GARBAGE_CONNECTIONS", 10)
+    monkeypatch.setattr(collector, "QUIET_SECONDS", 0.6)
     monkeypatch.setattr(collector, "COLLECT_AFTER_CLOSES_SECONDS", 0.05)
     gc.set_threshold(700, 10, 10**6)
     surges = collector.get_collector()
@@ -145,3 +146,7 @@ async def test_closes_during_a_surge_wait_for_the_surge(monkeypatch):
         surges.connection_closed(still_open=0)
     await asyncio.sleep(0.2)
     assert _full_collections() == before, "no collection in the middle of a surge"
+    # Once the surge is quiet, the garbage it waited out is collected.
+    await async_wait_until(lambda: not surges.deferring, timeout=5)
+    await async_wait_until(lambda: _full_collections() == before + 1, timeout=5)
+    assert surges.closed_since_full == 0
