@@ -77,6 +77,14 @@ class OutputGate:
     def close(self) -> None:
         """The connection has gone: stop counting it."""
         _process.discard(self)
+        # on_over is the consumer's method, and the consumer holds this gate:
+        # a cycle, which would leave the whole closed connection (some 75
+        # objects) for a full collection instead of freeing it at once.
+        self.on_over = _gone
+
+
+def _gone(reason: str) -> None:
+    """A closed gate's ``on_over``: its connection has gone already."""
 
 
 class ProcessOutput:

@@ -1,6 +1,11 @@
-"""The project's ASGI application plus one WebSocket that reports, from
-inside the Daphne process, what the open WebSockets keep of their upgrade
-(tests/integration/test_daphne_fix.py). Never served outside the tests.
+"""The project's ASGI application plus WebSockets that report, from inside
+the Daphne process, what the open WebSockets keep of their upgrade and what
+closed ones left behind (tests/integration/test_daphne_fix.py). Never served
+outside the tests.
+
+The cyclic collector is off in this process: whatever a closed connection
+left in a reference cycle stays where a census can count it, instead of
+going at a collection that may or may not have run.
 """
 
 import gc
@@ -10,6 +15,10 @@ from typing import Any
 from backend.asgi import application as project
 
 PROBE_PATH = "/probe/upgrade-leftovers/"
+CLOSED_PATH = "/probe/closed-leftovers/"
+PROBES = {PROBE_PATH, CLOSED_PATH}
+
+gc.disable()
 
 
 def census() -> dict[str, Any]:
@@ -24,7 +33,7 @@ def census() -> dict[str, Any]:
         o for o in objects
         if isinstance(o, WebSocketProtocol)
         and o.state == o.STATE_OPEN
-        and o.request.path != PROBE_PATH
+        and o.request.path not in PROBES
     ]  # fmt: skip
     # The HTTP side of a connection shares its transport with the WebSocket.
     upgraded_from = {id(o.transport) for o in objects if isinstance(o, HTTPChannel)}
@@ -48,10 +57,29 @@ def census() -> dict[str, Any]:
     }
 
 
+def closed_census() -> dict[str, int]:
+    """What is left of connections that have closed (no collection first)."""
+    from daphne.ws_protocol import WebSocketProtocol
+
+    from core.consumers import RoomConsumer
+    from core.output import OutputGate
+
+    objects = gc.get_objects()
+    return {
+        "closed_websockets": sum(
+            isinstance(o, WebSocketProtocol) and o.state == o.STATE_CLOSED
+            for o in objects
+        ),
+        "room_consumers": sum(isinstance(o, RoomConsumer) for o in objects),
+        "output_gates": sum(isinstance(o, OutputGate) for o in objects),
+    }
+
+
 async def application(scope: dict, receive: Any, send: Any) -> None:
-    if scope["type"] != "websocket" or scope["path"] != PROBE_PATH:
+    if scope["type"] != "websocket" or scope["path"] not in PROBES:
         return await project(scope, receive, send)
+    report = census() if scope["path"] == PROBE_PATH else closed_census()
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
-    await send({"type": "websocket.send", "text": json.dumps(census())})
+    await send({"type": "websocket.send", "text": json.dumps(report)})
     await send({"type": "websocket.close"})
