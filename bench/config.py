@@ -29,6 +29,11 @@ QUIET_LIMIT_SECONDS = 8.0
 KEEP_UP_FRACTION = 0.95
 FANOUT_500_P99_MS = 100.0
 VS_TUTORIAL_MIN = 5.0
+# Checked at 1,000 subscribers x 100 msg/s, not 50: at 50 the offer (50,000
+# deliveries/s) is all Switchboard can show, so the ratio measured the
+# tutorial, and failed whenever it passed 10,000/s (9,600-11,600 in the
+# last runs, with Switchboard at 100% of the offer in each).
+VS_TUTORIAL_RATE = 100
 DAPHNE_VS_RAW_MIN = 0.85
 UVICORN_VS_RAW_MIN = 0.9
 CPU_US_PER_DELIVERY_MAX = 30.0

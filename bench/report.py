@@ -407,8 +407,9 @@ def checks(runs: list[Run]) -> list[dict[str, Any]]:
         None if d500 is None else d500["lost"] == 0, "0",
     ))  # fmt: skip
     out += _versus(
-        runs, "daphne", 1000, 50, "tutorial", "daphne", config.VS_TUTORIAL_MIN
-    )
+        runs, "daphne", 1000, config.VS_TUTORIAL_RATE, "tutorial", "daphne",
+        config.VS_TUTORIAL_MIN,
+    )  # fmt: skip
     out += _versus(
         runs, "daphne", 1000, 50, "raw", "websockets", config.DAPHNE_VS_RAW_MIN
     )

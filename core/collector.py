@@ -17,16 +17,16 @@ collects fully at its next chance: one pause after the storm instead of
 several during it. After a deferral that ran its full length, the next one
 waits for a full collection, so a surge that never ends still collects.
 
-Closed connections leave their reference cycles in the oldest generation
-until a full collection, and a full collection walks every object there, live
-or not: in a bench run, the garbage of earlier scenarios' connections (220,000
-objects) made a 445 ms pause when the reconnect storm's first handshakes set
-it off, three times the cost of the 500 connections then open. So once the
-connections closed since the last full collection outnumber those open (and
-at least ``GARBAGE_CONNECTIONS`` closed), and no surge is on, the process
-collects within ``COLLECT_AFTER_CLOSES_SECONDS``: at a moment when few are
-connected to feel it, and before the garbage can add to the next surge's
-pause.
+Garbage in the oldest generation waits for a full collection, and a full
+collection walks every object there, live or not. A closed connection under
+Daphne is freed as it closes (its cycles are cut: core/output.py,
+core/daphne_fix.py), but other code may leave cycles (uvicorn's HTTP
+protocol does, 8 objects per connection). So once the connections closed
+since the last full collection outnumber those open (and at least
+``GARBAGE_CONNECTIONS`` closed), the process collects within
+``COLLECT_AFTER_CLOSES_SECONDS``, or once a surge is over: at a moment when
+few are connected to feel it, and before the garbage can add to the next
+surge's pause.
 
 Every full collection's pause is a metric, and one past ``LONG_PAUSE_SECONDS``
 is logged: a latency spike that matches one is the collector's.
