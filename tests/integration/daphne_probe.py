@@ -3,9 +3,10 @@ the Daphne process, what the open WebSockets keep of their upgrade and what
 closed ones left behind (tests/integration/test_daphne_fix.py). Never served
 outside the tests.
 
-The cyclic collector is off in this process: whatever a closed connection
-left in a reference cycle stays where a census can count it, instead of
-going at a collection that may or may not have run.
+The cyclic collector is off in the server's process from its first
+request on: whatever a closed connection left in a reference cycle stays
+where a census can count it, instead of going at a collection that may or
+may not have run. (Not at import: the tests import this module too.)
 """
 
 import gc
@@ -17,8 +18,6 @@ from backend.asgi import application as project
 PROBE_PATH = "/probe/upgrade-leftovers/"
 CLOSED_PATH = "/probe/closed-leftovers/"
 PROBES = {PROBE_PATH, CLOSED_PATH}
-
-gc.disable()
 
 
 def census() -> dict[str, Any]:
@@ -76,6 +75,7 @@ def closed_census() -> dict[str, int]:
 
 
 async def application(scope: dict, receive: Any, send: Any) -> None:
+    gc.disable()
     if scope["type"] != "websocket" or scope["path"] not in PROBES:
         return await project(scope, receive, send)
     report = census() if scope["path"] == PROBE_PATH else closed_census()
