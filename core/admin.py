@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
@@ -92,6 +92,27 @@ class RoomAdmin(admin.ModelAdmin):
     ) -> None:
         """Save through ``services.save_room``: the owner stays a member."""
         services.save_room(obj)
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The form again when another request took the slug after this
+        form checked it: its check now says so beside the field."""
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except services.SlugTaken:
+            pass
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except services.SlugTaken as taken:
+            self.message_user(
+                request, f"The slug {taken} was taken meanwhile.", messages.ERROR
+            )
+            return HttpResponseRedirect(request.get_full_path())
 
     def get_deleted_objects(
         self, objs: Iterable[Room], request: HttpRequest

@@ -123,6 +123,34 @@ def test_the_admin_refuses_a_room_the_api_refuses(data, field):
 
 
 @pytest.mark.django_db
+def test_a_slug_taken_between_the_forms_check_and_its_save_is_a_form_error(
+    monkeypatch,
+):
+    """Another request creates the room after this form checked the slug:
+    the form comes back with the error beside the slug, not a 500."""
+    from core.admin import RoomAdminForm
+
+    RoomFactory(slug="ops", name="The first Ops")
+    checks = []
+    check = RoomAdminForm.validate_unique
+
+    def checked_before_the_other_request(form):
+        checks.append(form)
+        if len(checks) > 1:  # the form again, after the race
+            check(form)
+
+    monkeypatch.setattr(
+        RoomAdminForm, "validate_unique", checked_before_the_other_request
+    )
+
+    response = staff().post(url("room", "add"), {"name": "Ops", "slug": "ops"})
+
+    assert list(form_errors(response)) == ["slug"]
+    assert len(checks) == 2
+    assert list(Room.objects.values_list("name", flat=True)) == ["The first Ops"]
+
+
+@pytest.mark.django_db
 def test_a_rooms_slug_and_last_seq_stay_as_they_are_when_staff_edit_it():
     room = RoomFactory(slug="lobby", name="Lobby")
     services.store_message(room=room, author=None, body="hi", client_id=None)
