@@ -1,7 +1,9 @@
 """The room page across server restarts and lost frames: nothing lost, nothing twice."""
 
+import contextlib
 import json
 import re
+import sqlite3
 import time
 
 import pytest
@@ -221,3 +223,47 @@ def test_reconnects_follow_the_servers_windows_with_full_jitter(
     assert max(delays["limit"]) <= 6000
     assert min(delays["lost"]) < 500, "full jitter starts at 0"
     assert 3500 < max(delays["lost"]) <= 4000
+
+
+def restore_from_backup(pair: Deployment, slug: str, last_seq: int) -> None:
+    """What a restore from an older backup does to a room: the messages after
+    ``last_seq`` are gone, and their seqs will be given out again."""
+    database = pair.env["DATABASE_URL"].removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(database, timeout=10)) as db, db:
+        (room_id,) = db.execute(
+            "SELECT id FROM core_room WHERE slug = ?", [slug]
+        ).fetchone()
+        db.execute(
+            "DELETE FROM core_message WHERE room_id = ? AND seq > ?",
+            [room_id, last_seq],
+        )
+        db.execute(
+            "UPDATE core_room SET last_seq = ? WHERE id = ?", [last_seq, room_id]
+        )
+
+
+def test_a_page_open_across_a_restore_from_backup_shows_the_room_as_it_now_is(
+    pair: Deployment, browsing: Browsing, slug: str
+) -> None:
+    """The database is restored from a backup while a page is open: the page
+    drops the messages the room no longer holds, shows those it does, and
+    shows new messages that reuse the lost seqs (not dropped as repeats)."""
+    browsing.allow_console_errors(*NETWORK_ERRORS)
+    server = pair.instances[0]
+    pair.create_room(slug)
+    for body in ("kept 1", "kept 2", "lost 3", "lost 4"):
+        pair.post(slug, body, user="bob")
+    alice = browsing.open_room(pair.url(0), slug, user="alice")
+    alice.wait_open()
+    alice.expect_bodies(["kept 1", "kept 2", "lost 3", "lost 4"])
+
+    server.terminate()
+    alice.wait_state("reconnecting", timeout=5_000)
+    restore_from_backup(pair, slug, last_seq=2)
+    server.start()
+
+    alice.wait_open()
+    alice.expect_bodies(["kept 1", "kept 2"])
+    pair.post(slug, "new 3", user="bob", instance=0)
+    alice.expect_bodies(["kept 1", "kept 2", "new 3"])
+    assert alice.seqs() == [1, 2, 3]

@@ -91,6 +91,13 @@ export class MessageList {
     regroup(item.nextElementSibling);
   }
 
+  /** Take away every held message; own pending ones stay. */
+  clearHeld() {
+    for (const item of this.list.querySelectorAll("li[data-seq]")) item.remove();
+    regroup(this.list.firstElementChild);
+    this.updateEmpty();
+  }
+
   remove(item) {
     const next = item.nextElementSibling;
     item.remove();

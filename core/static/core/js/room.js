@@ -64,6 +64,7 @@ let sendsPausedUntil = 0; // after rate_limited: hold sends, keep their order
 let resumeTimer = null;
 let retryAt = 0;
 let closedReason = null; // "forbidden" or "signed-out" once access is gone
+let reloadAfterReplay = false; // historyWentBack: fetch the latest page once live
 
 // --- incoming messages ------------------------------------------------------
 
@@ -223,9 +224,27 @@ function scheduleGapCheck() {
 }
 
 function loadEarlier() {
-  if (olderInFlight || timeline.lowest === null) return;
-  olderInFlight = sendHistory({ before: timeline.lowest, limit: OLDER_PAGE }, { kind: "older" });
+  if (olderInFlight) return;
+  // Nothing held (after historyWentBack): the latest page.
+  const before = timeline.lowest ?? timeline.contiguous + 1;
+  if (before <= 1) return;
+  olderInFlight = sendHistory({ before, limit: OLDER_PAGE }, { kind: "older" });
   updateHistoryEdge();
+}
+
+/**
+ * The room holds fewer messages than this page: its database was restored
+ * from a backup, and the seqs above ``lastSeq`` will be given to new
+ * messages. What the page holds is dropped, as a fresh page would not show
+ * it, and the latest page is fetched once the replay is done; own messages
+ * not yet acked stay, and go again.
+ */
+function historyWentBack(lastSeq) {
+  messages.clearHeld();
+  timeline.reset(lastSeq);
+  moreAbove = lastSeq > 0;
+  reloadAfterReplay = moreAbove;
+  notice.show("This room's history was restored from a backup; the messages are shown again.");
 }
 
 function receiveOlder(frames, hasMore) {
@@ -266,7 +285,9 @@ const handlers = {
       accessLost("signed-out"); // the session ended: this socket is a guest's
       return;
     }
-    if (Number.isSafeInteger(frame.last_seq)) timeline.noteExists(frame.last_seq);
+    if (!Number.isSafeInteger(frame.last_seq)) return;
+    if (frame.last_seq < timeline.contiguous) historyWentBack(frame.last_seq);
+    timeline.noteExists(frame.last_seq);
   },
   message(frame) {
     // Before "replayed", message frames are the replay.
@@ -280,6 +301,10 @@ const handlers = {
     status.set("open");
     updateHistoryEdge();
     pump();
+    if (reloadAfterReplay) {
+      reloadAfterReplay = false;
+      loadEarlier();
+    }
     if (frame.complete === false) requestFill();
     else scheduleGapCheck();
     if (missedWhileAway) {

@@ -33,6 +33,14 @@ export class Timeline {
     if (seq > this.known) this.known = seq;
   }
 
+  /** Forget every held message: the room's history now ends at ``base``. */
+  reset(base) {
+    this.seqs.clear();
+    this.contiguous = base;
+    this.known = base;
+    this.lowest = null;
+  }
+
   /** True while some message above ``contiguous`` is known but not held. */
   get hasGap() {
     return this.known > this.contiguous;
