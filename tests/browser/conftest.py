@@ -9,13 +9,6 @@ connections, which is expected there).
 """
 
 import os
-
-# Playwright's sync API runs an asyncio event loop in the test thread, so
-# Django sees an async context there and would refuse any ORM call in this
-# process (SynchronousOnlyOperation). The tests talk to the servers over
-# HTTP only; the servers themselves keep the guard (deployment.BASE_ENV).
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
 import re
 import shutil
 import uuid
@@ -65,13 +58,17 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 # --- browser -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API runs an asyncio event loop in the
+# test thread while it lives, and Django refuses ORM calls where a loop runs
+# (SynchronousOnlyOperation). It stops with this tier, so the tiers that run
+# after it keep Django's guard on, with no DJANGO_ALLOW_ASYNC_UNSAFE anywhere.
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     browser = playwright.chromium.launch(
         executable_path=_chromium_path(), headless=True, args=CHROMIUM_ARGS

@@ -36,9 +36,6 @@ BASE_ENV = {
     "SWITCHBOARD_SEND_BURST": "1000",
     "SWITCHBOARD_HISTORY_RATE_PER_SECOND": "100",
     "SWITCHBOARD_HISTORY_BURST": "100",
-    # The test process sets this for Playwright (see conftest.py); the
-    # servers must keep Django's guard against sync ORM calls in async code.
-    "DJANGO_ALLOW_ASYNC_UNSAFE": "",
 }
 
 _CREATE_USERS = f"""

@@ -129,10 +129,17 @@ async def async_wait_until(
         await asyncio.sleep(interval)
 
 
+# Never inherited by the servers and commands the tests start: it turns off
+# Django's guard against sync ORM calls in async code, which is what the
+# servers must be tested with.
+NOT_INHERITED = ("DJANGO_ALLOW_ASYNC_UNSAFE",)
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment plus ``extra``, for a child process."""
+    inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     # Unbuffered, so a log tail shows the child's last words.
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    return {**inherited, "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
 def manage(
