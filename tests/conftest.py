@@ -1,8 +1,10 @@
 """Fixtures shared by every tier."""
 
-import os
-
 import pytest
+
+# tiers: a skip fails under SWITCHBOARD_REQUIRE_ALL_TIERS=1 (CI), a module's
+# too. pytester: tests/unit/test_tiers.py runs pytest on a sample suite.
+pytest_plugins = ["tests.support.tiers", "pytester"]
 
 
 @pytest.fixture(autouse=True)
@@ -58,27 +60,11 @@ def _fast_hashing_and_plain_static_storage(settings):
     }
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    """With SWITCHBOARD_REQUIRE_ALL_TIERS=1 (CI), a skipped test fails.
-
-    Tiers skip with one line naming what to install when a service binary is
-    missing on a developer's machine; CI installs everything, so a skip there
-    means a tier silently did not run.
-    """
-    report = yield
-    required = os.environ.get("SWITCHBOARD_REQUIRE_ALL_TIERS") == "1"
-    if required and report.skipped and not hasattr(report, "wasxfail"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
-        report.outcome = "failed"
-        report.longrepr = f"skipped under SWITCHBOARD_REQUIRE_ALL_TIERS=1: {reason}"
-    return report
-
-
 def pytest_collection_modifyitems(config, items):
     """Run the browser tier last.
 
     Playwright's sync API keeps an event loop running in the main thread
-    until the session ends, and asyncio.run() refuses to start beside it.
+    while its fixtures live (the browser package), and asyncio.run()
+    refuses to start beside it.
     """
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
