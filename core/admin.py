@@ -102,17 +102,17 @@ class RoomAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         """The form again when another request took the slug after this
         form checked it: its check now says so beside the field."""
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except services.SlugTaken:
-            pass
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except services.SlugTaken as taken:
-            self.message_user(
-                request, f"The slug {taken} was taken meanwhile.", messages.ERROR
-            )
-            return HttpResponseRedirect(request.get_full_path())
+        for _ in range(2):
+            try:
+                return super().changeform_view(
+                    request, object_id, form_url, extra_context
+                )
+            except services.SlugTaken as exc:
+                taken = exc
+        self.message_user(
+            request, f"The slug {taken} was taken meanwhile.", messages.ERROR
+        )
+        return HttpResponseRedirect(request.get_full_path())
 
     def get_deleted_objects(
         self, objs: Iterable[Room], request: HttpRequest

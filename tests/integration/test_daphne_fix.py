@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -47,22 +48,30 @@ async def census(app: AppProcess, path: str = PROBE_PATH) -> dict[str, int]:
         return json.loads(await probe.recv())
 
 
-async def test_open_websockets_keep_nothing_of_their_upgrade(
-    probed: AppProcess, clients: Clients
-) -> None:
+async def open_members_and_visitors(
+    app: AppProcess, clients: Clients
+) -> tuple[list[Any], list[Any]]:
+    """CONNECTIONS sockets to the lobby: half signed in by token, half guests."""
     status, body = http_json(
-        probed, "POST", "/api/auth/token/",
+        app, "POST", "/api/auth/token/",
         body={"username": "probe-user", "password": PASSWORD},
     )  # fmt: skip
     assert status == 200, body
     members = [
-        await clients.open(probed, "lobby", token=body["token"], name=f"member-{i}")
+        await clients.open(app, "lobby", token=body["token"], name=f"member-{i}")
         for i in range(CONNECTIONS // 2)
     ]
     visitors = [
-        await clients.open(probed, "lobby", name=f"visitor-{i}")
+        await clients.open(app, "lobby", name=f"visitor-{i}")
         for i in range(CONNECTIONS - len(members))
     ]
+    return members, visitors
+
+
+async def test_open_websockets_keep_nothing_of_their_upgrade(
+    probed: AppProcess, clients: Clients
+) -> None:
+    members, visitors = await open_members_and_visitors(probed, clients)
 
     # Daphne itself lets go of an upgraded request at its next sweep of
     # connections (each second); the fix is that nothing holds it after.
@@ -92,18 +101,8 @@ async def test_closed_websockets_are_freed_as_they_close(
     collection, and 10,000 of them made a 1.2-1.4 s pause (docs/performance.md).
     The probe's process never collects: what a closed connection leaves in a
     cycle stays countable."""
-    status, body = http_json(
-        probed, "POST", "/api/auth/token/",
-        body={"username": "probe-user", "password": PASSWORD},
-    )  # fmt: skip
-    assert status == 200, body
-    opened = [
-        await clients.open(probed, "lobby", token=body["token"], name=f"member-{i}")
-        for i in range(CONNECTIONS // 2)
-    ] + [
-        await clients.open(probed, "lobby", name=f"visitor-{i}")
-        for i in range(CONNECTIONS // 2)
-    ]
+    members, visitors = await open_members_and_visitors(probed, clients)
+    opened = members + visitors
     found = await census(probed, CLOSED_PATH)
     assert found["room_consumers"] == CONNECTIONS, found  # the census sees them
 
