@@ -35,7 +35,7 @@ from core import (
 )
 from core.backpressure import TOO_FULL, WRITTEN
 from core.collector import get_collector
-from core.daphne_fix import CLIENT_GONE
+from core.daphne_fix import CLIENT_GONE, CLOSE_GRACE_SECONDS
 from core.fanout import Encoded, get_hub
 from core.models import Room
 from core.output import OutputGate
@@ -53,9 +53,6 @@ CLOSE_TOO_MANY = 4429
 SHUTDOWN_CLEANUP_SECONDS = 2.0
 SHUTDOWN_WINDOW_MIN_SECONDS = 1.0
 SHUTDOWN_WINDOW_MAX_SECONDS = 60.0
-# A client closed as too slow gets this long to read up to the close frame
-# before its connection is cut.
-TOO_SLOW_GRACE_SECONDS = 5.0
 # Stored messages are read and sent this many at a time (replay, catch-up).
 STORED_PAGE = 100
 
@@ -745,7 +742,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _close_too_slow(self) -> None:
         with contextlib.suppress(Exception):
             await self.base_send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})
-        await asyncio.sleep(TOO_SLOW_GRACE_SECONDS)
+        await asyncio.sleep(CLOSE_GRACE_SECONDS)
         if self.write_buffer is not None:
             with contextlib.suppress(Exception):
                 self.write_buffer.drop()

@@ -37,6 +37,14 @@
    use ``is_closed``); once the socket has closed it is let go, and the
    connection is freed as it closes.
 
+5. The close grace. autobahn drops a connection whose client has not
+   answered the server's close frame within ``closeHandshakeTimeout`` (1 s,
+   which Daphne leaves as it is), counted from when the frame was queued,
+   not sent. A 4008 close waits behind up to a budget of unread output, so
+   a client reading on was cut off (1006) a second later, short of the
+   5 s the protocol promises (docs/protocol.md, section 9.5). Daphne's
+   factory gets ``CLOSE_GRACE_SECONDS`` instead.
+
 Remove each once Daphne (or autobahn) ships the fix; each is checked
 against a real Daphne in tests/integration/test_daphne_fix.py (the close
 reasons in tests/integration/test_storm.py).
@@ -66,6 +74,10 @@ def _client_gone() -> tuple[type[BaseException], ...]:
 # What a server raises for a frame sent to a client that has gone.
 CLIENT_GONE = _client_gone()
 
+# How long a client has, after the server queued its close frame, to read up
+# to it and answer before it is cut off (docs/protocol.md, 4008).
+CLOSE_GRACE_SECONDS = 5.0
+
 # autobahn's copies of the opening handshake, read only while it is processed
 # (processHandshake, succeedHandshake).
 HANDSHAKE_LEFTOVERS = (
@@ -94,6 +106,19 @@ def apply() -> None:
         _close_with_reason(ws)
     if ws and not getattr(ws.WebSocketProtocol.onClose, _MARK, False):
         _free_when_closed(ws)
+    if ws and not getattr(ws.WebSocketFactory.__init__, _MARK, False):
+        _close_grace(ws)
+
+
+def _close_grace(module: Any) -> None:
+    init = module.WebSocketFactory.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.setProtocolOptions(closeHandshakeTimeout=CLOSE_GRACE_SECONDS)
+
+    setattr(__init__, _MARK, True)
+    module.WebSocketFactory.__init__ = __init__
 
 
 def _free_when_closed(module: Any) -> None:
