@@ -47,5 +47,15 @@ urlpatterns = [
         api.MessageListView.as_view(),
         name="api-messages",
     ),
+    path(
+        "api/rooms/<slug:slug>/messages/<int:seq>/",
+        api.MessageDetailView.as_view(),
+        name="api-message",
+    ),
+    path(
+        "api/rooms/<slug:slug>/deletions/",
+        api.DeletionListView.as_view(),
+        name="api-deletions",
+    ),
     path("api/schema/", api.SchemaView.as_view(), name="api-schema"),
 ]

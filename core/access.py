@@ -8,7 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection
 from django.db.models import Q, QuerySet
 
-from core.models import Membership, Room
+from core.models import Membership, Message, Room
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -47,6 +47,27 @@ def can_manage_members(user: User, room: Room) -> bool:
     if not user.is_authenticated:
         return False
     return room.owner_id == user.pk
+
+
+def can_edit(user: User, message: Message) -> bool:
+    """Only its author edits a message; nobody edits a system message."""
+    return message.author_id is not None and message.author_id == user.pk
+
+
+def can_delete(user: User, room: Room, message: Message) -> bool:
+    """Its author, the room's owner, or staff delete a message."""
+    return (
+        can_edit(user, message)
+        or (room.owner_id is not None and room.owner_id == user.pk)
+        or bool(getattr(user, "is_staff", False))
+    )
+
+
+def can_audit(user: User, room: Room) -> bool:
+    """A room's owner and staff see who deleted what in it."""
+    if not user.is_authenticated:
+        return False
+    return room.owner_id == user.pk or bool(user.is_staff)
 
 
 def visible_rooms(user: User) -> QuerySet[Room]:

@@ -5,7 +5,8 @@ the same events go out: a room made private or deleted closes the
 connections that lost access, a removed member's connections close with
 4403, and a deleted token stops working and closes what it signed in
 (``core.signals`` publishes after the commit, whatever the path).
-Messages are read-only (``MessageAdmin`` says why). docs/deploy.md tells
+Messages are read-only (``MessageAdmin`` says why); deletions are listed
+for staff, as the audit of who deleted what (``DeletionAdmin``). docs/deploy.md tells
 staff what they can do here and how to create the first staff account.
 """
 
@@ -21,7 +22,7 @@ from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
 from core import services
-from core.models import ApiToken, Membership, Message, Room
+from core.models import ApiToken, Deletion, Membership, Message, Room
 
 # What ``ModelAdmin.get_deleted_objects`` returns: the rows to list, counts
 # by model, what the user may not delete, what is protected.
@@ -231,22 +232,50 @@ class MembershipAdmin(admin.ModelAdmin):
 # --- messages -------------------------------------------------------------------
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows to read: no adding, changing or deleting in the admin."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
-    """Messages, to read: no adding, changing or deleting.
+class MessageAdmin(ReadOnlyAdmin):
+    """Messages, to read: no adding, changing or deleting here.
 
     Clients resume a room by ``seq``, which has no gaps (docs/protocol.md
-    section 9.1): a deleted message would be a hole that clients cannot
-    tell from a lost one, and an edit would never reach those who hold the
-    old text. Only the ``announce`` command and the sending paths write
-    messages; a room's messages go only with the room.
+    section 9.1): a row deleted here would be a hole that clients cannot
+    tell from a lost one, and a change made here would never reach those
+    who hold the old text. Edits and deletions go through
+    ``services.store_change`` (the room page, the WebSocket, the API),
+    which orders them as room events; a room's messages go only with the
+    room.
     """
 
-    list_display = ["room", "seq", "author_name", "sent_at", "excerpt"]
+    list_display = ["room", "seq", "author_name", "sent_at", "state", "excerpt"]
     list_select_related = ["room"]
     search_fields = ["=room__slug", "=author_name"]
     search_help_text = "A room's slug or an author's username (exact)"
-    fields = ["room", "seq", "author", "author_name", "sent_at", "client_id", "body"]
+    list_filter = ["kind", "deleted"]
+    fields = [
+        "room",
+        "seq",
+        "kind",
+        "target_seq",
+        "author",
+        "author_name",
+        "sent_at",
+        "edited_at",
+        "deleted",
+        "client_id",
+        "body",
+    ]
     # Newest first, by the primary key: the default order (room, seq) would
     # join and sort the whole table.
     ordering = ["-id"]
@@ -256,18 +285,44 @@ class MessageAdmin(admin.ModelAdmin):
     def excerpt(self, obj: Message) -> str:
         return obj.body if len(obj.body) <= 80 else obj.body[:79] + "…"
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    @admin.display(description="state")
+    def state(self, obj: Message) -> str:
+        if obj.kind != Message.Kind.MESSAGE:
+            return f"{obj.get_kind_display().lower()} of #{obj.target_seq}"
+        if obj.deleted:
+            return "deleted"
+        return "edited" if obj.edited_at is not None else "message"
 
-    def has_change_permission(
-        self, request: HttpRequest, obj: Message | None = None
-    ) -> bool:
-        return False
 
-    def has_delete_permission(
-        self, request: HttpRequest, obj: Message | None = None
-    ) -> bool:
-        return False
+@admin.register(Deletion)
+class DeletionAdmin(ReadOnlyAdmin):
+    """Who deleted which message, and when: the audit, to read.
+
+    The deleted body is not kept anywhere, so it is not shown.
+    """
+
+    list_display = ["room", "deleted_message", "deleted_by", "deleted_at"]
+    list_select_related = ["room"]
+    search_fields = ["=room__slug", "=author_name"]
+    search_help_text = "A room's slug or who deleted (exact username)"
+    fields = ["room", "seq", "target_seq", "author", "author_name", "sent_at"]
+    ordering = ["-id"]
+    show_full_result_count = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Deletion]:
+        return super().get_queryset(request).filter(kind=Message.Kind.DELETE)
+
+    @admin.display(description="message", ordering="target_seq")
+    def deleted_message(self, obj: Deletion) -> str:
+        return f"#{obj.target_seq}"
+
+    @admin.display(description="deleted by", ordering="author_name")
+    def deleted_by(self, obj: Deletion) -> str:
+        return obj.author_name
+
+    @admin.display(description="deleted at", ordering="sent_at")
+    def deleted_at(self, obj: Deletion) -> Any:
+        return obj.sent_at
 
 
 # --- API tokens -----------------------------------------------------------------

@@ -174,14 +174,35 @@ class MessageSerializer(serializers.Serializer):
     room = serializers.CharField()
     seq = serializers.IntegerField()
     author = serializers.CharField(allow_null=True)
-    body = serializers.CharField()
+    body = serializers.CharField(allow_blank=True)  # "" once deleted
     sent_at = serializers.CharField()
     client_id = serializers.CharField(allow_null=True)
+    # Only on an edited or deleted message, and on changes (edit, delete).
+    edited_at = serializers.CharField(required=False)
+    deleted = serializers.BooleanField(required=False)
+    kind = serializers.ChoiceField(["edit", "delete"], required=False)
+    target = serializers.IntegerField(required=False)
 
 
 class MessageCreateSerializer(serializers.Serializer):
     body = BodyField()
     client_id = ClientIdField(required=False, default=None, allow_null=True)
+
+
+class MessageDeleteSerializer(serializers.Serializer):
+    client_id = ClientIdField(required=False, default=None, allow_null=True)
+
+
+class DeletionSerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    target = serializers.IntegerField()
+    deleted_by = serializers.CharField(allow_null=True)
+    deleted_at = serializers.CharField()
+
+
+class DeletionPageSerializer(serializers.Serializer):
+    deletions = DeletionSerializer(many=True)
+    has_more = serializers.BooleanField()
 
 
 class MessagePageSerializer(serializers.Serializer):
@@ -304,6 +325,13 @@ def _seq_param(request: Request, name: str) -> int | None:
         return protocol.parse_seq_text(name, value)
     except protocol.ProtocolError as exc:
         raise ValidationError({name: [exc.detail]}) from None
+
+
+def _limit_param(request: Request) -> int:
+    try:
+        return protocol.validate_limit(_seq_param(request, "limit"))
+    except protocol.ProtocolError as exc:
+        raise ValidationError({"limit": [exc.detail]}) from None
 
 
 class TokenView(APIView):
@@ -538,11 +566,7 @@ class MessageListView(APIView):
         room = _visible_room_or_404(request, slug)
         after = _seq_param(request, "after")
         before = _seq_param(request, "before")
-        limit_value = _seq_param(request, "limit")
-        try:
-            limit = protocol.validate_limit(limit_value)
-        except protocol.ProtocolError as exc:
-            raise ValidationError({"limit": [exc.detail]}) from None
+        limit = _limit_param(request)
         messages, has_more = services.history(
             room=room, before=before, after=after, limit=limit
         )
@@ -581,3 +605,131 @@ class MessageListView(APIView):
             raise Http404("No such room.") from None
         code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         return Response(result.message, status=code)
+
+
+MESSAGE_SEQ = OpenApiParameter(
+    "seq", int, OpenApiParameter.PATH, description="The message's seq"
+)
+
+
+def _change(
+    request: Request, slug: str, seq: int, serializer: type[serializers.Serializer]
+) -> Response:
+    """Edit or delete message ``seq`` (``serializer`` has a body for an
+    edit, none for a deletion): 200 with the change."""
+    room = _visible_room_or_404(request, slug)
+    if not request.user.is_authenticated:
+        return Response(
+            {"detail": "Sign in to edit or delete messages."},
+            status=status.HTTP_401_UNAUTHORIZED,
+        )
+    data = serializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    body = data.validated_data.get("body")
+    not_found = f"No message {seq} in this room (or it was deleted)."
+    if seq > protocol.MAX_INT:  # past any seq, and past what the column holds
+        raise Http404(not_found)
+    try:
+        result = services.change_message_sync(
+            room=room,
+            actor=request.user,
+            seq=seq,
+            body=body,
+            client_id=data.validated_data["client_id"],
+        )
+    except services.MessageNotFound:
+        raise Http404(not_found) from None
+    except (services.AccessDenied, Room.DoesNotExist):
+        verb = "edit" if body is not None else "delete"
+        return Response(
+            {"detail": f"You may not {verb} message {seq}."},
+            status=status.HTTP_403_FORBIDDEN,
+        )
+    return Response(result.message)
+
+
+class MessageDetailView(APIView):
+    """Edit or delete one message; each change is a room event of its own."""
+
+    def get_throttles(self) -> list[Any]:
+        return [SendThrottle()]
+
+    @extend_schema(
+        request=MessageCreateSerializer,
+        auth=SIGNED_IN,
+        parameters=[MESSAGE_SEQ, RETRY_AFTER],
+        responses={
+            200: MessageSerializer,
+            400: _error("An invalid body or client_id."),
+            401: UNAUTHORIZED,
+            403: _error("Not the message's author."),
+            404: _error("No such room, or no such message (or it was deleted)."),
+            429: _refusal("Too many messages sent."),
+            **BODY_ERRORS,
+        },
+    )
+    def patch(self, request: Request, slug: str, seq: int) -> Response:
+        return _change(request, slug, seq, MessageCreateSerializer)
+
+    @extend_schema(
+        request=MessageDeleteSerializer,
+        auth=SIGNED_IN,
+        parameters=[MESSAGE_SEQ, RETRY_AFTER],
+        responses={
+            200: MessageSerializer,
+            400: _error("An invalid client_id."),
+            401: UNAUTHORIZED,
+            403: _error("Not the author, the room's owner or staff."),
+            404: _error("No such room, or no such message (or it was deleted)."),
+            429: _refusal("Too many messages sent."),
+            **BODY_ERRORS,
+        },
+    )
+    def delete(self, request: Request, slug: str, seq: int) -> Response:
+        return _change(request, slug, seq, MessageDeleteSerializer)
+
+
+class DeletionListView(APIView):
+    """Who deleted which message of a room, and when: owners and staff."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "before", SEQ_SCHEMA, description="Only deletions below this seq"
+            ),
+            OpenApiParameter(
+                "limit",
+                _or_empty(
+                    {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": protocol.HISTORY_MAX_LIMIT,
+                    }
+                ),
+                description=f"1-{protocol.HISTORY_MAX_LIMIT}, default 50",
+            ),
+        ],
+        responses={
+            200: DeletionPageSerializer,
+            400: _error("A bad before or limit."),
+            401: UNAUTHORIZED,
+            403: _error("Not the room's owner or staff."),
+            404: NO_SUCH_ROOM,
+        },
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        room = _visible_room_or_404(request, slug)
+        if not access.can_audit(request.user, room):  # before saying more
+            return Response(
+                {"detail": "Only the room's owner and staff see its deletions."},
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        page, has_more = services.deletions(
+            room=room,
+            actor=request.user,
+            before=_seq_param(request, "before"),
+            limit=_limit_param(request),
+        )
+        return Response({"deletions": page, "has_more": has_more})

@@ -100,6 +100,8 @@ def _remember_room_id(slug: str, room_id: int) -> None:
 
 _FRAME_TYPES = {
     protocol.SendFrame: "send",
+    protocol.EditFrame: "edit",
+    protocol.DeleteFrame: "delete",
     protocol.HistoryFrame: "history",
     protocol.TypingFrame: "typing",
     protocol.PingFrame: "ping",
@@ -551,6 +553,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def handle(self, frame: protocol.ClientFrame) -> None:
         if isinstance(frame, protocol.SendFrame):
             await self.handle_send(frame)
+        elif isinstance(frame, protocol.EditFrame | protocol.DeleteFrame):
+            await self.handle_change(frame)
         elif isinstance(frame, protocol.HistoryFrame):
             await self.handle_history(frame)
         elif isinstance(frame, protocol.TypingFrame):
@@ -583,6 +587,47 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 protocol.FORBIDDEN, "You no longer have access to this room.",
                 client_id=client_id,
             ) from None  # fmt: skip
+        await self.send_frame(
+            protocol.ack_frame(client_id=client_id, seq=result.message["seq"])
+        )
+
+    async def handle_change(
+        self, frame: protocol.EditFrame | protocol.DeleteFrame
+    ) -> None:
+        """Edit or delete a message: a room event of its own, acked by seq."""
+        client_id = frame.client_id
+        if not self.user.is_authenticated:
+            raise ProtocolError(
+                protocol.UNAUTHENTICATED,
+                "Sign in to edit or delete messages.",
+                client_id=client_id,
+            )
+        # Changes are writes: they spend the send budget.
+        await self.check_rate(
+            "send", settings.SEND_RATE_PER_SECOND, settings.SEND_BURST, client_id
+        )
+        body = frame.body if isinstance(frame, protocol.EditFrame) else None
+        try:
+            result = await services.change_message(
+                room=self.room,
+                actor=self.user,
+                seq=frame.seq,
+                body=body,
+                client_id=client_id,
+            )
+        except services.MessageNotFound:
+            raise ProtocolError(
+                protocol.NOT_FOUND,
+                f"No message {frame.seq} in this room (or it was deleted).",
+                client_id=client_id,
+            ) from None
+        except (services.AccessDenied, Room.DoesNotExist):
+            verb = "edit" if body is not None else "delete"
+            raise ProtocolError(
+                protocol.FORBIDDEN,
+                f"You may not {verb} message {frame.seq}.",
+                client_id=client_id,
+            ) from None
         await self.send_frame(
             protocol.ack_frame(client_id=client_id, seq=result.message["seq"])
         )

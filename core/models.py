@@ -59,7 +59,20 @@ class Membership(models.Model):
 
 
 class Message(models.Model):
-    """A stored message; never hard-deleted, so ``seq`` has no holes."""
+    """A room event with its own ``seq``: a message, or a change to one.
+
+    Never hard-deleted, so ``seq`` has no holes. An edit or a deletion is a
+    row of its own (``kind``) that names its ``target_seq`` and takes the
+    room's next seq, so resuming, history and gap filling carry changes as
+    they carry messages; the target row holds the message's current state.
+    A deletion erases the target's body and that of its edits; the deletion
+    row itself is the audit record (who, when, which seq; never the body).
+    """
+
+    class Kind(models.TextChoices):
+        MESSAGE = "message"
+        EDIT = "edit"
+        DELETE = "delete"
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     seq = models.PositiveBigIntegerField()
@@ -77,6 +90,19 @@ class Message(models.Model):
     # NULL, not "": the unique constraint must not treat absent ids as equal.
     client_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     sent_at = models.DateTimeField()
+    # db_default: the raw INSERT of services.INSERT_WITH_NEXT_SEQ leaves them out.
+    kind = models.CharField(
+        max_length=8,
+        choices=Kind.choices,
+        default=Kind.MESSAGE,
+        db_default=Kind.MESSAGE,
+    )
+    # The seq of the message an edit or deletion changes; NULL for a message.
+    target_seq = models.PositiveBigIntegerField(null=True, blank=True)
+    # A message's latest edit; NULL until it is edited.
+    edited_at = models.DateTimeField(null=True, blank=True)
+    # A tombstone (a deleted message, or an edit of one): its body is "".
+    deleted = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         constraints = [
@@ -87,10 +113,31 @@ class Message(models.Model):
                 name="unique_room_author_client_id",
             ),
         ]
+        indexes = [
+            # A message's changes (a deletion wipes its edits), and a room's
+            # deletions (the audit), without walking the room's messages.
+            models.Index(
+                fields=["room", "target_seq"],
+                condition=Q(target_seq__isnull=False),
+                name="message_changes_by_target",
+            ),
+            models.Index(
+                fields=["room", "seq"],
+                condition=Q(kind="delete"),
+                name="message_deletions",
+            ),
+        ]
         ordering = ["room", "seq"]
 
     def __str__(self) -> str:
         return f"{self.room_id}#{self.seq}"
+
+
+class Deletion(Message):
+    """A room's deletions, as the admin lists them (the audit)."""
+
+    class Meta:
+        proxy = True
 
 
 class ApiToken(TokenProxy):

@@ -19,6 +19,9 @@ UNKNOWN_TYPE = "unknown_type"
 TOO_LONG = "too_long"
 UNAUTHENTICATED = "unauthenticated"
 FORBIDDEN = "forbidden"
+# An edit or deletion names no message of the room: no such seq, a change
+# rather than a message, or a message deleted already.
+NOT_FOUND = "not_found"
 RATE_LIMITED = "rate_limited"
 # A handshake refused by a limit (open connections per user, per address or
 # per process, or handshakes per address); the connection is then closed
@@ -66,6 +69,21 @@ class SendFrame:
 
 
 @dataclass(frozen=True)
+class EditFrame:
+    seq: int
+    body: str
+    client_id: str | None
+    type: Literal["edit"] = "edit"
+
+
+@dataclass(frozen=True)
+class DeleteFrame:
+    seq: int
+    client_id: str | None
+    type: Literal["delete"] = "delete"
+
+
+@dataclass(frozen=True)
 class HistoryFrame:
     before: int | None
     after: int | None
@@ -83,7 +101,9 @@ class PingFrame:
     type: Literal["ping"] = "ping"
 
 
-ClientFrame = SendFrame | HistoryFrame | TypingFrame | PingFrame
+ClientFrame = (
+    SendFrame | EditFrame | DeleteFrame | HistoryFrame | TypingFrame | PingFrame
+)
 
 
 def _reject_constant(name: str) -> None:
@@ -221,6 +241,17 @@ def validate_seq(name: str, value: object) -> int | None:
     return value
 
 
+def validate_target(value: object) -> int:
+    """Return the required ``seq`` of the message an edit or deletion names."""
+    if value is None:
+        raise ProtocolError(BAD_FRAME, "Field 'seq' is required.")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(BAD_FRAME, "Field 'seq' must be an integer.")
+    if not 1 <= value <= MAX_INT:
+        raise ProtocolError(BAD_FRAME, "Field 'seq' must be in 1..2^63-1.")
+    return value
+
+
 def validate_limit(value: object) -> int:
     """Return a history page size in 1..100 (absent or null: 50)."""
     limit = validate_seq("limit", value)
@@ -242,6 +273,24 @@ def _parse_send(data: dict[str, object]) -> SendFrame:
     )
 
 
+def _parse_edit(data: dict[str, object]) -> EditFrame:
+    seq = validate_target(data.get("seq"))
+    if "body" not in data:
+        raise ProtocolError(BAD_FRAME, "Field 'body' is required.")
+    return EditFrame(
+        seq=seq,
+        body=validate_body(data["body"]),
+        client_id=validate_client_id(data.get("client_id")),
+    )
+
+
+def _parse_delete(data: dict[str, object]) -> DeleteFrame:
+    return DeleteFrame(
+        seq=validate_target(data.get("seq")),
+        client_id=validate_client_id(data.get("client_id")),
+    )
+
+
 def _parse_history(data: dict[str, object]) -> HistoryFrame:
     return HistoryFrame(
         before=validate_seq("before", data.get("before")),
@@ -252,6 +301,8 @@ def _parse_history(data: dict[str, object]) -> HistoryFrame:
 
 _PARSERS = {
     "send": _parse_send,
+    "edit": _parse_edit,
+    "delete": _parse_delete,
     "history": _parse_history,
     "typing": lambda data: TypingFrame(),
     "ping": lambda data: PingFrame(),
@@ -290,6 +341,11 @@ class MessageFrame(TypedDict):
     body: str
     sent_at: str
     client_id: str | None
+    # Only on changed messages and on changes (docs/protocol.md, 9.7).
+    edited_at: NotRequired[str]
+    deleted: NotRequired[bool]
+    kind: NotRequired[Literal["edit", "delete"]]
+    target: NotRequired[int]
 
 
 class ErrorFrame(TypedDict):
@@ -313,9 +369,19 @@ def message_frame(
     body: str,
     sent_at: datetime,
     client_id: str | None,
+    kind: str = "message",
+    target: int | None = None,
+    edited_at: datetime | None = None,
+    deleted: bool = False,
 ) -> MessageFrame:
-    """The ``message`` frame; JSON types only, so it crosses Redis as is."""
-    return {
+    """The ``message`` frame; JSON types only, so it crosses Redis as is.
+
+    A plain message has the original seven keys; the others appear only
+    where they say something, so older clients see what they always saw.
+    A deletion's author stays with the audit (owners and staff), and a
+    tombstone has no body.
+    """
+    frame: MessageFrame = {
         "type": "message",
         "room": room,
         "seq": seq,
@@ -324,6 +390,18 @@ def message_frame(
         "sent_at": format_timestamp(sent_at),
         "client_id": client_id,
     }
+    if kind != "message":
+        frame["kind"] = kind  # type: ignore[typeddict-item]
+        frame["target"] = target  # type: ignore[typeddict-item]
+        if kind == "delete":
+            frame["author"] = None
+            frame["client_id"] = None
+    if edited_at is not None:
+        frame["edited_at"] = format_timestamp(edited_at)
+    if deleted:
+        frame["body"] = ""
+        frame["deleted"] = True
+    return frame
 
 
 def welcome_frame(*, room: str, user: str | None, last_seq: int) -> dict[str, object]:

@@ -56,6 +56,10 @@ class UnknownUser(Exception):
     """No active user has that username."""
 
 
+class MessageNotFound(Exception):
+    """No message of the room has that seq (or it is a change, or deleted)."""
+
+
 @dataclass(frozen=True)
 class PostResult:
     """A stored message, and whether this call stored it (False: a repeat)."""
@@ -122,6 +126,10 @@ def frame_for(message: Message, room_slug: str) -> protocol.MessageFrame:
         body=message.body,
         sent_at=message.sent_at,
         client_id=message.client_id,
+        kind=message.kind,
+        target=message.target_seq,
+        edited_at=message.edited_at,
+        deleted=message.deleted,
     )
 
 
@@ -349,6 +357,146 @@ def post_message_sync(
     return result
 
 
+def store_change(
+    *,
+    room: Room,
+    actor: User,
+    seq: int,
+    body: str | None,
+    client_id: str | None,
+) -> PostResult:
+    """Edit message ``seq`` to ``body``, or delete it (``body=None``).
+
+    The change is an event of its own (docs/protocol.md, 9.7): a row that
+    names its target and takes the room's next seq, under the room row's
+    lock that every post takes, so posts and changes share one order and a
+    client that applies them in order ends with what the database holds.
+    The target row takes its new state in the same transaction; a deletion
+    erases its body and that of its edits. A repeated ``(room, actor,
+    client_id)`` returns the original event with ``created=False``. Raises
+    ``NotSignedIn``, ``AccessDenied``, ``MessageNotFound`` or
+    ``Room.DoesNotExist``. Does not publish.
+    """
+    if body is not None:
+        body = protocol.validate_body(body)
+    client_id = protocol.validate_client_id(client_id)
+    if actor is None:
+        raise AccessDenied
+    _check_signed_in(actor)
+    with transaction.atomic():
+        room = Room.objects.select_for_update().get(pk=room.pk)
+        # Read again: the caller's copy may predate a deactivation or the
+        # loss of staff status.
+        actor = get_user_model().objects.filter(pk=actor.pk, is_active=True).first()
+        if actor is None or not access.can_post(actor, room):
+            raise AccessDenied
+        if client_id is not None:
+            original = _original(room, actor, client_id)
+            if original is not None:
+                return PostResult(frame_for(original, room.slug), created=False)
+        target = (
+            Message.objects.select_for_update()
+            .filter(room=room, seq=seq, kind=Message.Kind.MESSAGE, deleted=False)
+            .order_by()
+            .first()
+        )
+        if target is None:
+            raise MessageNotFound(seq)
+        now = timezone.now()
+        if body is not None:
+            if not access.can_edit(actor, target):
+                raise AccessDenied
+            kind = Message.Kind.EDIT
+            target.body, target.edited_at = body, now
+            target.save(update_fields=["body", "edited_at"])
+        else:
+            if not access.can_delete(actor, room, target):
+                raise AccessDenied
+            kind = Message.Kind.DELETE
+            target.body, target.deleted, target.edited_at = "", True, None
+            target.save(update_fields=["body", "deleted", "edited_at"])
+            Message.objects.filter(
+                room=room, target_seq=seq, kind=Message.Kind.EDIT
+            ).update(body="", deleted=True)
+        event_seq = room.last_seq + 1
+        Room.objects.filter(pk=room.pk).update(last_seq=event_seq)
+        event = Message.objects.create(
+            room=room,
+            seq=event_seq,
+            author=actor,
+            author_name=actor.get_username(),
+            body=body or "",
+            client_id=client_id,
+            sent_at=now,
+            kind=kind,
+            target_seq=seq,
+        )
+    return PostResult(frame_for(event, room.slug), created=True)
+
+
+async def change_message(
+    *,
+    room: Room,
+    actor: User,
+    seq: int,
+    body: str | None,
+    client_id: str | None = None,
+) -> PostResult:
+    """``store_change``, then publish the change to every instance."""
+    result = await db.run(store_change)(
+        room=room, actor=actor, seq=seq, body=body, client_id=client_id
+    )
+    if result.created:
+        await publish_message(room.pk, result.message)
+    return result
+
+
+def change_message_sync(
+    *,
+    room: Room,
+    actor: User,
+    seq: int,
+    body: str | None,
+    client_id: str | None = None,
+) -> PostResult:
+    """The synchronous twin of ``change_message`` (API views)."""
+    result = store_change(
+        room=room, actor=actor, seq=seq, body=body, client_id=client_id
+    )
+    if result.created:
+        message, room_id = result.message, room.pk
+        transaction.on_commit(lambda: async_to_sync(publish_message)(room_id, message))
+    return result
+
+
+def deletions(
+    *, room: Room, actor: User, before: int | None, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """A room's deletions, newest first: who deleted which seq, and when.
+
+    For the room's owner and staff only (``AccessDenied``); never a body.
+    """
+    if not access.can_audit(actor, room):
+        raise AccessDenied
+    rows = Message.objects.filter(room=room, kind=Message.Kind.DELETE)
+    if before is not None:
+        rows = rows.filter(seq__lt=before)
+    page = list(
+        rows.order_by("-seq").values_list(
+            "seq", "target_seq", "author_name", "sent_at"
+        )[: limit + 1]
+    )
+    return [
+        {
+            "seq": seq,
+            "target": target,
+            "deleted_by": author_name or None,
+            "deleted_at": protocol.format_timestamp(sent_at),
+        }
+        for seq, target, author_name, sent_at in page[:limit]
+    ], len(page) > limit
+
+
 async def publish(group: str, event: dict[str, Any]) -> bool:
     """``group_send`` capped at the publish timeout; False if it failed.
 
@@ -474,9 +622,17 @@ def open_room(
 
 
 REPLAY_PAGE_SQL = """
-SELECT seq, author_name, body, sent_at, client_id FROM core_message
-WHERE room_id = %s AND seq > %s ORDER BY seq LIMIT %s
+SELECT seq, author_name, body, sent_at, client_id, kind, target_seq, edited_at,
+    deleted
+FROM core_message WHERE room_id = %s AND seq > %s ORDER BY seq LIMIT %s
 """
+
+
+def _utc(moment: Any) -> Any:
+    # SQLite hands back naive UTC datetimes.
+    if moment is None or moment.tzinfo:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 def replay_page(
@@ -493,12 +649,18 @@ def replay_page(
             seq=seq,
             author=author_name or None,
             body=body,
-            # SQLite hands back naive UTC datetimes.
-            sent_at=sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=UTC),
+            sent_at=_utc(sent_at),
             client_id=client_id,
+            kind=kind,
+            target=target,
+            edited_at=_utc(edited_at),
+            deleted=bool(deleted),
         )
-        for seq, author_name, body, sent_at, client_id in rows[:limit]
-    ]
+        for (
+            seq, author_name, body, sent_at, client_id, kind, target, edited_at,
+            deleted,
+        ) in rows[:limit]
+    ]  # fmt: skip
     return frames, len(rows) > limit
 
 

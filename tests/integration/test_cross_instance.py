@@ -8,6 +8,7 @@ pipelined senders are not rate limited; nothing else differs from defaults.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from tests.integration.conftest import (
     Clients,
     Deployment,
     Launcher,
+    WsClient,
     ahttp_json,
     create_room,
     handshake_status,
@@ -372,3 +374,150 @@ def test_a_repeat_inside_a_callers_transaction_leaves_that_transaction_usable(
         (1, "once"),
         (2, "after"),
     ]
+
+
+# --- edits and deletions: room events in the order ----------------------------------
+
+
+async def change(client: WsClient, frame: dict) -> int:
+    """Send an edit or delete frame; the seq of its ack (an error fails)."""
+    client_id = secrets.token_hex(8)
+    await client.send({**frame, "client_id": client_id})
+    await client.wait_for(
+        lambda: client_id in client.acks or client.error_for(client_id),
+        10,
+        f"the answer to {frame['type']}",
+    )
+    assert not client.error_for(client_id), client.error_for(client_id)
+    return client.acks[client_id]
+
+
+def applied(frames: list[dict]) -> dict[int, tuple[str, str | None, bool]]:
+    """A client's view after applying ``frames`` in seq order
+    (docs/protocol.md, 9.7): seq -> (body, edited_at, deleted)."""
+    view: dict[int, tuple[str, str | None, bool]] = {}
+    for frame in sorted(frames, key=lambda f: f["seq"]):
+        kind = frame.get("kind")
+        if kind is None:
+            view[frame["seq"]] = (
+                frame["body"],
+                frame.get("edited_at"),
+                frame.get("deleted", False),
+            )
+        elif frame["target"] in view and not view[frame["target"]][2]:
+            if kind == "delete" or frame.get("deleted"):
+                view[frame["target"]] = ("", None, True)  # no edit marker
+            elif kind == "edit":
+                view[frame["target"]] = (frame["body"], frame["sent_at"], False)
+    return view
+
+
+async def stored_view(app: AppProcess, slug: str, token: str) -> dict:
+    status, page = await ahttp_json(
+        app, "GET", f"/api/rooms/{slug}/messages/?limit=100", token=token
+    )
+    assert status == 200, page
+    assert not page["has_more"]
+    return applied([m for m in page["messages"] if "kind" not in m])
+
+
+async def test_an_edit_on_a_and_a_delete_over_http_on_b_reach_both_instances(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], clients: Clients
+) -> None:
+    a, b = pair
+    slug = unique_slug("changes")
+    create_room(a, tokens[0], slug)
+    author = await clients.open(a, slug, token=tokens[1], name="author@A")
+    watchers = [
+        await clients.open(a, slug, name="anonymous@A"),
+        await clients.open(b, slug, token=tokens[2], name="user@B"),
+    ]
+    first = await author.send_message("teh first")
+    second = await author.send_message("second")
+    edited = await change(author, {"type": "edit", "seq": first, "body": "the first"})
+    status, deleted = await ahttp_json(
+        b, "DELETE", f"/api/rooms/{slug}/messages/{second}/", token=tokens[0]
+    )
+    assert status == 200, deleted
+    assert (deleted["kind"], deleted["target"]) == ("delete", second)
+
+    for client in [author, *watchers]:
+        await client.wait_for_seqs(range(1, deleted["seq"] + 1))
+        assert client.seqs() == [1, 2, 3, 4], client.name
+        edit_event = client.messages[edited - 1]
+        assert (edit_event["kind"], edit_event["target"]) == ("edit", first)
+        assert applied(client.messages) == {
+            first: ("the first", edit_event["sent_at"], False),
+            second: ("", None, True),
+        }
+        assert applied(client.messages) == await stored_view(a, slug, tokens[1])
+
+
+async def test_a_client_offline_during_changes_resumes_on_the_other_instance(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], clients: Clients
+) -> None:
+    """It resumes with ?after= on B and ends with the database's view,
+    including edits and a deletion of messages it already held."""
+    a, b = pair
+    slug = unique_slug("offline-changes")
+    create_room(a, tokens[0], slug)
+    author = await clients.open(a, slug, token=tokens[6], name="author@A")
+    sleeper = await clients.open(a, slug, token=tokens[2], name="sleeper@A")
+    seqs = [await author.send_message(f"draft {n}") for n in range(1, 4)]
+    await sleeper.wait_for_seqs(set(seqs))
+    await sleeper.close()
+
+    await change(author, {"type": "edit", "seq": seqs[0], "body": "final 1"})
+    await change(author, {"type": "edit", "seq": seqs[1], "body": "final 2"})
+    await change(author, {"type": "delete", "seq": seqs[1]})
+    await change(author, {"type": "edit", "seq": seqs[0], "body": "final 1, again"})
+    later = await author.send_message("after the changes")
+
+    resumed = await clients.resume(b, sleeper)
+    await resumed.wait_for_seqs(range(seqs[-1] + 1, later + 1))
+    held = sleeper.messages + resumed.messages + resumed.history_messages
+    view = applied(held)
+    assert view == await stored_view(b, slug, tokens[2])
+    assert view[seqs[0]][0] == "final 1, again"
+    assert view[seqs[1]] == ("", None, True)
+    assert view[seqs[2]] == ("draft 3", None, False)
+    assert "final 2" not in str(await stored_view(b, slug, tokens[2]))
+
+
+async def test_an_edit_racing_a_delete_on_the_other_instance_ends_one_way(
+    pair: tuple[AppProcess, AppProcess], tokens: list[str], clients: Clients
+) -> None:
+    """Both take the room row's lock; whichever comes second sees the first.
+    Every listener ends with the database's view, whatever the order."""
+    a, b = pair
+    slug = unique_slug("race")
+    create_room(a, tokens[0], slug)
+    author = await clients.open(a, slug, token=tokens[1], name="author@A")
+    owner = await clients.open(b, slug, token=tokens[0], name="owner@B")
+    listener = await clients.open(b, slug, name="anonymous@B")
+    targets = [await author.send_message(f"m{n}") for n in range(10)]
+
+    async def answer(client: WsClient, frame: dict) -> dict:
+        client_id = secrets.token_hex(8)
+        await client.send({**frame, "client_id": client_id})
+        await client.wait_for(
+            lambda: client_id in client.acks or client.error_for(client_id), 10
+        )
+        return client.error_for(client_id) or {"seq": client.acks[client_id]}
+
+    outcomes = await asyncio.gather(
+        *(
+            answer(author, {"type": "edit", "seq": seq, "body": f"edited {seq}"})
+            for seq in targets
+        ),
+        *(answer(owner, {"type": "delete", "seq": seq}) for seq in targets),
+    )
+    # Every delete lands (a message can always be deleted once); an edit
+    # lands if it came first, else it is refused as not_found.
+    assert all("seq" in outcome for outcome in outcomes[10:]), outcomes
+    refused = [o for o in outcomes[:10] if "seq" not in o]
+    assert all(o["code"] == "not_found" for o in refused), refused
+    last = len(targets) + 10 + 10 - len(refused)
+    await listener.wait_for_seqs(range(1, last + 1))
+    assert applied(listener.messages) == await stored_view(a, slug, tokens[0])
+    assert all(deleted for _, _, deleted in applied(listener.messages).values())

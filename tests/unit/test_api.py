@@ -1038,9 +1038,14 @@ def test_schema_is_an_openapi_3_document_of_the_api():
         "/api/rooms/{slug}/members/",
         "/api/rooms/{slug}/members/{username}/",
         "/api/rooms/{slug}/messages/",
+        "/api/rooms/{slug}/messages/{seq}/",
+        "/api/rooms/{slug}/deletions/",
     }
     messages = schema["paths"]["/api/rooms/{slug}/messages/"]
     assert {"get", "post"} <= set(messages)
+    assert {"patch", "delete"} <= set(
+        schema["paths"]["/api/rooms/{slug}/messages/{seq}/"]
+    )
     parameters = {parameter["name"] for parameter in messages["get"]["parameters"]}
     assert {"after", "before", "limit"} <= parameters
 
