@@ -51,6 +51,7 @@ ERROR_CODES = {
     "too_long",
     "unauthenticated",
     "forbidden",
+    "not_found",
     "rate_limited",
     "too_many_connections",
     "internal_error",
@@ -201,6 +202,12 @@ class Model:
     history_tokens: float = math.inf
     acked_new: list[int] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
+    # Edits and deletions (section 9.7): each change's kind and target,
+    # the tombstones, and every body a row has had (a live frame may carry
+    # one that a later change has replaced).
+    changes: dict[int, tuple[str, int]] = field(default_factory=dict)
+    tombstones: set[int] = field(default_factory=set)
+    bodies_had: dict[int, set[str]] = field(default_factory=dict)
 
     def alice_seq(self, client_id: str) -> int | None:
         for row in self.rows.values():
@@ -228,6 +235,8 @@ class Model:
             return self._send(data, echo)
         if kind == "history":
             return self._history(data, echo)
+        if kind in ("edit", "delete"):
+            return self._change(kind, data, echo)
         if kind == "typing":
             return Nothing() if self.signed_in else Error("unauthenticated", None)
         if kind == "ping":
@@ -254,6 +263,52 @@ class Model:
         self.rows[seq] = Row(seq, "alice", data["body"], client_id)
         self.acked_new.append(seq)
         return Ack(client_id, seq)
+
+    def _change(self, kind: str, data: dict, echo: str | None) -> Any:
+        target = data.get("seq")
+        if not is_integer(target) or not 1 <= target <= MAX_INT:
+            return Error("bad_frame", echo)  # absent and null too
+        body = data.get("body")
+        if kind == "edit":
+            if "body" not in data:
+                return Error("bad_frame", echo)
+            problem = body_problem(body)
+            if problem is not None:
+                return Error(problem, echo)
+        client_id = data.get("client_id")
+        if client_id is not None and not valid_client_id(client_id):
+            return Error("bad_frame", None)
+        if not self.signed_in:
+            return Error("unauthenticated", client_id)
+        if self.send_tokens < 1:
+            return Error("rate_limited", client_id)
+        self.send_tokens -= 1
+        if client_id is not None and (seq := self.alice_seq(client_id)) is not None:
+            return Ack(client_id, seq)
+        row = self.rows.get(target)
+        if row is None or target in self.changes or target in self.tombstones:
+            return Error("not_found", client_id)
+        if row.author != "alice":  # alice owns no room and is not staff
+            return Error("forbidden", client_id)
+        seq = max(self.rows, default=0) + 1
+        if kind == "edit":
+            self._set_body(target, body)
+            self.rows[seq] = Row(seq, "alice", body, client_id)
+        else:
+            for changed in [target] + [
+                s for s, (_, of) in self.changes.items() if of == target
+            ]:
+                self._set_body(changed, "")
+                self.tombstones.add(changed)
+            self.rows[seq] = Row(seq, "alice", "", client_id)
+        self.changes[seq] = (kind, target)
+        self.acked_new.append(seq)
+        return Ack(client_id, seq)
+
+    def _set_body(self, seq: int, body: str) -> None:
+        row = self.rows[seq]
+        self.bodies_had.setdefault(seq, {row.body}).add(body)
+        self.rows[seq] = Row(seq, row.author, body, row.client_id)
 
     def _history(self, data: dict, echo: str | None) -> Any:
         before, after = data.get("before"), data.get("after")
@@ -286,6 +341,19 @@ def stored_rows() -> dict[int, Row]:
             room__slug="lobby"
         ).values_list("seq", "author_name", "body", "client_id")
     }
+
+
+@database_sync_to_async
+def stored_changes() -> tuple[dict[int, tuple[str, int]], set[int]]:
+    """The room's changes (kind, target) and its tombstones, by seq."""
+    rows = Message.objects.filter(room__slug="lobby")
+    changes = {
+        seq: (kind, target)
+        for seq, kind, target in rows.exclude(kind="message").values_list(
+            "seq", "kind", "target_seq"
+        )
+    }
+    return changes, set(rows.filter(deleted=True).values_list("seq", flat=True))
 
 
 class Dead(AssertionError):
@@ -338,25 +406,34 @@ async def next_answer(
     return output
 
 
+MESSAGE_KEYS = {"type", "room", "seq", "author", "body", "sent_at", "client_id"}
+
+
 def check_message(frame: dict, model: Model) -> None:
-    assert set(frame) == {
-        "type",
-        "room",
-        "seq",
-        "author",
-        "body",
-        "sent_at",
-        "client_id",
-    }, frame
-    row = model.rows.get(frame["seq"])
+    seq = frame["seq"]
+    row = model.rows.get(seq)
     assert row is not None, f"a message the model did not expect: {frame}"
     assert frame["room"] == "lobby"
-    assert (frame["author"] or "", frame["body"], frame["client_id"]) == (
-        row.author,
-        row.body,
-        row.client_id,
-    )
     assert SENT_AT_RE.fullmatch(frame["sent_at"]), frame["sent_at"]
+    # A change's frame names it; a deletion's keeps its author and
+    # client_id to itself (the audit has them).
+    extra = set(frame) - MESSAGE_KEYS
+    kind, target = model.changes.get(seq, (None, None))
+    if kind is not None:
+        assert (frame["kind"], frame["target"]) == (kind, target), frame
+        assert extra <= {"kind", "target", "deleted"}, frame
+    else:
+        assert extra <= {"edited_at", "deleted"}, frame
+    if kind == "delete":
+        assert (frame["author"], frame["client_id"]) == (None, None), frame
+    else:
+        assert (frame["author"] or "", frame["client_id"]) == (
+            row.author,
+            row.client_id,
+        ), frame
+    assert frame["body"] in model.bodies_had.get(seq, {row.body}), frame
+    if frame.get("deleted"):
+        assert frame["body"] == "", frame
 
 
 def check_answer(answer: dict, expected: Any, model: Model, wire: Wire) -> None:
@@ -429,11 +506,14 @@ async def exchange(
 
     ``pipelined``: send all of a session's frames at once, then read the
     answers, which come in the order of the frames."""
+    changes, tombstones = await stored_changes()
     model = Model(
         signed_in=signed_in,
         rows=await stored_rows(),
         send_tokens=send_burst,
         history_tokens=history_burst,
+        changes=changes,
+        tombstones=tombstones,
     )
     before = dict(model.rows)
     token = await token_for(user) if signed_in else None
@@ -726,7 +806,7 @@ seq_fields = weighted(
     (1, odd_seq_fields),
 )
 
-PROTOCOL_KEYS = {"type", "body", "client_id", "before", "after", "limit"}
+PROTOCOL_KEYS = {"type", "body", "client_id", "before", "after", "limit", "seq"}
 extra_fields = st.dictionaries(
     keys.filter(lambda k: k not in PROTOCOL_KEYS), json_values, max_size=3
 )
@@ -736,19 +816,26 @@ extra_fields = st.dictionaries(
 def protocol_frames(draw: st.DrawFn) -> dict:
     """A frame shaped like a client frame, with right and wrong fields."""
     kind = draw(
-        st.sampled_from(["send"] * 4 + ["history"] * 2 + ["typing", "ping", "odd"])
+        st.sampled_from(
+            ["send"] * 4 + ["history"] * 2 + ["edit", "delete", "typing", "ping", "odd"]
+        )
     )
     frame: dict[str, Any] = {}
     kind_value = draw(ODD_TYPES) if kind == "odd" else kind
     if kind_value is not ABSENT:
         frame["type"] = kind_value
-    if kind == "send" or draw(st.integers(0, 3)) == 0:
+    if kind in ("send", "edit") or draw(st.integers(0, 3)) == 0:
         body = draw(bodies)
         if body is not ABSENT:
             frame["body"] = body
     client_id = draw(client_ids)
     if client_id is not ABSENT:
         frame["client_id"] = client_id
+    if kind in ("edit", "delete") or draw(st.integers(0, 5)) == 0:
+        # Mostly a seq of the room (bob's message is 1, changes follow).
+        value = draw(weighted((3, st.integers(1, 8)), (1, seq_fields)))
+        if value is not ABSENT:
+            frame["seq"] = value
     if kind == "history" or draw(st.integers(0, 3)) == 0:
         for name in ("before", "after", "limit"):
             value = draw(seq_fields)
@@ -1135,3 +1222,47 @@ async def test_a_history_page_is_trimmed_to_a_quarter_of_the_output_budget(
     sizes = [len(json.dumps(m, ensure_ascii=False).encode()) for m in page["messages"]]
     size = len(json.dumps(page, ensure_ascii=False).encode())
     assert size <= django_settings.OUTPUT_BUFFER_BYTES // 4 + max(sizes)
+
+
+# --- edits and deletions (section 9.7) ---------------------------------------------
+
+change_frames = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.just("send"), "body": valid_bodies},
+        optional={"client_id": st.sampled_from(CLIENT_ID_POOL)},
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("edit"),
+            "seq": st.integers(1, 14),
+            "body": weighted((5, valid_bodies), (1, bodies)),
+        },
+        optional={"client_id": st.sampled_from(CLIENT_ID_POOL)},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("delete"), "seq": st.integers(1, 14)},
+        optional={"client_id": st.sampled_from(CLIENT_ID_POOL)},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("history"), "after": st.integers(0, 14)},
+    ),
+)
+
+
+@fuzz_settings(max_examples=80)
+@given(
+    sessions=st.lists(
+        st.lists(encoded(change_frames), min_size=1, max_size=8),
+        min_size=1,
+        max_size=3,
+    ),
+    pipelined=st.booleans(),
+)
+def test_edits_and_deletes_get_their_documented_answers(
+    room, alice, sessions, pipelined
+):
+    """Edits and deletes of alice's messages, of bob's (forbidden), of
+    changes and tombstones (not_found), repeated client_ids, mixed with
+    sends and history: each gets its answer, and the room holds exactly
+    the bodies the changes leave (a deletion erases its edits too)."""
+    run(sessions, alice, pipelined=pipelined)
