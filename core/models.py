@@ -65,8 +65,10 @@ class Message(models.Model):
     row of its own (``kind``) that names its ``target_seq`` and takes the
     room's next seq, so resuming, history and gap filling carry changes as
     they carry messages; the target row holds the message's current state.
-    A deletion erases the target's body and that of its edits; the deletion
-    row itself is the audit record (who, when, which seq; never the body).
+    An edit's text replaces the old one in the target and in its earlier
+    edits, and a deletion erases it from all of them, so no replaced or
+    deleted text is kept; the deletion row itself is the audit record (who,
+    when, which seq; never the body).
     """
 
     class Kind(models.TextChoices):

@@ -371,9 +371,11 @@ def store_change(
     names its target and takes the room's next seq, under the room row's
     lock that every post takes, so posts and changes share one order and a
     client that applies them in order ends with what the database holds.
-    The target row takes its new state in the same transaction; a deletion
-    erases its body and that of its edits. A repeated ``(room, actor,
-    client_id)`` returns the original event with ``created=False``. Raises
+    The target row takes its new state in the same transaction, and so do
+    its earlier edits: a new text replaces the old one in them, a deletion
+    erases it, so no replaced or deleted text stays in the database. A
+    repeated ``(room, actor, client_id)`` returns the original event with
+    ``created=False``. Raises
     ``NotSignedIn``, ``AccessDenied``, ``MessageNotFound`` or
     ``Room.DoesNotExist``. Does not publish.
     """
@@ -403,21 +405,25 @@ def store_change(
         if target is None:
             raise MessageNotFound(seq)
         now = timezone.now()
+        earlier_edits = Message.objects.filter(
+            room=room, target_seq=seq, kind=Message.Kind.EDIT
+        )
         if body is not None:
             if not access.can_edit(actor, target):
                 raise AccessDenied
             kind = Message.Kind.EDIT
             target.body, target.edited_at = body, now
             target.save(update_fields=["body", "edited_at"])
+            # Earlier edits take the new text too: an edit replaces the old
+            # text everywhere, and applying them in order still ends here.
+            earlier_edits.update(body=body)
         else:
             if not access.can_delete(actor, room, target):
                 raise AccessDenied
             kind = Message.Kind.DELETE
             target.body, target.deleted, target.edited_at = "", True, None
             target.save(update_fields=["body", "deleted", "edited_at"])
-            Message.objects.filter(
-                room=room, target_seq=seq, kind=Message.Kind.EDIT
-            ).update(body="", deleted=True)
+            earlier_edits.update(body="", deleted=True)
         event_seq = room.last_seq + 1
         Room.objects.filter(pk=room.pk).update(last_seq=event_seq)
         event = Message.objects.create(

@@ -152,6 +152,25 @@ def test_a_deletion_leaves_a_tombstone_and_no_body_anywhere():
     assert (row.author_name, row.target_seq) == ("alice", 1)
 
 
+def test_an_edit_replaces_the_old_text_everywhere():
+    """Earlier edits take the new text too: an author who edits out a leaked
+    password leaves it nowhere in the database."""
+    room, alice = RoomFactory(), UserFactory(username="alice")
+    seq = post(room, alice, "password: hunter2")
+    edit(room, alice, seq, "password: hunter3")
+    edit(room, alice, seq, "password: (removed)")
+    bodies = list(Message.objects.filter(room=room).values_list("seq", "body"))
+    assert bodies == [
+        (1, "password: (removed)"),
+        (2, "password: (removed)"),
+        (3, "password: (removed)"),
+    ]
+    view = ClientView()
+    for frame in every_event(room):
+        view.apply(frame)
+    assert view.view() == database_view(room)
+
+
 def test_a_plain_message_frame_is_unchanged_for_older_clients():
     room, alice = RoomFactory(), UserFactory(username="alice")
     post(room, alice, "hi", client_id="c1")

@@ -291,13 +291,13 @@ class Model:
         if row.author != "alice":  # alice owns no room and is not staff
             return Error("forbidden", client_id)
         seq = max(self.rows, default=0) + 1
+        earlier = [s for s, (_, of) in self.changes.items() if of == target]
         if kind == "edit":
-            self._set_body(target, body)
+            for changed in [target, *earlier]:  # earlier edits take it too
+                self._set_body(changed, body)
             self.rows[seq] = Row(seq, "alice", body, client_id)
         else:
-            for changed in [target] + [
-                s for s, (_, of) in self.changes.items() if of == target
-            ]:
+            for changed in [target, *earlier]:
                 self._set_body(changed, "")
                 self.tombstones.add(changed)
             self.rows[seq] = Row(seq, "alice", "", client_id)
