@@ -288,7 +288,8 @@ class MessageAdmin(ReadOnlyAdmin):
     @admin.display(description="state")
     def state(self, obj: Message) -> str:
         if obj.kind != Message.Kind.MESSAGE:
-            return f"{obj.get_kind_display().lower()} of #{obj.target_seq}"
+            noun = "edit" if obj.kind == Message.Kind.EDIT else "deletion"
+            return f"{noun} of #{obj.target_seq}"
         if obj.deleted:
             return "deleted"
         return "edited" if obj.edited_at is not None else "message"

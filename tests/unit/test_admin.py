@@ -9,6 +9,7 @@ as in production.
 
 import pytest
 from channels.db import database_sync_to_async
+from django.contrib import admin
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -425,6 +426,41 @@ def test_messages_cannot_be_added_changed_or_deleted_in_the_admin(message):
     assert list(Message.objects.values_list("seq", "body")) == [(1, "original")]
 
 
+@pytest.mark.django_db
+def test_staff_see_who_deleted_what_and_never_the_body(message):
+    room, alice = message.room, message.author
+    owner = UserFactory(username="owner")
+    Room.objects.filter(pk=room.pk).update(owner=owner)
+    room.refresh_from_db()
+    services.store_change(room=room, actor=alice, seq=1, body="edited", client_id=None)
+    services.store_message(room=room, author=alice, body="kept", client_id=None)
+    services.store_change(room=room, actor=owner, seq=1, body=None, client_id=None)
+    client = staff()
+
+    listed = client.get(url("deletion", "changelist"))
+    (deletion,) = listed.context["cl"].result_list
+    assert (deletion.seq, deletion.target_seq, deletion.author_name) == (4, 1, "owner")
+    page = listed.content.decode()
+    assert "#1" in page
+    assert "owner" in page
+    states = client.get(url("message", "changelist")).context["cl"].result_list
+    admin_view = admin.site._registry[Message]
+    assert [admin_view.state(row) for row in states] == [
+        "deletion of #1",
+        "message",
+        "edit of #1",
+        "deleted",
+    ]
+    detail = client.get(url("deletion", "change", deletion.pk)).content.decode()
+    assert "original" not in detail
+    assert "edited" not in detail
+    assert (
+        client.post(url("deletion", "delete", deletion.pk), {"post": "yes"}).status_code
+        == 403
+    )
+    assert Message.objects.filter(kind="delete").count() == 1
+
+
 # --- API tokens -----------------------------------------------------------------
 
 
@@ -506,6 +542,7 @@ def test_every_admin_page_of_core_opens_for_staff():
         url("membership", "change", Membership.objects.get(user=member).pk),
         url("message", "changelist"),
         url("message", "change", Message.objects.get().pk),
+        url("deletion", "changelist"),
         url("apitoken", "changelist"),
         url("apitoken", "change", member.pk),
     ]
