@@ -169,12 +169,16 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     latest, has_more = services.history(
         room=found, before=None, after=None, limit=ROOM_PAGE_MESSAGES
     )
+    can_post = access.can_post(request.user, found)
     return render(
         request,
         "core/room.html",
         {
             "room": found,
-            "can_post": access.can_post(request.user, found),
+            "can_post": can_post,
+            # The owner and staff get a Delete button on every message; the
+            # server decides again for each deletion.
+            "can_moderate": can_post and access.can_audit(request.user, found),
             "initial": {"messages": latest, "has_more": has_more},
         },
     )

@@ -46,6 +46,15 @@ for name in {USERS!r}:
 """
 
 
+_ENSURE_STAFF = f"""
+from django.contrib.auth import get_user_model
+user, _ = get_user_model().objects.get_or_create(username={{name!r}})
+user.is_staff = True
+user.set_password({PASSWORD!r})
+user.save()
+"""
+
+
 def prepare_database(database_url: str) -> None:
     """Migrate the database at ``database_url`` and create the test users."""
     env = {**BASE_ENV, "DATABASE_URL": database_url}
@@ -178,10 +187,43 @@ class Deployment:
         )
         return int(frame["seq"])
 
+    def edit(
+        self, slug: str, seq: int, body: str, *, user: str, instance: int = 0
+    ) -> dict[str, Any]:
+        """Edit message ``seq`` through the API; return the edit event."""
+        path = f"/api/rooms/{slug}/messages/{seq}/"
+        return self.api("PATCH", path, {"body": body}, user=user, instance=instance)
+
+    def delete(
+        self, slug: str, seq: int, *, user: str, instance: int = 0
+    ) -> dict[str, Any]:
+        """Delete message ``seq`` through the API; return the delete event."""
+        path = f"/api/rooms/{slug}/messages/{seq}/"
+        return self.api("DELETE", path, user=user, instance=instance)
+
     def messages(self, slug: str, *, limit: int = 100) -> list[dict[str, Any]]:
         """The room's latest messages, as stored."""
         page = self.api("GET", f"/api/rooms/{slug}/messages/?limit={limit}")
         return page["messages"]
+
+    def view(self, slug: str) -> list[list[object]]:
+        """The room as the database has it, as a page shows it:
+        ``[seq, text, state]`` per message, state "", "edited" or "deleted";
+        edits and deletions are no rows of their own."""
+        rows: list[list[object]] = []
+        for message in self.messages(slug):
+            if "kind" in message:
+                continue
+            if message.get("deleted"):
+                rows.append([message["seq"], "message deleted", "deleted"])
+            else:
+                state = "edited" if "edited_at" in message else ""
+                rows.append([message["seq"], message["body"], state])
+        return rows
+
+    def ensure_staff(self, username: str) -> None:
+        """A staff user (not a superuser) with the tier's password."""
+        manage("shell", "-c", _ENSURE_STAFF.format(name=username), env=self.env)
 
 
 def _request(

@@ -1,7 +1,18 @@
 // #messages and its scroller: held messages sorted by seq, pending own
 // messages after them, and the reader's scroll position kept sensible.
+// Edits and deletions (change events) are applied to the rows they target;
+// they never get rows of their own.
 
-import { messageItem, regroup, setStatus, setTime } from "switchboard/render.js";
+import {
+  messageItem,
+  regroup,
+  setBody,
+  setEdited,
+  setStatus,
+  setTime,
+  setTombstone,
+  setTools,
+} from "switchboard/render.js";
 
 // Within this distance of the bottom, new messages keep the view pinned.
 const NEAR_BOTTOM_PX = 120;
@@ -14,15 +25,27 @@ export function parseSentAt(text) {
 }
 
 export class MessageList {
-  constructor({ list, scroller, jump, empty }, me) {
-    Object.assign(this, { list, scroller, jump, empty, me });
+  /**
+   * @param {{canPost: boolean, canModerate: boolean}} rights what the viewer
+   *   may do: edit (own) and delete (own; anyone's when moderating)
+   */
+  constructor({ list, scroller, jump, empty }, me, rights = { canPost: false, canModerate: false }) {
+    Object.assign(this, { list, scroller, jump, empty, me, rights });
+    // The body the server holds, per row: what a cancelled or refused
+    // change shows again (the row may show a draft meanwhile).
+    this.stored = new WeakMap();
+    // The latest change event per target seq not held when it came: a row
+    // loaded later applies it unless its own state is newer already.
+    this.unapplied = new Map();
+    // True while older messages exist above: an empty list is not "no messages".
+    this.hasEarlier = false;
     jump.addEventListener("click", () => this.scrollToBottom());
     scroller.addEventListener("scroll", () => {
       if (this.nearBottom()) jump.hidden = true;
     });
   }
 
-  /** Show a held message frame in seq order. */
+  /** Show a held message frame in seq order, as edited or deleted as it comes. */
   addHeld(frame) {
     const item = messageItem(
       {
@@ -33,7 +56,144 @@ export class MessageList {
       },
       this.me,
     );
+    this.stored.set(item, String(frame.body));
+    if (frame.deleted === true) setTombstone(item);
+    else if (typeof frame.edited_at === "string") this.markEdited(item, frame.edited_at);
     this.insertSorted(item, frame.seq);
+    this.adopt(item);
+  }
+
+  /** A row that has its seq: its controls, and any change that came first. */
+  adopt(item) {
+    const seq = Number(item.dataset.seq);
+    if (!this.stored.has(item)) this.stored.set(item, item.querySelector(".msg-body").textContent);
+    this.refreshTools(item);
+    const change = this.unapplied.get(seq);
+    if (change) {
+      this.unapplied.delete(seq);
+      this.applyTo(item, change, { loaded: true });
+    }
+  }
+
+  refreshTools(item) {
+    if (item.dataset.deleted || item.dataset.changing) {
+      setTools(item, { canEdit: false, canDelete: false });
+      return;
+    }
+    const author = item.dataset.author || null;
+    const own = author !== null && author === this.me;
+    const { canPost, canModerate } = this.rights;
+    setTools(item, { canEdit: canPost && own, canDelete: canPost && (own || canModerate) });
+  }
+
+  find(seq) {
+    return this.list.querySelector(`li[data-seq="${Number(seq)}"]`);
+  }
+
+  /**
+   * Apply a change event (kind "edit" or "delete") to the row of its target.
+   * Kinds this page does not know change nothing. A target not held is
+   * remembered: a history answer read before the change was stored may
+   * bring that message later, in its older state.
+   */
+  applyChange(frame) {
+    if (frame.kind !== "edit" && frame.kind !== "delete") return;
+    const target = Number(frame.target);
+    if (!Number.isSafeInteger(target)) return;
+    const item = this.find(target);
+    if (item) {
+      this.applyTo(item, frame, { loaded: false });
+      return;
+    }
+    const known = this.unapplied.get(target);
+    if (!known || (!isRemoval(known) && (isRemoval(frame) || frame.seq > known.seq))) {
+      this.unapplied.set(target, frame);
+    }
+  }
+
+  /**
+   * ``loaded``: the row came from the server after ``frame`` did, so its
+   * state may already include it or a later edit; edits then go by time.
+   * Otherwise edits go by seq: a lower one arriving late changes nothing.
+   */
+  applyTo(item, frame, { loaded }) {
+    if (item.dataset.deleted) return; // a tombstone stays one
+    if (isRemoval(frame)) {
+      this.tombstone(item);
+      return;
+    }
+    const editedAt = String(frame.sent_at);
+    const changeSeq = Number(item.dataset.changeSeq || 0);
+    const shownAt = item.dataset.editedAt;
+    if (loaded || !changeSeq) {
+      if (shownAt && editedAt < shownAt) return; // same format: text order is time order
+    } else if (frame.seq <= changeSeq) {
+      return;
+    }
+    if (!loaded) item.dataset.changeSeq = String(frame.seq);
+    const body = String(frame.body);
+    this.stored.set(item, body);
+    // A draft being saved stays on show until its own answer comes.
+    if (!item.dataset.changing) setBody(item, body);
+    this.markEdited(item, editedAt);
+  }
+
+  markEdited(item, editedAt) {
+    item.dataset.editedAt = editedAt;
+    setEdited(item, parseSentAt(editedAt));
+  }
+
+  tombstone(item) {
+    this.stored.set(item, "");
+    delete item.dataset.changing;
+    item.classList.remove("msg-changing");
+    setStatus(item, "");
+    setTombstone(item);
+  }
+
+  /** The newest own message that can still be edited (for the Up arrow). */
+  lastEditable() {
+    const items = this.list.querySelectorAll("li[data-seq]");
+    for (let i = items.length - 1; i >= 0; i -= 1) {
+      const item = items[i];
+      if (item.querySelector('.msg-tool[data-action="edit"]')) return item;
+    }
+    return null;
+  }
+
+  /**
+   * A change of the viewer's own is on its way: ``draft`` (an edit's new
+   * text) shows at once; ``state`` says how far it got.
+   */
+  markChanging(item, state, text, draft = null) {
+    item.dataset.changing = state;
+    item.classList.add("msg-changing");
+    if (draft !== null) setBody(item, draft);
+    setStatus(item, text);
+    this.refreshTools(item);
+  }
+
+  /**
+   * The change is stored as event ``seq``: the row shows it (unless a later
+   * edit came first); the event itself brings the "edited" marker.
+   */
+  changeStored(item, { seq, deleted, body }) {
+    if (deleted) {
+      this.tombstone(item);
+      return;
+    }
+    if (seq > Number(item.dataset.changeSeq || 0)) this.stored.set(item, body);
+    this.changeEnded(item);
+  }
+
+  /** The change is over (stored or refused): show what the server holds. */
+  changeEnded(item) {
+    if (item.dataset.deleted) return;
+    delete item.dataset.changing;
+    item.classList.remove("msg-changing");
+    setStatus(item, "");
+    setBody(item, this.stored.get(item) ?? "");
+    this.refreshTools(item);
   }
 
   /** Show an own message that has no seq yet, at the very end. */
@@ -66,6 +226,7 @@ export class MessageList {
     if (sentAt) this.setSentAt(item, sentAt);
     item.dataset.seq = String(seq);
     this.insertSorted(item, seq);
+    this.adopt(item);
   }
 
   /** Take the server's sent_at for a message shown with the local time. */
@@ -94,6 +255,7 @@ export class MessageList {
   /** Take away every held message; own pending ones stay. */
   clearHeld() {
     for (const item of this.list.querySelectorAll("li[data-seq]")) item.remove();
+    this.unapplied.clear();
     regroup(this.list.firstElementChild);
     this.updateEmpty();
   }
@@ -106,7 +268,11 @@ export class MessageList {
   }
 
   updateEmpty() {
-    this.empty.hidden = this.list.childElementCount > 0;
+    this.empty.hidden = this.list.childElementCount > 0 || this.hasEarlier;
+  }
+
+  get rowCount() {
+    return this.list.childElementCount;
   }
 
   nearBottom() {
@@ -135,4 +301,9 @@ export class MessageList {
     this.updateEmpty();
     this.scroller.scrollTop = scrollTop + (this.scroller.scrollHeight - scrollHeight);
   }
+}
+
+/** A delete event, or an edit of a message deleted since (it comes blank). */
+function isRemoval(frame) {
+  return frame.kind === "delete" || frame.deleted === true;
 }

@@ -75,6 +75,52 @@ export function messageItem({ seq, author, body, sentAt }, me) {
   return item;
 }
 
+/** Set the text a row shows (its current body, or a draft being saved). */
+export function setBody(item, text) {
+  item.querySelector(".msg-body").textContent = text;
+}
+
+/** The "edited" marker after the body; its title tells when. */
+export function setEdited(item, editedAt) {
+  let marker = item.querySelector(".msg-edited");
+  if (!marker) {
+    marker = el("span", "msg-edited", "edited");
+    item.querySelector(".msg-body").after(marker);
+  }
+  marker.title = `Edited ${fullFormat.format(editedAt)}`;
+}
+
+/**
+ * A deleted message: "message deleted" in place of its text, no marker, no
+ * controls. The row stays, so the conversation around it keeps its shape.
+ */
+export function setTombstone(item) {
+  item.dataset.deleted = "true";
+  item.classList.add("msg-deleted");
+  item.querySelector(".msg-body").textContent = "message deleted";
+  item.querySelector(".msg-edited")?.remove();
+  item.querySelector(".msg-tools")?.remove();
+}
+
+function toolButton(action, text, label) {
+  const button = el("button", "msg-tool", text);
+  button.type = "button";
+  button.dataset.action = action;
+  button.setAttribute("aria-label", label);
+  return button;
+}
+
+/** Edit and Delete buttons for a row; room.js listens on #messages for them. */
+export function setTools(item, { canEdit, canDelete }) {
+  item.querySelector(".msg-tools")?.remove();
+  if (!canEdit && !canDelete) return;
+  const tools = el("span", "msg-tools");
+  const whose = item.classList.contains("msg-own") ? "your message" : "message";
+  if (canEdit) tools.append(toolButton("edit", "Edit", `Edit ${whose}`));
+  if (canDelete) tools.append(toolButton("delete", "Delete", `Delete ${whose}`));
+  item.append(tools);
+}
+
 /** Show a pending message's state: "Sending…", "Queued", "Not sent: …". */
 export function setStatus(item, text) {
   item.querySelector(".msg-status").textContent = text;

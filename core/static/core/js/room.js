@@ -6,8 +6,17 @@
 // while offline wait in the outbox and go out, with the same client_id, once
 // the socket has resumed with ?after=<highest contiguous seq>; the server
 // acks a repeat with the original seq, so nothing is ever doubled.
+//
+// Edits and deletions are change events: message frames with "kind" and
+// "target" that take their own seq. They are never shown as rows; they are
+// applied to the row of their target, and count like any seq for resuming
+// and gap filling, so a page that was away catches up on them too. Own
+// edits and deletions made offline wait in their own queue, as messages do,
+// and go out with their client_id once resumed (a repeat is acked, not
+// applied twice).
 
 import { RoomConnection } from "switchboard/connection.js";
+import { InlineEditor } from "switchboard/edits.js";
 import {
   Announcer,
   ConnectionStatus,
@@ -23,6 +32,7 @@ const TYPING_SEND_EVERY_MS = 3000;
 const OLDER_PAGE = 50;
 const FILL_PAGE = 100;
 const COMPOSER_MAX_HEIGHT_PX = 200;
+const MAX_BODY_CODE_POINTS = 4000;
 
 const $ = (id) => document.getElementById(id);
 const root = $("room");
@@ -35,7 +45,9 @@ const loadButton = $("load-earlier");
 const messages = new MessageList(
   { list: $("messages"), scroller: $("scroller"), jump: $("jump"), empty: $("empty") },
   me,
+  { canPost: Boolean(composer), canModerate: root.dataset.canModerate === "1" },
 );
+const editor = new InlineEditor({ onSave: saveEdit, fallbackFocus: field ?? null });
 const typing = new TypingIndicator($("typing"), me);
 const presence = new PresenceList(
   { panel: $("people"), list: $("presence"), summary: $("presence-summary"), count: $("people-count") },
@@ -51,6 +63,7 @@ const status = new ConnectionStatus(
 const initial = JSON.parse($("initial-messages").textContent);
 const timeline = new Timeline(Math.max(0, ...initial.messages.map((m) => m.seq)));
 const outbox = new Map(); // client_id -> {clientId, body, item, inFlight}
+const changes = new Map(); // client_id -> {clientId, type, seq, body, item, inFlight}
 let live = false; // resumed: the replay is done, sends and history may go out
 let everLive = false;
 let historyRequests = []; // what each unanswered history frame asked for
@@ -74,6 +87,10 @@ let reloadAfterReplay = false; // historyWentBack: fetch the latest page once li
  */
 function receiveMessage(frame, source) {
   if (!Number.isSafeInteger(frame.seq)) return;
+  if (frame.kind !== undefined && frame.kind !== null) {
+    receiveChange(frame, source);
+    return;
+  }
   const author = frame.author ?? null;
   typing.stopped(author);
   const own = frame.client_id && author === me ? outbox.get(frame.client_id) : undefined;
@@ -91,6 +108,24 @@ function receiveMessage(frame, source) {
     announcer.say(`${author ?? "Announcement"}: ${frame.body}`);
   } else if (source === "replay") {
     missedWhileAway += 1;
+  }
+}
+
+/**
+ * A change event (or a kind this page does not know): its seq counts as
+ * held, and it changes the row of its target, never adding one. An "older"
+ * page's changes are already in the state of the messages it brings, and
+ * anything newer has been applied: they are only counted.
+ */
+function receiveChange(frame, source) {
+  if (!timeline.add(frame.seq)) return;
+  const own = frame.client_id && frame.author === me ? changes.get(frame.client_id) : undefined;
+  if (own) changeStored(own, frame.seq);
+  if (source === "older") return;
+  messages.applyChange(frame);
+  if (editor.item?.dataset.deleted) {
+    editor.cancel();
+    notice.show("The message you were editing has been deleted.");
   }
 }
 
@@ -135,7 +170,100 @@ function pump() {
     else if (paused) messages.markPending(pending.item, "sending", "Sending soon…");
     else messages.markPending(pending.item, "sending", "Sending…");
   }
+  pumpChanges(paused);
   status.refresh();
+}
+
+// --- own edits and deletions ----------------------------------------------------
+
+const CHANGE_LABELS = {
+  edit: { queued: "Edit waiting for connection", sending: "Saving…" },
+  delete: { queued: "Deletion waiting for connection", sending: "Deleting…" },
+};
+
+/**
+ * Queue an edit or a deletion of the row ``item``. While offline it waits
+ * (the row says so) and goes out after resuming, with the same client_id:
+ * the server acks a repeat with the original event's seq.
+ */
+function queueChange(type, item, body = null) {
+  const seq = Number(item.dataset.seq);
+  if (!Number.isSafeInteger(seq)) return;
+  const clientId = newClientId();
+  changes.set(clientId, { clientId, type, seq, body, item, inFlight: false });
+  messages.markChanging(item, "queued", CHANGE_LABELS[type].queued, body);
+  pump();
+}
+
+/** Like sends, one at a time and in order, so a rate limit cannot reorder them. */
+function pumpChanges(paused) {
+  let blocked = !live || paused;
+  for (const change of changes.values()) {
+    if (!blocked && !change.inFlight) {
+      const frame = { type: change.type, seq: change.seq, client_id: change.clientId };
+      if (change.type === "edit") frame.body = change.body;
+      change.inFlight = connection.send(frame);
+    }
+    blocked = true;
+    const state = live ? "sending" : "queued";
+    const label = CHANGE_LABELS[change.type][state];
+    if (change.item.dataset.changing) messages.markChanging(change.item, state, label);
+  }
+}
+
+/** Own change stored as event ``seq`` (from its ack or its own event). */
+function changeStored(change, seq) {
+  changes.delete(change.clientId);
+  messages.changeStored(change.item, { seq, deleted: change.type === "delete", body: change.body });
+  pump();
+}
+
+const CHANGE_REFUSALS = {
+  not_found: "That message has been deleted.",
+  forbidden: "You may not change that message.",
+};
+
+/** The server refused an own change: say why, and show the row as stored. */
+function changeRefused(change, code, detail) {
+  changes.delete(change.clientId);
+  messages.changeEnded(change.item);
+  const what = change.type === "edit" ? "Not saved" : "Not deleted";
+  notice.show(`${what}: ${CHANGE_REFUSALS[code] ?? detail ?? "something went wrong."}`);
+  pump();
+}
+
+function startEdit(item) {
+  if (!item?.querySelector('.msg-tool[data-action="edit"]')) return;
+  editor.open(item, messages.stored.get(item) ?? "");
+}
+
+/** The editor's Save; false keeps the editor open. */
+function saveEdit(item, body) {
+  if (body === (messages.stored.get(item) ?? "")) return true; // unchanged: nothing to send
+  if (!body.trim()) {
+    notice.show("A message cannot be empty. To remove it, delete it.");
+    return false;
+  }
+  if ([...body].length > MAX_BODY_CODE_POINTS) {
+    notice.show(`A message can be at most ${MAX_BODY_CODE_POINTS} characters.`);
+    return false;
+  }
+  if (!item.isConnected || item.dataset.deleted) return true;
+  queueChange("edit", item, body);
+  return true;
+}
+
+/** A real confirm step: the browser's own dialog, which takes the keyboard. */
+function confirmDelete(item) {
+  const author = item.dataset.author;
+  let what = "this message";
+  if (!author) what = "this announcement";
+  else if (author !== me) what = `this message by ${author}`;
+  if (!window.confirm(`Delete ${what}? Everyone will see “message deleted” instead.`)) return;
+  if (!item.isConnected || item.dataset.deleted) return;
+  if (editor.item === item) editor.cancel({ refocus: false });
+  queueChange("delete", item);
+  field?.focus();
 }
 
 function pauseSends(ms) {
@@ -240,6 +368,9 @@ function loadEarlier() {
  * not yet acked stay, and go again.
  */
 function historyWentBack(lastSeq) {
+  // Queued changes name seqs that may now belong to other messages.
+  changes.clear();
+  editor.cancel({ refocus: false });
   messages.clearHeld();
   timeline.reset(lastSeq);
   moreAbove = lastSeq > 0;
@@ -248,12 +379,15 @@ function historyWentBack(lastSeq) {
 }
 
 function receiveOlder(frames, hasMore) {
+  const rows = messages.rowCount;
   messages.prepending(() => {
     for (const frame of frames) receiveMessage(frame, "older");
   });
   olderInFlight = false;
   moreAbove = hasMore;
   updateHistoryEdge();
+  // A page of nothing but edits and deletions shows nothing: go on.
+  if (messages.rowCount === rows && moreAbove) loadEarlier();
 }
 
 /** The top of the list: "Load earlier messages", or the room's start. */
@@ -264,6 +398,8 @@ function updateHistoryEdge() {
   loadButton.textContent = olderInFlight ? "Loading…" : "Load earlier messages";
   const start = $("history-start");
   start.hidden = moreAbove || timeline.size === 0;
+  messages.hasEarlier = moreAbove;
+  messages.updateEmpty();
   if (hadFocus && loadButton.hidden) start.focus();
 }
 
@@ -301,7 +437,8 @@ const handlers = {
     status.set("open");
     updateHistoryEdge();
     pump();
-    if (reloadAfterReplay) {
+    if (reloadAfterReplay || (moreAbove && messages.rowCount === 0)) {
+      // Nothing to show yet (a restored room, or a latest page of changes only).
       reloadAfterReplay = false;
       loadEarlier();
     }
@@ -316,6 +453,8 @@ const handlers = {
   ack(frame) {
     if (!Number.isSafeInteger(frame.seq)) return;
     timeline.noteExists(frame.seq);
+    const change = changes.get(frame.client_id);
+    if (change) changeStored(change, frame.seq);
     const pending = outbox.get(frame.client_id);
     if (pending) messages.appending(() => settle(pending, frame.seq, null));
     scheduleGapCheck();
@@ -340,6 +479,12 @@ const handlers = {
   },
   pong() {},
   error(frame) {
+    const change = frame.client_id ? changes.get(frame.client_id) : undefined;
+    // An own change's forbidden means "not yours", not lost access.
+    if (change && frame.code !== "unauthenticated") {
+      changeError(frame, change);
+      return;
+    }
     const pending = frame.client_id ? outbox.get(frame.client_id) : undefined;
     if (frame.code === "forbidden") accessLost("forbidden");
     else if (frame.code === "unauthenticated") accessLost("signed-out");
@@ -348,6 +493,16 @@ const handlers = {
     else notice.show(frame.detail || "Something went wrong.");
   },
 };
+
+function changeError(frame, change) {
+  if (frame.code === "rate_limited") {
+    // Not stored: it goes again when the pause is over.
+    change.inFlight = false;
+    pauseSends(Math.max(Number(frame.retry_after_ms) || 1000, 100));
+    return;
+  }
+  changeRefused(change, frame.code, frame.detail);
+}
 
 function rateLimited(frame, pending) {
   const wait = Math.max(Number(frame.retry_after_ms) || 1000, 100);
@@ -405,6 +560,7 @@ const connection = new RoomConnection({
     // An unacked send may or may not have arrived: it goes again, with the
     // same client_id, after resuming (the server acks a repeat, stores once).
     for (const pending of outbox.values()) pending.inFlight = false;
+    for (const change of changes.values()) change.inFlight = false;
     pump();
     retryAt = Date.now() + delayMs;
     // Until the first resume the banner stays calm: it is still connecting.
@@ -416,6 +572,8 @@ const connection = new RoomConnection({
     closedReason ??= "forbidden";
     const why = closedReason === "signed-out" ? "signed out" : "no access to this room";
     for (const pending of outbox.values()) failPending(pending, why, { canRetry: false });
+    for (const change of [...changes.values()]) changeRefused(change, null, why);
+    editor.cancel({ refocus: false });
     if (composer) {
       field.disabled = true;
       composer.querySelector("button[type=submit]").disabled = true;
@@ -451,6 +609,15 @@ if (composer) {
     field.focus();
   });
   field.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowUp" && field.value === "" && !hasModifier(event) && !event.isComposing) {
+      // Up in an empty composer edits your last message (as in most chat apps).
+      const item = messages.lastEditable();
+      if (item) {
+        event.preventDefault();
+        startEdit(item);
+      }
+      return;
+    }
     // Enter sends, Shift+Enter is a new line; never mid-composition (IME).
     if (event.key !== "Enter" || event.shiftKey || event.altKey || event.isComposing) return;
     event.preventDefault();
@@ -461,9 +628,21 @@ if (composer) {
     if (field.value.trim()) sendTyping();
   });
   window.addEventListener("beforeunload", (event) => {
-    if (unsentCount()) event.preventDefault();
+    if (unsentCount() || changes.size) event.preventDefault();
   });
 }
+
+function hasModifier(event) {
+  return event.shiftKey || event.altKey || event.ctrlKey || event.metaKey;
+}
+
+$("messages").addEventListener("click", (event) => {
+  const button = event.target.closest("button.msg-tool[data-action]");
+  const item = button?.closest("li[data-seq]");
+  if (!item) return;
+  if (button.dataset.action === "edit") startEdit(item);
+  else if (button.dataset.action === "delete") confirmDelete(item);
+});
 
 loadButton.addEventListener("click", loadEarlier);
 $("connection-banner")
