@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from backend.asgi import application
 from core import services
+from core.auth import origin_allowed
 from core.fanout import get_hub
 from core.models import Membership, Message, Room
 from core.presence import RoomRef, get_presence
@@ -170,6 +171,35 @@ async def test_allowed_origin_is_accepted(lobby, origin):
     async with connected("lobby", headers=[(b"origin", origin)]) as ws:
         await send_json(ws, {"type": "ping"})
         assert await ws.receive_json_from() == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("https://chat.example.com", True),
+        ("http://chat.example.com:8443", True),  # any scheme and port
+        ("https://CHAT.Example.COM", True),  # hosts are case-insensitive
+        ("https://chat.example.com.", False),  # a trailing dot is another name
+        ("https://evilchat.example.com", False),  # a suffix is not a match
+        ("https://chat.example.com.evil.net", False),
+        ("https://sub.chat.example.com", False),  # no leading dot: no subdomains
+        ("https://example.com", False),
+        ("https://xn--chat-exmple-lcb.com", False),  # IDN look-alike
+        ("https://chat.exämple.com", False),
+        ("https://team.example.org", True),  # ".example.org" covers subdomains
+        ("https://example.org", True),
+        ("https://a.b.example.org", True),
+        ("https://badexample.org", False),
+        ("chat.example.com", False),  # no scheme: no host
+        ("https://", False),
+        ("https://[::1", False),  # unparseable
+    ],
+)
+def test_the_origin_policy_matches_whole_hosts_only(settings, origin, allowed):
+    """DJANGO_ALLOWED_HOSTS entries match as Django matches Host headers:
+    the whole name, or, with a leading dot, the name and its subdomains."""
+    settings.ALLOWED_HOSTS = ["chat.example.com", ".example.org"]
+    assert origin_allowed(origin) is allowed
 
 
 async def test_a_path_outside_the_routes_is_refused(lobby):
@@ -544,6 +574,22 @@ async def test_typing_is_relayed_to_others_at_most_every_three_seconds(
         assert not [f for f in skipped if f["type"] == "typing"]
 
 
+async def test_typing_is_relayed_again_once_the_interval_has_passed(
+    lobby, alice, bob, settings
+):
+    settings.TYPING_INTERVAL_SECONDS = 0.3
+    async with (
+        connected("lobby", token=await token_for(alice)) as alice_ws,
+        connected("lobby", token=await token_for(bob)) as bob_ws,
+    ):
+        for _ in range(3):  # each notice once the last interval is over
+            await send_json(alice_ws, {"type": "typing"})
+            frame, _ = await receive_until(bob_ws, lambda f: f["type"] == "typing")
+            assert frame == {"type": "typing", "user": "alice"}
+            # Typing goes on: the next notice is due an interval later.
+            await asyncio.sleep(settings.TYPING_INTERVAL_SECONDS + 0.05)
+
+
 async def test_presence_lists_users_and_updates_when_someone_joins(lobby, alice, bob):
     async with connected("lobby", token=await token_for(alice)) as alice_ws:
         async with connected(
@@ -593,6 +639,35 @@ async def test_removed_member_is_closed_with_4403_and_refused_after(alice, bob):
         }
         await send_json(alice_ws, {"type": "ping"})
         assert (await receive_until(alice_ws, lambda f: f["type"] == "pong"))[0]
+    await refused("secret", token=bob_token)
+
+
+async def test_a_removal_closes_that_rooms_connections_and_no_other(alice, bob):
+    """The revocation names one room: the member's connection to another
+    room, and to a public one, stay open and keep receiving."""
+    secret = await database_sync_to_async(private_room)(alice, bob, slug="secret")
+    await database_sync_to_async(private_room)(alice, bob, slug="other")
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    bob_token = await token_for(bob)
+    async with (
+        connected("secret", token=bob_token) as removed_ws,
+        connected("other", token=bob_token) as other_ws,
+        connected("lobby", token=bob_token) as lobby_ws,
+        connected("other", token=await token_for(alice)) as alice_ws,
+    ):
+        await database_sync_to_async(services.remove_member)(
+            room=secret, actor=alice, username="bob"
+        )
+        assert await removed_ws.receive_output(timeout=2) == {
+            "type": "websocket.close",
+            "code": 4403,
+        }
+        await send_json(alice_ws, {"type": "send", "body": "still", "client_id": "s"})
+        message, _ = await receive_until(other_ws, lambda f: f["type"] == "message")
+        assert message["body"] == "still"
+        for ws in (other_ws, lobby_ws):
+            await send_json(ws, {"type": "ping"})
+            assert (await receive_until(ws, lambda f: f["type"] == "pong"))[0]
     await refused("secret", token=bob_token)
 
 

@@ -50,6 +50,44 @@ async def test_after_an_outage_connections_catch_up_from_the_database():
         assert frame == lost.message
 
 
+async def test_a_catch_up_starts_after_what_each_connection_was_told():
+    """Nothing a connection had (live, or before its welcome) comes again:
+    after the catch-up and a fence message, each holds every seq once."""
+    room = await database_sync_to_async(RoomFactory)(slug="lobby")
+
+    async def post(body: str) -> int:
+        return (await services.post_message(room=room, author=None, body=body)).message[
+            "seq"
+        ]
+
+    def store(body: str) -> None:  # stored while the layer was down
+        services.store_message(room=room, author=None, body=body, client_id=None)
+
+    async with connected("lobby") as early:
+        for n in range(3):
+            await post(f"live {n}")
+        async with connected("lobby") as late:  # welcomed at last_seq 3
+            for n in range(2):
+                await database_sync_to_async(store)(f"lost {n}")
+            get_hub()._catch_up_everyone()
+            held = {early: [], late: []}
+
+            async def read_through(ws: object, seq: int) -> None:
+                while not held[ws] or held[ws][-1] < seq:
+                    frame = await ws.receive_json_from()
+                    if frame["type"] == "message":
+                        held[ws].append(frame["seq"])
+
+            for ws in held:
+                await read_through(ws, 5)  # the two lost ones
+            # A fence: anything sent twice would come before it.
+            fence = await post("fence")
+            for ws in held:
+                await read_through(ws, fence)
+            assert held[early] == [1, 2, 3, 4, 5, 6]
+            assert held[late] == [4, 5, 6]
+
+
 async def test_probes_come_back_and_raise_no_alarm(settings):
     settings.HUB_PROBE_SECONDS = 0.01
     await database_sync_to_async(RoomFactory)(slug="lobby")
