@@ -562,19 +562,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
         else:
             await self.send_frame(protocol.pong_frame())
 
-    async def handle_send(self, frame: protocol.SendFrame) -> None:
-        client_id = frame.client_id
+    async def check_writer(self, client_id: str | None, refusal: str) -> None:
+        """A write (send, edit, delete) needs a signed-in user with a token
+        of the send budget: one per user, shared by their sockets on every
+        instance and the HTTP API."""
         if not self.user.is_authenticated:
-            raise ProtocolError(
-                protocol.UNAUTHENTICATED,
-                "Sign in to send messages.",
-                client_id=client_id,
-            )
-        # One budget per user, shared by their sockets on every instance
-        # and the HTTP API.
+            raise ProtocolError(protocol.UNAUTHENTICATED, refusal, client_id=client_id)
         await self.check_rate(
             "send", settings.SEND_RATE_PER_SECOND, settings.SEND_BURST, client_id
         )
+
+    async def handle_send(self, frame: protocol.SendFrame) -> None:
+        client_id = frame.client_id
+        await self.check_writer(client_id, "Sign in to send messages.")
         try:
             result = await services.post_message(
                 room=self.room,
@@ -596,16 +596,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     ) -> None:
         """Edit or delete a message: a room event of its own, acked by seq."""
         client_id = frame.client_id
-        if not self.user.is_authenticated:
-            raise ProtocolError(
-                protocol.UNAUTHENTICATED,
-                "Sign in to edit or delete messages.",
-                client_id=client_id,
-            )
-        # Changes are writes: they spend the send budget.
-        await self.check_rate(
-            "send", settings.SEND_RATE_PER_SECOND, settings.SEND_BURST, client_id
-        )
+        await self.check_writer(client_id, "Sign in to edit or delete messages.")
         body = frame.body if isinstance(frame, protocol.EditFrame) else None
         try:
             result = await services.change_message(
