@@ -61,7 +61,6 @@ class ConnState:
     greeting_marker: bytes | None = None
     greeting_messages: int = 0  # message frames before the marker
     seen: set[int] = field(default_factory=set)
-    window_got: int = 0
 
 
 @dataclass
@@ -82,9 +81,24 @@ class Recorder:
     other_frames: int = 0
     acks_window: int = 0  # acks of messages sent in the window
     acks_received_in_window: int = 0  # acks that arrived in it, any message
+    # Which room each message of the step went to, and the window's keys by
+    # room: loss is counted by (subscriber, message), and a message that
+    # reaches a subscriber of another room is counted, never as a delivery.
+    room_of_key: dict[int, int] = field(default_factory=dict)
+    window_keys: dict[int, set[int]] = field(default_factory=dict)
+    misrouted: int = 0
     expected: int | None = None  # known once sending is over
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     errors: Counter[str] = field(default_factory=Counter)
+
+
+def lost_by_identity(rec: Recorder, subscribers: list[ConnState]) -> int:
+    """(subscriber, message) pairs of the window that never arrived: each
+    subscriber's room's window messages it has not seen."""
+    return sum(
+        len(rec.window_keys.get(state.room, set()) - state.seen)
+        for state in subscribers
+    )
 
 
 class Generator:
@@ -163,6 +177,9 @@ class Generator:
             if rec.t0 <= now < rec.t1:
                 rec.window_deliveries += 1
             return
+        if rec.room_of_key.get(key) != state.room:
+            rec.misrouted += 1
+            return
         if key in state.seen:
             rec.duplicates += 1
             return
@@ -171,7 +188,6 @@ class Generator:
         if rec.t0 <= now < rec.t1:
             rec.window_deliveries += 1
         if rec.t0 <= sent < rec.t1:
-            state.window_got += 1
             rec.window_got_total += 1
             rec.latencies.append(now - sent)
             if rec.window_got_total == rec.expected:
@@ -361,7 +377,6 @@ class Generator:
         rec = Recorder(step=step, t0=t0, t1=t1)
         for client in members:
             client.tag.seen.clear()
-            client.tag.window_got = 0
         schedule = probes.schedule(streams, warmup + window + tail)
         samples: dict[str, Any] = {}
         now = time.monotonic()
@@ -376,10 +391,8 @@ class Generator:
             )
             expected = sum(sent_window.get(c.tag.room, 0) for c in members)
             await self._drain(rec, expected, drain)
-            lost = sum(
-                max(0, sent_window.get(c.tag.room, 0) - c.tag.window_got)
-                for c in members
-            )
+            lost = lost_by_identity(rec, [c.tag for c in members])
+            unacked = sum(rec.t0 <= sent < rec.t1 for sent in rec.pending_acks.values())
             open_after = sum(c.is_open for c in members)
         finally:
             self.recorder = None
@@ -396,11 +409,13 @@ class Generator:
             "window_deliveries": rec.window_deliveries,
             "window_seconds": window,
             "lost": lost,
+            "misrouted": rec.misrouted,
             "duplicates": rec.duplicates,
             "stale": rec.stale,
             "other_frames": rec.other_frames,
             "errors": dict(rec.errors),
             "acks_window": rec.acks_window,
+            "unacked_window": unacked,
             "acks_received_in_window": rec.acks_received_in_window,
             "max_send_lag_ms": round(lag * 1e3, 1),
             "settled": settled,
@@ -437,9 +452,11 @@ class Generator:
                 client_id = f"b{step}-{index}"
                 frame["client_id"] = client_id
                 rec.pending_acks[client_id] = now
+            rec.room_of_key[index] = client.tag.room
             client.send_text(json.dumps(frame))
             if rec.t0 <= now < rec.t1:
                 sent_window[client.tag.room] += 1
+                rec.window_keys.setdefault(client.tag.room, set()).add(index)
         return sent_window, worst_lag
 
     async def _drain(self, rec: Recorder, expected: int, limit: float) -> None:

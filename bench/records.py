@@ -112,6 +112,10 @@ def delivery_record(
         "ack_p50_ms": result["ack_p50_ms"],
         "ack_p95_ms": result["ack_p95_ms"],
         "ack_p99_ms": result["ack_p99_ms"],
+        # Sends of the window never acknowledged: the ack percentiles cannot
+        # see them, so the send target counts them on their own.
+        "unacked": result.get("unacked_window", 0),
+        "misrouted": result.get("misrouted", 0),
         "messages_in_window": result["sent_window"],
         "server_cpu_pct": _pct(cores.get("servers")),
         "redis_cpu_pct": _pct(cores.get("redis")),
