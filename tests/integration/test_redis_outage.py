@@ -209,10 +209,15 @@ async def test_connections_open_through_an_outage_get_what_they_missed(
 async def test_http_post_during_an_outage_is_stored(
     own_redis: RedisServer, pair: tuple[AppProcess, AppProcess], deployment: Deployment
 ) -> None:
+    """A POST answered 201 while Redis is down is in the room: the history
+    API of either instance returns it, once, with its seq and body, during
+    the outage and after Redis is back."""
     a, b = pair
-    token = deployment.tokens[deployment.usernames[3]]
+    name = deployment.usernames[3]
+    token = deployment.tokens[name]
     slug = unique_slug("outage-http")
     create_room(a, token, slug)
+    body = "posted while Redis is down"
 
     await asyncio.to_thread(own_redis.stop)
     status, posted = await ahttp_json(
@@ -220,10 +225,24 @@ async def test_http_post_during_an_outage_is_stored(
         "POST",
         f"/api/rooms/{slug}/messages/",
         token=token,
-        body={"body": "posted while Redis is down"},
+        body={"body": body},
     )
-
     assert status == 201, posted
+    assert (posted["seq"], posted["author"], posted["body"]) == (1, name, body)
+
+    async def stored() -> list[tuple[int, str, str]]:
+        rows = []
+        for app in pair:
+            status, page = await ahttp_json(
+                app, "GET", f"/api/rooms/{slug}/messages/?after=0", token=token
+            )
+            assert status == 200, page
+            rows += [(m["seq"], m["author"], m["body"]) for m in page["messages"]]
+        return rows
+
+    assert await stored() == [(1, name, body)] * 2  # once on each instance
+    await asyncio.to_thread(own_redis.start)
+    assert await stored() == [(1, name, body)] * 2
 
 
 async def test_the_first_handshakes_after_redis_returns_succeed(

@@ -1,6 +1,7 @@
 """core.fanout: one channel-layer member per process, fanning out locally."""
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -25,15 +26,39 @@ async def test_many_connections_make_one_group_member_per_process():
     assert group not in layer.groups
 
 
+async def messages_through(ws, fence: dict) -> list[dict]:
+    """The message frames ``ws`` receives up to and including ``fence``
+    (presence updates aside). Anything duplicated or sent to the wrong
+    room was published before the fence, so it comes before it."""
+    frames = []
+    while not frames or frames[-1] != fence:
+        frame = await ws.receive_json_from()
+        if frame["type"] != "presence":
+            frames.append(frame)
+    return frames
+
+
 async def test_a_published_message_reaches_every_local_connection_once():
-    await database_sync_to_async(RoomFactory)(slug="lobby")
-    async with connected("lobby") as first, connected("lobby") as second:
-        room = await database_sync_to_async(Room.objects.get)(slug="lobby")
-        result = await services.post_message(room=room, author=None, body="hi")
-        for ws in (first, second):
-            frame = await ws.receive_json_from()
-            assert frame == result.message
-            assert await ws.receive_nothing(timeout=0.2)
+    """Five connections in one room and three in another: each of the
+    room's gets every message once, in order, and the other room's none."""
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    side = await database_sync_to_async(RoomFactory)(slug="side")
+
+    async def post(room: Room, body: str) -> dict:
+        return (await services.post_message(room=room, author=None, body=body)).message
+
+    async with contextlib.AsyncExitStack() as stack:
+        in_lobby = [
+            await stack.enter_async_context(connected("lobby")) for _ in range(5)
+        ]
+        in_side = [await stack.enter_async_context(connected("side")) for _ in range(3)]
+        sent = [await post(lobby, f"message {n}") for n in range(3)]
+        side_fence = await post(side, "fence in side")
+        lobby_fence = await post(lobby, "fence in lobby")
+        for ws in in_lobby:
+            assert await messages_through(ws, lobby_fence) == [*sent, lobby_fence]
+        for ws in in_side:
+            assert await messages_through(ws, side_fence) == [side_fence]
 
 
 async def test_after_an_outage_connections_catch_up_from_the_database():
@@ -98,7 +123,10 @@ async def test_probes_come_back_and_raise_no_alarm(settings):
             assert time.monotonic() < deadline, "probes are not coming back"
             await asyncio.sleep(0.01)
         assert hub.gaps == 0
-        assert await ws.receive_nothing(timeout=0.1)
+        # A fence: a probe handed to connections would come before it.
+        room = await database_sync_to_async(Room.objects.get)(slug="lobby")
+        fence = await services.post_message(room=room, author=None, body="fence")
+        assert await messages_through(ws, fence.message) == [fence.message]
 
 
 async def test_a_skipped_probe_has_every_connection_catch_up(settings):
@@ -125,6 +153,7 @@ async def messages_within(ws, seconds: float) -> list[dict]:
     frames = []
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
+        # Time is the subject: a later tail check could send after any fence.
         if await ws.receive_nothing(timeout=left):
             break
         frame = await ws.receive_json_from()
@@ -140,7 +169,7 @@ async def test_a_lost_publish_reaches_quiet_connections_within_the_bound(setting
     settings.DELIVERY_BOUND_SECONDS = 1.0
     settings.HUB_PROBE_SECONDS = 0.05
     lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
-    await database_sync_to_async(RoomFactory)(slug="side")
+    side = await database_sync_to_async(RoomFactory)(slug="side")
     for n in range(3):  # history the connections were told of at welcome
         await database_sync_to_async(services.store_message)(
             room=lobby, author=None, body=f"old {n}", client_id=None
@@ -155,7 +184,9 @@ async def test_a_lost_publish_reaches_quiet_connections_within_the_bound(setting
         assert frame == lost.message
         assert waited < settings.DELIVERY_BOUND_SECONDS + 0.5, waited
         assert await messages_within(quiet, 1.0) == []
-        assert await messages_within(elsewhere, 0.1) == []
+        # A fence: a catch-up sent to the wrong room would come before it.
+        fence = await services.post_message(room=side, author=None, body="fence")
+        assert await messages_through(elsewhere, fence.message) == [fence.message]
         assert get_hub().tail_catch_ups == 1
 
 

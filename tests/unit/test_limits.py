@@ -3,6 +3,20 @@
 import pytest
 
 from core import limits
+from core.ratelimit import TokenBucket
+
+
+class FakeClock:
+    """A clock that moves only when told: core.limits' ``time``, or a bucket's clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +74,42 @@ def test_the_first_token_of_a_full_bucket_is_never_refused(monkeypatch):
         limits.reset_for_tests()
         assert limits.take("demo", "x", rate=0.001, burst=1) == 0.0
         assert limits.take("demo", "x", rate=0.001, burst=1) > 0
+
+
+def test_a_refused_caller_is_admitted_again_after_the_refill_interval(monkeypatch):
+    """One token every 0.5 s: refused until exactly then, admitted once,
+    and never more than the burst saved up however long it waits."""
+    clock = FakeClock()
+    monkeypatch.setattr(limits, "time", clock)  # the clock core.limits reads
+
+    def take() -> float:
+        return limits.take("send", "user:1", rate=2.0, burst=2)
+
+    assert [take(), take()] == [0.0, 0.0]  # at 1000.0
+    assert take() == 0.5
+    clock.now = 1000.25
+    assert take() == 0.25  # refused, told the rest of the wait
+    clock.now = 1000.499
+    assert take() > 0, "admitted before the interval"
+    clock.now = 1000.5
+    assert take() == 0.0, "still refused after the interval"
+    assert take() == 0.5, "one interval refilled more than one token"
+    clock.now = 5000.0
+    assert [take(), take()] == [0.0, 0.0]
+    assert take() > 0, "refilled beyond the burst"
+
+
+def test_the_token_bucket_refills_by_its_injected_clock():
+    """core.ratelimit.TokenBucket, the same rules with the clock passed in."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2.0, burst=2, clock=clock)
+    assert [bucket.take(), bucket.take()] == [0.0, 0.0]
+    assert bucket.take() == 0.5
+    clock.now += 0.25
+    assert bucket.take() == 0.25  # refused, told the rest of the wait
+    clock.now += 0.25
+    assert bucket.take() == 0.0, "still refused after the interval"
+    assert bucket.take() == 0.5, "one interval refilled more than one token"
+    clock.now += 3600
+    assert [bucket.take(), bucket.take()] == [0.0, 0.0]
+    assert bucket.take() > 0, "refilled beyond the burst"

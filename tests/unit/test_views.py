@@ -7,6 +7,7 @@ browser tier rely on, not the markup around them.
 """
 
 import asyncio
+import json
 from html.parser import HTMLParser
 
 import pytest
@@ -221,6 +222,35 @@ def test_public_room_page_has_the_documented_hooks(client):
     assert "body" in field_names(response)
 
 
+class _ScriptText(HTMLParser):
+    """The text of the ``<script>`` element with the given id, as parsed."""
+
+    def __init__(self, element_id: str) -> None:
+        super().__init__()
+        self.element_id = element_id
+        self.inside = False
+        self.parts: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "script" and dict(attrs).get("id") == self.element_id:
+            self.inside, self.parts = True, []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self.inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self.inside:
+            self.parts.append(data)
+
+
+def script_text(page: str, element_id: str) -> str:
+    parser = _ScriptText(element_id)
+    parser.feed(page)
+    assert parser.parts is not None, f"no <script id={element_id!r}> in the page"
+    return "".join(parser.parts)
+
+
 @pytest.mark.django_db
 def test_room_page_shows_message_text_as_text_never_html(client):
     room = RoomFactory(slug="lobby")
@@ -229,6 +259,15 @@ def test_room_page_shows_message_text_as_text_never_html(client):
     page = client.get("/rooms/lobby/").content.decode()
     assert "<script>alert(1)" not in page
     assert "<b>bold</b>" not in page
+    # The text is in the page, escaped: its markup cannot end the data block.
+    escaped = (
+        r"\u003C/script\u003E\u003Cscript\u003Ealert(1)\u003C/script\u003E"
+        r"\u003Cb\u003Ebold\u003C/b\u003E"
+    )
+    assert escaped in page
+    # What the page's script reads back is exactly what was typed.
+    initial = json.loads(script_text(page, "initial-messages"))
+    assert [m["body"] for m in initial["messages"]] == [body]
 
 
 @pytest.mark.django_db
