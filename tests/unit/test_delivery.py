@@ -1,0 +1,210 @@
+"""The production delivery path, without sockets.
+
+Live messages are written straight to the server's transport, past ASGI
+(``RoomConsumer.deliver_now``, ``core.backpressure``). These tests run it
+under uvicorn's own WebSocket protocol over an in-memory transport
+(tests/support/fake_transport.py); every frame is parsed by websockets'
+client. Daphne's equivalent runs in tests/integration/test_output_gate.py.
+"""
+
+import asyncio
+import json
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from core import consumers, services
+from core.backpressure import text_frame
+from core.fanout import get_hub
+from core.models import Message
+from tests.factories import RoomFactory
+from tests.support.fake_transport import Client, fake_transport_client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def path(slug: str, query: str = "") -> str:
+    return f"/ws/rooms/{slug}/" + (f"?{query}" if query else "")
+
+
+async def greeted(client: Client) -> None:
+    """Read the welcome and the first presence."""
+    assert (await client.receive_json())["type"] == "welcome"
+    assert (await client.receive_json())["type"] == "presence"
+
+
+async def messages_through(client: Client, fence: dict) -> list[dict]:
+    """Message frames up to and including ``fence``, presence aside."""
+    frames: list[dict] = []
+    while not frames or frames[-1] != fence:
+        frame = await client.receive_json()
+        if frame["type"] != "presence":
+            frames.append(frame)
+    return frames
+
+
+async def post(room: object, body: str) -> dict:
+    return (await services.post_message(room=room, author=None, body=body)).message
+
+
+async def until(condition: object, what: str, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        await asyncio.sleep(0.01)
+
+
+async def test_live_messages_are_written_past_asgi_once_each_in_order():
+    """Each listener of the room gets every message once, in order, and
+    none of them went through ASGI; a listener of another room gets none."""
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    side = await database_sync_to_async(RoomFactory)(slug="side")
+    async with (
+        fake_transport_client(path("lobby")) as first,
+        fake_transport_client(path("lobby")) as second,
+        fake_transport_client(path("side")) as elsewhere,
+    ):
+        for client in (first, second, elsewhere):
+            await greeted(client)
+        sent = [await post(lobby, f"message {n}") for n in range(3)]
+        side_fence = await post(side, "fence in side")
+        lobby_fence = await post(lobby, "fence in lobby")
+        for client in (first, second):
+            assert await messages_through(client, lobby_fence) == [*sent, lobby_fence]
+            assert not any('"message"' in text for text in client.server.asgi_texts)
+        assert await messages_through(elsewhere, side_fence) == [side_fence]
+
+
+async def test_a_live_copy_of_a_replayed_message_is_not_written_again():
+    """A publish that lands after the replay read the message: the fast
+    path drops it by seq."""
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    for n in range(3):
+        await database_sync_to_async(services.store_message)(
+            room=lobby, author=None, body=f"old {n}", client_id=None
+        )
+    async with fake_transport_client(path("lobby", "after=0")) as client:
+        assert (await client.receive_json())["type"] == "welcome"
+        replay = [(await client.receive_json())["seq"] for _ in range(3)]
+        assert replay == [1, 2, 3]
+        assert (await client.receive_json())["type"] == "replayed"
+        late = await database_sync_to_async(
+            lambda: services.frame_for(Message.objects.get(room=lobby, seq=2), "lobby")
+        )()
+        await services.publish_message(lobby.pk, late)
+        # A fence: the late copy, had it been written, would come before it.
+        fence = await post(lobby, "fence")
+        assert await messages_through(client, fence) == [fence]
+
+
+async def test_a_catch_up_starts_after_what_was_written_past_asgi():
+    """What the fast path wrote counts as sent: a catch-up after an outage
+    sends only what was stored meanwhile, not those messages again."""
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with fake_transport_client(path("lobby")) as client:
+        await greeted(client)
+        live = [await post(lobby, f"live {n}") for n in range(3)]
+        assert await messages_through(client, live[-1]) == live
+        lost = await database_sync_to_async(services.store_message)(
+            room=lobby, author=None, body="during the outage", client_id=None
+        )
+        get_hub()._catch_up_everyone()
+        # Anything resent would come before the lost one, or before a fence.
+        assert await messages_through(client, lost.message) == [lost.message]
+        fence = await post(lobby, "fence")
+        assert await messages_through(client, fence) == [fence]
+
+
+async def test_frames_go_through_asgi_when_compression_was_negotiated():
+    """The shared frame is uncompressed: with permessage-deflate on, live
+    messages take the ASGI path and still arrive once, in order."""
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with fake_transport_client(path("lobby"), deflate=True) as client:
+        assert client.server.conn.extensions, "permessage-deflate was not agreed"
+        await greeted(client)
+        sent = [await post(lobby, f"message {n}") for n in range(3)]
+        assert await messages_through(client, sent[-1]) == sent
+        through_asgi = [json.loads(text) for text in client.server.asgi_texts]
+        assert [f for f in through_asgi if f["type"] == "message"] == sent
+
+
+async def test_a_client_that_stops_reading_gets_what_fit_then_4008(settings):
+    """Past OUTPUT_BUFFER_BYTES unread, the next message is not written: the
+    4008 close frame queues behind what was, and a client that reads on gets
+    every message up to the limit, in order, then the close."""
+    settings.OUTPUT_BUFFER_BYTES = 4096
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with fake_transport_client(path("lobby")) as client:
+        await greeted(client)
+        # The client reads nothing more while these are delivered.
+        for n in range(8):
+            await post(lobby, f"{n} " + "x" * 1000)
+        await until(lambda: client.server.close_sent, "the 4008 close")
+        frames = []
+        while (frame := await client.receive()).opcode is Opcode.TEXT:
+            frames.append(json.loads(frame.data))
+        close = frame
+    messages = [f for f in frames if f["type"] == "message"]
+    # The message that found the buffer past the limit, and all after it,
+    # were not written: the client resumes with ?after= when it reconnects.
+    size = len(text_frame(json.dumps(messages[0]).encode()))
+    written = settings.OUTPUT_BUFFER_BYTES // size + 1
+    assert [m["seq"] for m in messages] == list(range(1, written + 1))
+    assert close.opcode is Opcode.CLOSE
+    assert client.protocol.close_rcvd.code == consumers.CLOSE_TOO_SLOW == 4008
+
+
+async def test_a_client_that_never_reads_is_cut_off_after_the_grace(
+    settings, monkeypatch
+):
+    """The close frame waits behind unread output; a client that does not
+    read up to it within the grace period is dropped, and the application
+    sees it leave."""
+    settings.OUTPUT_BUFFER_BYTES = 4096
+    monkeypatch.setattr(consumers, "CLOSE_GRACE_SECONDS", 0.2)
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with fake_transport_client(path("lobby")) as client:
+        await greeted(client)
+        for n in range(8):
+            await post(lobby, f"{n} " + "x" * 1000)
+        await until(lambda: client.transport.aborted, "the drop")
+        await until(lambda: not client.server.tasks, "the application's exit")
+
+
+async def test_a_client_that_keeps_reading_is_never_closed(settings):
+    """The limit is on unread bytes, not on what is sent: the same traffic,
+    read as it comes, is delivered whole."""
+    settings.OUTPUT_BUFFER_BYTES = 4096
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with fake_transport_client(path("lobby")) as client:
+        await greeted(client)
+        for n in range(8):
+            sent = await post(lobby, f"{n} " + "x" * 1000)
+            assert await messages_through(client, sent) == [sent]
+        assert not client.server.close_sent
+
+
+@pytest.mark.parametrize(
+    "length", [0, 1, 125, 126, 127, 65535, 65536, 70000], ids=lambda n: f"{n}B"
+)
+def test_the_shared_frame_is_what_a_websocket_client_parses(length):
+    """``text_frame`` at every length-encoding boundary (RFC 6455 5.2): the
+    shortest header, and websockets' own parser reads the payload whole."""
+    payload = ("é" * (length // 2) + "a" * (length % 2)).encode()
+    assert len(payload) == length
+    wire = text_frame(payload)
+    # The shortest length encoding, which RFC 6455 requires of a sender.
+    header = 2 if length < 126 else 4 if length < 1 << 16 else 10
+    assert len(wire) == header + length
+    reader = StreamReader()
+    reader.feed_data(wire)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
+    with pytest.raises(StopIteration) as parsed:
+        next(parser)
+    frame = parsed.value.value
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, payload)
+    assert not reader.buffer, "bytes after the frame"
