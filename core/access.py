@@ -59,7 +59,7 @@ def can_delete(user: User, room: Room, message: Message) -> bool:
     return (
         can_edit(user, message)
         or (room.owner_id is not None and room.owner_id == user.pk)
-        or bool(getattr(user, "is_staff", False))
+        or bool(user.is_staff)
     )
 
 
@@ -106,7 +106,7 @@ def handshake_room(user: User, slug: str) -> Room | None:
     query building (most of a handshake's database time, measured) is
     skipped. The room comes with ``HANDSHAKE_ROOM_FIELDS`` only.
     """
-    user_id = user.pk if user.is_authenticated else None
+    user_id = user.pk  # None for an anonymous visitor
     with connection.cursor() as cursor:
         cursor.execute(HANDSHAKE_ROOM_SQL, [user_id, slug])
         row = cursor.fetchone()

@@ -123,11 +123,6 @@ def check_password_check(request: HttpRequest, username: str) -> Refusal | None:
     )  # fmt: skip
 
 
-def check_sign_in(request: HttpRequest, username: str) -> Refusal | None:
-    """An attempt from the address, then a password check of ``username``."""
-    return check_attempt(request) or check_password_check(request, username)
-
-
 def check_new_account(request: HttpRequest) -> Refusal | None:
     """Count one account created from the client's address."""
     address = clientaddr.from_request(request)

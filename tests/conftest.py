@@ -1,5 +1,7 @@
 """Fixtures shared by every tier."""
 
+import os
+
 import pytest
 
 # tiers: a skip fails under SWITCHBOARD_REQUIRE_ALL_TIERS=1 (CI), a module's
@@ -65,6 +67,9 @@ def pytest_collection_modifyitems(config, items):
 
     Playwright's sync API keeps an event loop running in the main thread
     while its fixtures live (the browser package), and asyncio.run()
-    refuses to start beside it.
+    refuses to start beside it. Under ``make mutate`` the Hypothesis models
+    run after the plain tests: a mutant a quick test catches costs no fuzzing.
     """
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        items.sort(key=lambda item: "test_frame_fuzz" in item.nodeid)

@@ -103,15 +103,18 @@ class MemoryTransport(asyncio.Transport):
         return not self.closing
 
     # The client's side.
-    def take(self) -> bytes:
-        """Everything written and not yet read: the client reads it."""
-        data = bytes(self.unread)
-        self.unread.clear()
-        self.written.clear()
+    def take(self, most: int | None = None) -> bytes:
+        """What was written and not yet read (at most ``most`` bytes): the
+        client reads it."""
+        most = len(self.unread) if most is None else most
+        data = bytes(self.unread[:most])
+        del self.unread[:most]
+        if not self.unread:
+            self.written.clear()
         if self.paused and len(self.unread) <= self.low:
             self.paused = False
             self.protocol.resume_writing()
-        if self.closing:
+        if self.closing and not self.unread:
             self._lose()
         return data
 

@@ -703,3 +703,43 @@ def test_page(world, actor, room, action, outcome):
         other = call_page(who.http(), action, SLUG["public"])
         assert other.status_code == response.status_code
         assert other.context["form"].errors == response.context["form"].errors
+
+
+# --- the rules themselves, where every surface checks twice ---------------------
+
+
+@ROLLBACK_DB
+def test_each_rule_answers_alone_for_visitors_and_public_rooms():
+    """core.access's own answers, where a surface would also be refused by a
+    second check (services.check_admission refuses public rooms; an
+    anonymous visitor is never active): the rule must hold by itself."""
+    from django.contrib.auth.models import AnonymousUser
+
+    from core import access
+
+    owner, member = UserFactory(username="olive"), UserFactory(username="mia")
+    visitor = AnonymousUser()
+    public = RoomFactory(slug="lobby", owner=owner)
+    private = RoomFactory(slug="secret", is_private=True, owner=owner)
+    ownerless = RoomFactory(slug="ownerless", is_private=True, owner=None)
+    Membership.objects.create(room=private, user=owner)
+    Membership.objects.create(room=private, user=member)
+
+    assert [access.is_member(who, private) for who in (owner, member)] == [True, True]
+    assert access.is_member(visitor, private) is False
+    assert access.is_member(member, ownerless) is False
+    assert access.can_manage_members(owner, private) is True
+    # Public rooms have no members to manage, not even for their owner.
+    assert access.can_manage_members(owner, public) is False
+    # An anonymous visitor's pk is None, like an ownerless room's owner.
+    assert access.can_manage_members(visitor, ownerless) is False
+    assert access.can_manage_members(member, private) is False
+    assert [access.can_read(visitor, room) for room in (public, private)] == [
+        True,
+        False,
+    ]
+    assert access.can_post(visitor, public) is False
+    assert access.can_audit(visitor, ownerless) is False
+    assert access.handshake_room(visitor, "secret") is None
+    assert access.handshake_room(visitor, "lobby") == public
+    assert access.handshake_room(member, "secret") == private

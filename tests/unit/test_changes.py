@@ -7,6 +7,7 @@ import random
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.db import connection
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -328,6 +329,12 @@ def test_the_audit_is_for_owners_and_staff_and_never_has_a_body():
         assert set(page[0]) == {"seq", "target", "deleted_by", "deleted_at"}
     with pytest.raises(services.AccessDenied):
         services.deletions(room=room, actor=alice, before=None, limit=10)
+    # A room with no owner (made by ensure_room): not even anonymous
+    # visitors, whose pk is as absent as its owner.
+    ownerless = RoomFactory(owner=None)
+    for outsider in (AnonymousUser(), alice):
+        with pytest.raises(services.AccessDenied):
+            services.deletions(room=ownerless, actor=outsider, before=None, limit=10)
 
 
 # --- applying the order: the client's view is the database's -------------------

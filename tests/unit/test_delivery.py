@@ -9,6 +9,7 @@ client. Daphne's equivalent runs in tests/integration/test_output_gate.py.
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -16,12 +17,17 @@ from channels.db import database_sync_to_async
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from core import consumers, services
+from core import backpressure, consumers, metrics, services
 from core.backpressure import text_frame
 from core.fanout import get_hub
+from core.logcontext import ContextFilter
 from core.models import Message
 from tests.factories import RoomFactory
-from tests.support.fake_transport import Client, fake_transport_client
+from tests.support.fake_transport import (
+    Client,
+    MemoryTransport,
+    fake_transport_client,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -131,18 +137,27 @@ async def test_frames_go_through_asgi_when_compression_was_negotiated():
         assert [f for f in through_asgi if f["type"] == "message"] == sent
 
 
-async def test_a_client_that_stops_reading_gets_what_fit_then_4008(settings):
+def slow_closes() -> float:
+    counted = metrics.REGISTRY.get_sample_value("switchboard_slow_client_closes_total")
+    return counted or 0.0
+
+
+async def test_a_client_that_stops_reading_gets_what_fit_then_4008(settings, caplog):
     """Past OUTPUT_BUFFER_BYTES unread, the next message is not written: the
     4008 close frame queues behind what was, and a client that reads on gets
-    every message up to the limit, in order, then the close."""
+    every message up to the limit, in order, then the close. The operator
+    sees one warning, on behalf of that connection, and one count."""
     settings.OUTPUT_BUFFER_BYTES = 4096
     lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    before = slow_closes()
+    caplog.handler.addFilter(ContextFilter())  # the connection's log fields
     async with fake_transport_client(path("lobby")) as client:
         await greeted(client)
         # The client reads nothing more while these are delivered.
-        for n in range(8):
-            await post(lobby, f"{n} " + "x" * 1000)
-        await until(lambda: client.server.close_sent, "the 4008 close")
+        with caplog.at_level(logging.WARNING, logger="core.consumers"):
+            for n in range(8):
+                await post(lobby, f"{n} " + "x" * 1000)
+            await until(lambda: client.server.close_sent, "the 4008 close")
         frames = []
         while (frame := await client.receive()).opcode is Opcode.TEXT:
             frames.append(json.loads(frame.data))
@@ -155,6 +170,12 @@ async def test_a_client_that_stops_reading_gets_what_fit_then_4008(settings):
     assert [m["seq"] for m in messages] == list(range(1, written + 1))
     assert close.opcode is Opcode.CLOSE
     assert client.protocol.close_rcvd.code == consumers.CLOSE_TOO_SLOW == 4008
+    # Later messages found it closing: still one close, one count, one line.
+    assert slow_closes() == before + 1
+    warnings = [r for r in caplog.records if r.name == "core.consumers"]
+    assert [(r.event, r.getMessage(), r.room) for r in warnings] == [
+        ("ws.too_slow", "closing a client of room lobby: it stopped reading", "lobby")
+    ]
 
 
 async def test_a_client_that_never_reads_is_cut_off_after_the_grace(
@@ -208,3 +229,75 @@ def test_the_shared_frame_is_what_a_websocket_client_parses(length):
     frame = parsed.value.value
     assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, payload)
     assert not reader.buffer, "bytes after the frame"
+
+
+class UnfamiliarServer:
+    """An asyncio server whose WebSocket protocol core.backpressure does not
+    know, shaped like uvicorn's wsproto one: a transport, a connection
+    object without websockets' ``extensions``, a ``close_sent`` flag."""
+
+    def __init__(self) -> None:
+        self.transport = MemoryTransport(self)
+        self.conn = object()
+        self.close_sent = False
+        self.lost = False
+
+    async def send(self, message: dict) -> None:
+        raise AssertionError("not called here")
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+@pytest.mark.parametrize("server", ["unfamiliar", "uvicorn"])
+async def test_the_buffer_limit_holds_whether_or_not_frames_may_be_written(server):
+    """On any asyncio server the limit is on unread bytes, strictly above it;
+    only uvicorn's sans-I/O protocol, once open, takes frames directly (here
+    it has not opened yet), and dropping aborts the transport."""
+    owner = (
+        UnfamiliarServer() if server == "unfamiliar" else Client(path("x"), []).server
+    )
+    buffer = backpressure.locate(owner.send, 100)
+    assert buffer is not None
+    assert owner.transport.high == 200  # pauses only well past the limit
+    owner.transport.write(b"q" * 100)
+    assert (buffer.queued(), buffer.offer(b"frame")) == (100, backpressure.DECLINED)
+    owner.transport.write(b"q")
+    assert (buffer.queued(), buffer.offer(b"frame")) == (101, backpressure.TOO_FULL)
+    assert bytes(owner.transport.unread) == b"q" * 101, "a frame was written"
+    buffer.drop()
+    assert owner.transport.aborted
+
+
+async def test_frames_are_written_directly_only_while_nothing_stands_in_the_way():
+    """uvicorn's own send waits while the transport is paused and refuses
+    once the client has gone; the direct write declines then too, and the
+    frame goes the ASGI way."""
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with fake_transport_client(path("lobby")) as client:
+        await greeted(client)
+        transport = client.transport
+        buffer = backpressure.locate(client.server.send, 100)
+        frame = text_frame(b'{"type": "test"}')
+        assert buffer.offer(frame) == backpressure.WRITTEN
+        assert transport.take() == frame
+        # Past the high-water mark (twice the limit) the transport pauses,
+        # and it resumes only below the low-water mark (a quarter of that).
+        transport.write(b"q" * 201)
+        assert transport.paused
+        transport.take(120)
+        assert (transport.paused, buffer.queued()) == (True, 81)
+        assert buffer.offer(frame) == backpressure.DECLINED
+        transport.take()
+        assert buffer.offer(frame) == backpressure.WRITTEN
+        assert transport.take() == frame
+        # The client goes: nothing more is written.
+        transport.abort()
+        await until(lambda: client.server.disconnected, "the server noticing")
+        assert buffer.offer(frame) == backpressure.DECLINED

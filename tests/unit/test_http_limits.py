@@ -16,11 +16,13 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_login_failed
+from django.http import HttpResponse
+from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from backend.asgi import application
-from core import limits, logs, throttling
+from core import limits, logs, metrics, throttling
 from core.logs import LogLimiter
 from core.models import Membership, Room
 from tests.factories import PASSWORD, UserFactory, private_room
@@ -224,6 +226,67 @@ def test_refusals_are_logged_without_flooding(settings, limits_of, caplog):
         "http.credentials.address: over 2 lines in 60 s; suppressing similar lines",
     ]
     assert all("ada" not in line for line in lines)
+
+
+def refused_total(bucket: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "switchboard_rate_limited_total", {"limit": bucket}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("bucket", "setting", "attempt"),
+    [
+        ("credentials.address", "CREDENTIAL_ADDRESS", lambda n: ask_token("ada", "x")),
+        (
+            "credentials.user_address",
+            "CREDENTIAL_USER_ADDRESS",
+            lambda n: ask_token("ada", "x"),
+        ),
+        # Guesses at one account from many addresses: the address logged is
+        # the one refused.
+        (
+            "credentials.user",
+            "CREDENTIAL_USER",
+            lambda n: ask_token("ada", "x", (OTHER_ADDRESS, ADDRESS)[n]),
+        ),
+        (
+            "signup.address",
+            "SIGNUP_ADDRESS",
+            lambda n: sign_up(Client(), f"new{n}"),
+        ),
+    ],
+)
+def test_each_refusal_names_its_limit_and_address_never_the_username(
+    limits_of, caplog, bucket, setting, attempt
+):
+    """Operators see which limit refused whom: the log line's event and
+    text, and the metric's label, name the bucket; the address stands for
+    the client, and the username never appears."""
+    limits_of(**{setting: 1})
+    UserFactory(username="ada")
+    before = refused_total(bucket)
+    with caplog.at_level(logging.INFO, logger="core.throttling"):
+        assert attempt(0).status_code in (302, 400)
+        assert attempt(1).status_code == 429
+    lines = [
+        (record.event, record.getMessage())
+        for record in caplog.records
+        if record.name == "core.throttling"
+    ]
+    assert lines == [(f"http.{bucket}", f"{bucket} limit refused {ADDRESS}")]
+    assert refused_total(bucket) == before + 1
+
+
+def test_a_refusal_sets_status_and_retry_after_in_whole_seconds():
+    """Rounded up, never 0: a client told 0 would retry at once."""
+    for wait, header in ((0.001, "1"), (1.0, "1"), (1.2, "2"), (59.9, "60")):
+        response = throttling.Refusal(429, wait, "no").apply(HttpResponse())
+        assert (response.status_code, response.headers["Retry-After"]) == (
+            429,
+            header,
+        )
 
 
 # --- the bound on password hashing ---------------------------------------------------

@@ -3,6 +3,8 @@
 (On real servers: tests/integration/test_output_gate.py.)
 """
 
+import asyncio
+
 import pytest
 
 from core import output
@@ -76,3 +78,76 @@ async def test_a_server_whose_buffers_cannot_be_seen_is_not_guarded(process):
     assert not gate.over_budget()
     assert gate.queued() == 0
     assert len(process.gates) == 0
+
+
+PROCESS_BUDGET = "the process's unsent output passed its budget"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "closed"),
+    [
+        # Exactly at the budget is not over it.
+        ({"a": 600, "b": 400}, 1000, []),
+        # Closing the largest brings the total to exactly the budget: enough.
+        ({"a": 600, "b": 400, "c": 1}, 1000, ["a"]),
+        # Equal sizes (no gate is compared with another), down to the last
+        # one-byte connection while still over.
+        ({"a": 2, "b": 1, "c": 1}, 1, ["a", "b"]),
+        ({"a": 5, "b": 5, "c": 5}, 6, ["a", "b"]),
+        # Connections with nothing unsent are never closed for the others.
+        ({"a": 9, "b": 0, "c": 0}, 8, ["a"]),
+    ],
+)
+async def test_the_process_budget_closes_the_fewest_largest_connections(
+    process, settings, caplog, sizes, limit, closed
+):
+    settings.OUTPUT_BUFFER_BYTES = 10**9
+    settings.OUTPUT_PROCESS_BYTES = limit
+    reasons: dict[str, str] = {}
+    gates = [  # held: the process keeps gates weakly
+        output.OutputGate(
+            Buffer(size).write_buffer(),
+            lambda reason, name=name: reasons.__setitem__(name, reason),
+        )
+        for name, size in sizes.items()
+    ]
+    with caplog.at_level("WARNING", logger="core.output"):
+        process.sample()
+    total = sum(sizes.values())
+    assert (process.queued, process.over) == (total, total > limit)
+    # Which of equal connections goes is not defined; how many and how large is.
+    assert sorted(sizes[n] for n in reasons) == sorted(sizes[n] for n in closed)
+    if len(set(sizes.values())) == len(sizes):  # no ties: the largest first
+        assert list(reasons) == closed
+    assert set(reasons.values()) <= {PROCESS_BUDGET}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "core.output"]
+    expected = (
+        [
+            f"unsent output of this process passed {limit} bytes; closed the "
+            f"{len(closed)} connections with the most"
+        ]
+        if total > limit
+        else []
+    )
+    assert warnings == expected
+    assert len(gates) == len(sizes)
+
+
+def test_nothing_is_counted_before_the_first_sample(process):
+    """The metric reads the last sum: zero, not absent, until one is taken."""
+    assert (process.queued, process.over) == (0, False)
+    assert output._unsent_bytes() == 0.0
+
+
+async def test_draining_waits_for_the_client_up_to_the_deadline(process, settings):
+    settings.OUTPUT_BUFFER_BYTES = 1000
+    buffer = Buffer(900)
+    gate = output.OutputGate(buffer.write_buffer(), lambda reason: None)
+
+    async def reads_later() -> None:
+        await asyncio.sleep(0.05)  # the client is slow: time is the subject
+        buffer.bytes = 0
+
+    reader = asyncio.create_task(reads_later())
+    assert await gate.drained(timeout=5)
+    await reader

@@ -1,6 +1,7 @@
 """core.protocol: client frames in, server frames out, no I/O."""
 
 import json
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -228,3 +229,78 @@ def test_any_json_object_yields_a_frame_or_a_protocol_error(data):
         parse_client_frame(text)
     except ProtocolError as exc:
         json.dumps(protocol.error_frame(exc))
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ('{"a": NaN}', "Not valid JSON: NaN is not valid JSON"),
+        ('{"a": -Infinity}', "Not valid JSON: -Infinity is not valid JSON"),
+        (
+            "{",
+            "Not valid JSON: Expecting property name enclosed in double quotes: "
+            "line 1 column 2 (char 1)",
+        ),
+        ("[]", "A frame must be a JSON object."),
+        ('{"type":"edit","seq":0,"body":"x"}', "Field 'seq' must be in 1..2^63-1."),
+        (
+            f'{{"type":"delete","seq":{MAX + 1}}}',
+            "Field 'seq' must be in 1..2^63-1.",
+        ),
+    ],
+)
+def test_refusals_say_what_was_wrong(text, detail):
+    """The ``detail`` a client is shown, word for word."""
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_frame(text)
+    assert caught.value.detail == detail
+
+
+def test_the_largest_seq_is_a_valid_target():
+    edit = parse_client_frame(f'{{"type":"edit","seq":{MAX},"body":"x"}}')
+    assert edit.seq == MAX
+
+
+def test_a_bad_after_in_the_query_string_says_the_range():
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_resume_after(b"after=-1")
+    assert caught.value.detail == "'after' must be a whole number in 0..2^63-1."
+
+
+def test_integers_too_long_to_convert_become_the_largest_of_their_sign():
+    """Past Python's digit limit the value is still decoded, as the largest
+    number Python converts, keeping its sign: past every bound the protocol
+    has, so a field that is used gets its range error."""
+    digits = sys.get_int_max_str_digits() + 10
+    largest = 10 ** sys.get_int_max_str_digits() - 1
+    decoded = protocol.decode_json_object(
+        f'{{"up": {"9" * digits}, "down": -{"9" * digits}}}'
+    )
+    assert (decoded["up"], decoded["down"]) == (largest, -largest)
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_frame(f'{{"type":"delete","seq":-{"9" * digits}}}')
+    assert caught.value.detail == "Field 'seq' must be in 1..2^63-1."
+
+
+def nested(depth: int) -> str:
+    """A JSON array nested ``depth`` levels deep."""
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_nesting_is_refused_one_level_past_the_limit_wherever_it_is(where):
+    """Depth counts the frame itself as level 1; scalars and shallow
+    siblings (enough brackets to make the walk happen) change nothing."""
+    limit = protocol.MAX_NESTING_DEPTH
+    shallow = ", ".join(["[]"] * (limit + 5) + ["1", '"s"', "null"])
+
+    def frame(depth_of_deep: int) -> str:
+        parts = [f'"pad": [{shallow}]', f'"deep": {nested(depth_of_deep)}']
+        if where == "last":
+            parts.reverse()
+        return '{"type": "ping", ' + ", ".join(parts) + "}"
+
+    assert parse_client_frame(frame(limit - 1)) == PingFrame()  # depth: limit
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_frame(frame(limit))
+    assert caught.value.detail == f"JSON nested deeper than {limit} levels."
