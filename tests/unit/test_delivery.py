@@ -97,10 +97,13 @@ async def test_a_live_copy_of_a_replayed_message_is_not_written_again():
         replay = [(await client.receive_json())["seq"] for _ in range(3)]
         assert replay == [1, 2, 3]
         assert (await client.receive_json())["type"] == "replayed"
-        late = await database_sync_to_async(
-            lambda: services.frame_for(Message.objects.get(room=lobby, seq=2), "lobby")
-        )()
-        await services.publish_message(lobby.pk, late)
+        for seq in (2, 3):  # the last one replayed, too
+            late = await database_sync_to_async(
+                lambda seq=seq: services.frame_for(
+                    Message.objects.get(room=lobby, seq=seq), "lobby"
+                )
+            )()
+            await services.publish_message(lobby.pk, late)
         # A fence: the late copy, had it been written, would come before it.
         fence = await post(lobby, "fence")
         assert await messages_through(client, fence) == [fence]
@@ -301,3 +304,69 @@ async def test_frames_are_written_directly_only_while_nothing_stands_in_the_way(
         transport.abort()
         await until(lambda: client.server.disconnected, "the server noticing")
         assert buffer.offer(frame) == backpressure.DECLINED
+
+
+async def test_a_message_committed_during_the_handshake_is_sent_once_after_it(
+    monkeypatch,
+):
+    """A message that reaches the connection after the handshake read the
+    room and before the welcome is held, then sent once, after the welcome,
+    through the same path as any live message."""
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    loop = asyncio.get_running_loop()
+    hub = get_hub()
+    real_open_room = services.open_room
+    arrived: list[dict] = []
+
+    def open_room_then_a_message_arrives(**kwargs: object) -> object:
+        opened = real_open_room(**kwargs)
+        # The first handshake to a room reads it before joining its group
+        # and again after: the message comes once the connection listens.
+        if not arrived and hub.members.get(services.room_group(lobby.pk)):
+            stored = services.store_message(
+                room=lobby, author=None, body="during the handshake", client_id=None
+            )
+            arrived.append(stored.message)
+            asyncio.run_coroutine_threadsafe(
+                services.publish_message(lobby.pk, stored.message), loop
+            ).result(timeout=5)
+            deadline = time.monotonic() + 5  # until the hub has handed it over
+            while not any(
+                getattr(listener, "held", None)
+                for listeners in list(hub.members.values())
+                for listener in list(listeners)
+            ):
+                assert time.monotonic() < deadline, "the message was not held"
+                time.sleep(0.005)
+        return opened
+
+    monkeypatch.setattr(services, "open_room", open_room_then_a_message_arrives)
+    async with fake_transport_client(path("lobby")) as client:
+        welcome = await client.receive_json()
+        assert (welcome["type"], welcome["last_seq"]) == ("welcome", 0)
+        assert await client.receive_json() == arrived[0]
+        assert (await client.receive_json())["type"] == "presence"
+        fence = await post(lobby, "fence")
+        assert await messages_through(client, fence) == [fence]
+
+
+async def test_a_live_message_waits_for_a_stalled_replay_to_finish(settings):
+    """While a replay waits for its client to read, a new message is held,
+    not written into the middle of it: the client gets the replay in order,
+    ``replayed``, then the new message."""
+    settings.OUTPUT_BUFFER_BYTES = 4096  # a replay waits past 1 KiB unread
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    for n in range(20):
+        await database_sync_to_async(services.store_message)(
+            room=lobby, author=None, body=f"old {n} " + "x" * 200, client_id=None
+        )
+    async with fake_transport_client(path("lobby", "after=0")) as client:
+        await until(
+            lambda: client.transport.get_write_buffer_size() > 1024, "a stalled replay"
+        )
+        live = await post(lobby, "while the replay waits")
+        kinds = []
+        while not kinds or kinds[-1] != "presence":
+            frame = await client.receive_json()
+            kinds.append(frame.get("seq", frame["type"]))
+    assert kinds == ["welcome", *range(1, 21), "replayed", live["seq"], "presence"]

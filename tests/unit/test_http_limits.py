@@ -279,6 +279,41 @@ def test_each_refusal_names_its_limit_and_address_never_the_username(
     assert refused_total(bucket) == before + 1
 
 
+def test_a_refused_write_names_its_limit_and_the_user(limits_of, caplog):
+    """Room creations and member adds are counted per user: the log names
+    the limit and the user's id (never a username), and so does the metric."""
+    limits_of(ROOM_CREATE=1)
+    ada = UserFactory(username="ada")
+    before = refused_total("rooms.create")
+    with caplog.at_level(logging.INFO, logger="core.throttling"):
+        assert throttling.check_write("rooms.create", ada) is None
+        refusal = throttling.check_write("rooms.create", ada)
+    assert (refusal.status, refusal.detail) == (
+        429,
+        "Too many new rooms. Try again in 1000 s.",
+    )
+    lines = [
+        (record.event, record.getMessage())
+        for record in caplog.records
+        if record.name == "core.throttling"
+    ]
+    assert lines == [("http.rooms.create", f"rooms.create limit refused user {ada.pk}")]
+    assert refused_total("rooms.create") == before + 1
+
+
+def test_a_new_hashing_concurrency_applies_at_once(settings):
+    """The bound is read on every sign-in: raised while the slot is held,
+    a second sign-in hashes instead of waiting."""
+    settings.PASSWORD_HASH_CONCURRENCY = 1
+    settings.PASSWORD_HASH_WAIT_SECONDS = 0
+    with throttling.password_hashing():
+        with pytest.raises(throttling.Busy), throttling.password_hashing():
+            pass
+        settings.PASSWORD_HASH_CONCURRENCY = 2
+        with throttling.password_hashing():
+            pass
+
+
 def test_a_refusal_sets_status_and_retry_after_in_whole_seconds():
     """Rounded up, never 0: a client told 0 would retry at once."""
     for wait, header in ((0.001, "1"), (1.0, "1"), (1.2, "2"), (59.9, "60")):

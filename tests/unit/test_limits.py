@@ -113,3 +113,18 @@ def test_the_token_bucket_refills_by_its_injected_clock():
     clock.now += 3600
     assert [bucket.take(), bucket.take()] == [0.0, 0.0]
     assert bucket.take() > 0, "refilled beyond the burst"
+
+
+def test_full_buckets_are_forgotten_once_there_are_very_many(monkeypatch):
+    """Memory stays bounded: past 100,000 buckets, those full again (their
+    last token back by now) are dropped, which changes no answer."""
+    clock = FakeClock()
+    monkeypatch.setattr(limits, "time", clock)
+    memory = limits._Memory()
+    for n in range(100_000):
+        assert memory.take(f"address:{n}", rate=1.0, burst=5) == 0.0
+    memory.take("busy", rate=1.0, burst=1)
+    clock.now += 1.0  # every bucket but "busy" is exactly full again
+    assert memory.take("busy", rate=1.0, burst=1) == 0.0  # 100,001 buckets
+    assert list(memory.buckets) == ["busy"]
+    assert memory.take("address:7", rate=1.0, burst=5) == 0.0

@@ -94,6 +94,23 @@ def test_author_name_survives_the_users_deletion():
     assert page[0]["author"] == "leaver"
 
 
+def test_a_client_id_repeats_only_within_its_room():
+    """The same author's client_id in another room is a new message there,
+    not a repeat of the first room's (PostgreSQL: the integration tier)."""
+    first, second = RoomFactory(slug="first"), RoomFactory(slug="second")
+    author = UserFactory(username="ada")
+    stored = [
+        services.store_message(room=room, author=author, body=room.slug, client_id="c1")
+        for room in (first, second, first)
+    ]
+    assert [(r.created, r.message["room"], r.message["seq"]) for r in stored] == [
+        (True, "first", 1),
+        (True, "second", 1),
+        (False, "first", 1),
+    ]
+    assert Message.objects.get(room=second).body == "second"
+
+
 def test_a_stale_copy_of_a_room_made_private_does_not_let_a_non_member_post():
     """Callers pass the room they read earlier; its privacy is checked again
     where the message is stored (PostgreSQL: in the integration tier)."""
