@@ -75,6 +75,7 @@ async def test_live_messages_are_written_past_asgi_once_each_in_order():
     ):
         for client in (first, second, elsewhere):
             await greeted(client)
+        catch_ups = get_hub().tail_catch_ups
         sent = [await post(lobby, f"message {n}") for n in range(3)]
         side_fence = await post(side, "fence in side")
         lobby_fence = await post(lobby, "fence in lobby")
@@ -82,6 +83,7 @@ async def test_live_messages_are_written_past_asgi_once_each_in_order():
             assert await messages_through(client, lobby_fence) == [*sent, lobby_fence]
             assert not any('"message"' in text for text in client.server.asgi_texts)
         assert await messages_through(elsewhere, side_fence) == [side_fence]
+        assert get_hub().tail_catch_ups == catch_ups
 
 
 async def test_a_live_copy_of_a_replayed_message_is_not_written_again():
@@ -134,10 +136,13 @@ async def test_frames_go_through_asgi_when_compression_was_negotiated():
     async with fake_transport_client(path("lobby"), deflate=True) as client:
         assert client.server.conn.extensions, "permessage-deflate was not agreed"
         await greeted(client)
+        catch_ups = get_hub().tail_catch_ups
         sent = [await post(lobby, f"message {n}") for n in range(3)]
         assert await messages_through(client, sent[-1]) == sent
         through_asgi = [json.loads(text) for text in client.server.asgi_texts]
         assert [f for f in through_asgi if f["type"] == "message"] == sent
+        # Live, not by the delivery bound's catch-up from the database.
+        assert get_hub().tail_catch_ups == catch_ups
 
 
 def slow_closes() -> float:
@@ -157,9 +162,25 @@ async def test_a_client_that_stops_reading_gets_what_fit_then_4008(settings, cap
     async with fake_transport_client(path("lobby")) as client:
         await greeted(client)
         # The client reads nothing more while these are delivered.
+        unread = client.transport.get_write_buffer_size
         with caplog.at_level(logging.WARNING, logger="core.consumers"):
-            for n in range(8):
+            n = 0
+            while unread() <= settings.OUTPUT_BUFFER_BYTES:
+                was = unread()
                 await post(lobby, f"{n} " + "x" * 1000)
+                await until(lambda was=was: unread() > was, "the message written")
+                n += 1
+            # Two more arrive together: the first finds the buffer past the
+            # limit, the second a connection already closing.
+            late = [
+                await database_sync_to_async(services.store_message)(
+                    room=lobby, author=None, body=f"late {n}", client_id=None
+                )
+                for n in range(2)
+            ]
+            await asyncio.gather(
+                *(services.publish_message(lobby.pk, m.message) for m in late)
+            )
             await until(lambda: client.server.close_sent, "the 4008 close")
         frames = []
         while (frame := await client.receive()).opcode is Opcode.TEXT:
@@ -239,10 +260,11 @@ class UnfamiliarServer:
     know, shaped like uvicorn's wsproto one: a transport, a connection
     object without websockets' ``extensions``, a ``close_sent`` flag."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, legacy: bool = False) -> None:
         self.transport = MemoryTransport(self)
-        self.conn = object()
-        self.close_sent = False
+        if not legacy:  # uvicorn's legacy websockets one has neither
+            self.conn = object()
+            self.close_sent = False
         self.lost = False
 
     async def send(self, message: dict) -> None:
@@ -258,14 +280,15 @@ class UnfamiliarServer:
         self.lost = True
 
 
-@pytest.mark.parametrize("server", ["unfamiliar", "uvicorn"])
+@pytest.mark.parametrize("server", ["unfamiliar", "legacy", "uvicorn"])
 async def test_the_buffer_limit_holds_whether_or_not_frames_may_be_written(server):
     """On any asyncio server the limit is on unread bytes, strictly above it;
     only uvicorn's sans-I/O protocol, once open, takes frames directly (here
     it has not opened yet), and dropping aborts the transport."""
-    owner = (
-        UnfamiliarServer() if server == "unfamiliar" else Client(path("x"), []).server
-    )
+    if server == "uvicorn":
+        owner = Client(path("x"), []).server
+    else:
+        owner = UnfamiliarServer(legacy=server == "legacy")
     buffer = backpressure.locate(owner.send, 100)
     assert buffer is not None
     assert owner.transport.high == 200  # pauses only well past the limit

@@ -301,6 +301,17 @@ def test_a_refused_write_names_its_limit_and_the_user(limits_of, caplog):
     assert refused_total("rooms.create") == before + 1
 
 
+def test_a_refusal_tells_the_wait_in_whole_seconds_never_zero(limits_of, settings):
+    """A tenth of a second to wait is told as 1 s, as Retry-After says."""
+    limits_of(ROOM_CREATE=1)
+    settings.ROOM_CREATE_RATE_PER_SECOND = 10.0
+    ada = UserFactory(username="ada")
+    assert throttling.check_write("rooms.create", ada) is None
+    refusal = throttling.check_write("rooms.create", ada)
+    assert refusal.detail == "Too many new rooms. Try again in 1 s."
+    assert refusal.retry_after_seconds == 1
+
+
 def test_a_new_hashing_concurrency_applies_at_once(settings):
     """The bound is read on every sign-in: raised while the slot is held,
     a second sign-in hashes instead of waiting."""

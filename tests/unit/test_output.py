@@ -4,6 +4,7 @@
 """
 
 import asyncio
+import time
 
 import pytest
 
@@ -151,3 +152,54 @@ async def test_draining_waits_for_the_client_up_to_the_deadline(process, setting
     reader = asyncio.create_task(reads_later())
     assert await gate.drained(timeout=5)
     await reader
+
+
+class FailingOnce(Buffer):
+    """A buffer whose size cannot be read the first time it is asked."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(queued)
+        self.failed = False
+
+    def write_buffer(self) -> WriteBuffer:
+        def queued() -> int:
+            if not self.failed:
+                self.failed = True
+                raise OSError("transport gone")
+            return self.bytes
+
+        return WriteBuffer(
+            offer=lambda frame: "declined", drop=lambda: None, queued=queued
+        )
+
+
+async def until(condition, what: str, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        await asyncio.sleep(0.01)
+
+
+async def test_one_sampler_runs_by_itself_survives_a_failure_and_stops_when_idle(
+    process, settings, monkeypatch, caplog
+):
+    """Gates need nobody to call ``sample``: one task per process sums them
+    every SAMPLE_SECONDS, logs a sample that fails and goes on, and once the
+    last gate is gone it stops, leaving nothing counted."""
+    monkeypatch.setattr(output, "SAMPLE_SECONDS", 0.01)
+    settings.OUTPUT_BUFFER_BYTES = 10**9
+    settings.OUTPUT_PROCESS_BYTES = 100
+    closed = []
+    with caplog.at_level("ERROR", logger="core.output"):
+        flaky = output.OutputGate(FailingOnce(30).write_buffer(), closed.append)
+        sampler = process.task
+        big = output.OutputGate(Buffer(150).write_buffer(), closed.append)
+        assert process.task is sampler, "a second sampler"
+        await until(lambda: closed, "the sampler closing the largest")
+    assert closed == [PROCESS_BUDGET]
+    assert [r.getMessage() for r in caplog.records] == ["sampling unsent output failed"]
+    assert process.queued == 180
+    for gate in (flaky, big):
+        gate.close()
+    await until(sampler.done, "the sampler stopping")
+    assert (process.queued, process.over) == (0, False)

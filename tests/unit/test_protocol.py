@@ -242,6 +242,12 @@ def test_any_json_object_yields_a_frame_or_a_protocol_error(data):
             "line 1 column 2 (char 1)",
         ),
         ("[]", "A frame must be a JSON object."),
+        ('{"type": 1}', "Field 'type' must be a string."),
+        ('{"type":"' + "t" * 50 + '"}', f"Unknown frame type {'t' * 40!r}."),
+        ('{"type":"send"}', "Field 'body' is required."),
+        ('{"type":"history","limit":"9"}', "Field 'limit' must be an integer."),
+        ('{"type":"history","before":-1}', "Field 'before' must be in 0..2^63-1."),
+        ('{"type":"history","after":1.5}', "Field 'after' must be an integer."),
         ('{"type":"edit","seq":0,"body":"x"}', "Field 'seq' must be in 1..2^63-1."),
         (
             f'{{"type":"delete","seq":{MAX + 1}}}',
