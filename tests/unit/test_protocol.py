@@ -245,6 +245,12 @@ def test_any_json_object_yields_a_frame_or_a_protocol_error(data):
         ('{"type": 1}', "Field 'type' must be a string."),
         ('{"type":"' + "t" * 50 + '"}', f"Unknown frame type {'t' * 40!r}."),
         ('{"type":"send"}', "Field 'body' is required."),
+        ('{"type":"send","body":7}', "Field 'body' must be a string."),
+        ('{"type":"send","body":"a\\u0000b"}', "Field 'body' must not contain U+0000."),
+        (
+            '{"type":"send","body":"\\ud800"}',
+            "Field 'body' must not contain lone surrogates.",
+        ),
         ('{"type":"history","limit":"9"}', "Field 'limit' must be an integer."),
         ('{"type":"history","before":-1}', "Field 'before' must be in 0..2^63-1."),
         ('{"type":"history","after":1.5}', "Field 'after' must be an integer."),

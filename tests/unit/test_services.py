@@ -178,6 +178,7 @@ def test_an_author_deactivated_since_their_copy_was_read_cannot_post():
     database."""
     room = RoomFactory()
     author = UserFactory()
+    UserFactory(username="still-active")  # someone else is: not enough
     get_user_model().objects.filter(pk=author.pk).update(is_active=False)
     assert author.is_active  # the caller's copy
     with pytest.raises(services.AccessDenied):
@@ -186,3 +187,16 @@ def test_an_author_deactivated_since_their_copy_was_read_cannot_post():
     assert services.store_message(
         room=room, author=None, body="system", client_id=None
     ).created
+
+
+def test_an_anonymous_author_is_told_to_sign_in_not_refused():
+    """Not signed in (401 on the API) is not the same answer as not allowed
+    (403), even where the room is public."""
+    from django.contrib.auth.models import AnonymousUser
+
+    room = RoomFactory()
+    with pytest.raises(services.NotSignedIn):
+        services.store_message(
+            room=room, author=AnonymousUser(), body="hi", client_id=None
+        )
+    assert not Message.objects.filter(room=room).exists()
