@@ -66,6 +66,8 @@ async def test_one_connection_over_its_own_budget_and_bulky_output(process, sett
     buffer.bytes = 251  # above a quarter: no replay page, no history answer
     assert not gate.keeping_up()
     assert not gate.over_budget()
+    buffer.bytes = 1000  # at the budget is not past it
+    assert not gate.over_budget()
     buffer.bytes = 1001
     assert gate.over_budget()
     assert not await gate.drained(timeout=0.05)

@@ -316,3 +316,9 @@ def test_nesting_is_refused_one_level_past_the_limit_wherever_it_is(where):
     with pytest.raises(ProtocolError) as caught:
         parse_client_frame(frame(limit))
     assert caught.value.detail == f"JSON nested deeper than {limit} levels."
+
+
+def test_after_given_twice_is_refused_by_name():
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_resume_after(b"after=1&after=1")
+    assert caught.value.detail == "'after' may be given once."
