@@ -116,15 +116,17 @@ def test_the_token_bucket_refills_by_its_injected_clock():
 
 
 def test_full_buckets_are_forgotten_once_there_are_very_many(monkeypatch):
-    """Memory stays bounded: past 100,000 buckets, those full again (their
-    last token back by now) are dropped, which changes no answer."""
+    """Memory stays bounded: past 100,000 buckets (not at it), those full
+    again (their last token back by now) are dropped, which changes no
+    answer."""
     clock = FakeClock()
     monkeypatch.setattr(limits, "time", clock)
     memory = limits._Memory()
-    for n in range(100_000):
+    for n in range(99_999):
         assert memory.take(f"address:{n}", rate=1.0, burst=5) == 0.0
-    memory.take("busy", rate=1.0, burst=1)
-    clock.now += 1.0  # every bucket but "busy" is exactly full again
-    assert memory.take("busy", rate=1.0, burst=1) == 0.0  # 100,001 buckets
-    assert list(memory.buckets) == ["busy"]
+    clock.now += 1.0  # every one of them is exactly full again
+    memory.take("one more", rate=1.0, burst=1)
+    assert len(memory.buckets) == 100_000, "forgotten at the bound, not past it"
+    memory.take("and another", rate=1.0, burst=1)
+    assert sorted(memory.buckets) == ["and another", "one more"]
     assert memory.take("address:7", rate=1.0, burst=5) == 0.0
