@@ -57,8 +57,8 @@ class MemoryTransport(asyncio.Transport):
 
     # asyncio.WriteTransport, as far as the server uses it.
     def write(self, data: bytes) -> None:
-        if self.closing:
-            return  # asyncio drops writes to a closing transport, too
+        if self.lost:
+            return  # as asyncio does once the connection is lost
         self.unread += data
         self.written.set()
         if not self.paused and len(self.unread) > self.high:
