@@ -107,10 +107,10 @@ def selected(name: str) -> str | None:
     return None
 
 
-def mutmut(*args: str) -> subprocess.CompletedProcess[str]:
+def mutmut(*args: str, capture: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mutmut", *args],
-        capture_output=True,
+        capture_output=capture,
         text=True,
         check=False,
     )
@@ -132,13 +132,15 @@ def results() -> dict[str, str]:
 def report(found: dict[str, str]) -> bool:
     """Print the score per rule group and every mutant not killed; True if
     the goal is met."""
-    if not found:
+    counted = {n: s for n, s in found.items() if s not in NOT_COUNTED}
+    if not counted:
         print("no results: run `make mutate` first")
         return False
-    counted = {n: s for n, s in found.items() if s not in NOT_COUNTED}
+    by_group: dict[str, list[str]] = {group: [] for group in RULES}
+    for name, status in counted.items():
+        by_group[selected(name)].append(status)
     print(f"{'rule group':<22} {'mutants':>8} {'killed':>8} {'score':>7}")
-    for group in RULES:
-        mine = [s for n, s in counted.items() if selected(n) == group]
+    for group, mine in by_group.items():
         killed = sum(s in KILLED for s in mine)
         score = 100.0 * killed / len(mine) if mine else 100.0
         print(f"{group:<22} {len(mine):>8} {killed:>8} {score:>6.1f}%")
@@ -168,17 +170,8 @@ def main() -> int:
     if not options.report:
         patterns = [p for group in RULES.values() for p in group]
         started = time.monotonic()
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mutmut",
-                "run",
-                "--max-children",
-                str(options.jobs),
-                *patterns,
-            ],
-            check=False,
+        run = mutmut(
+            "run", "--max-children", str(options.jobs), *patterns, capture=False
         )
         minutes = (time.monotonic() - started) / 60
         print(f"\nmutmut ran for {minutes:.1f} min (exit {run.returncode})")

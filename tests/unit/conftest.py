@@ -107,6 +107,36 @@ def token_of():
     return token_for
 
 
+# --- time ------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when told: core.limits' ``time`` (through the
+    ``clock`` fixture), or a clock passed in (it is callable)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    """core.limits' process-memory buckets read this clock."""
+    from core import limits
+
+    fake = FakeClock()
+    monkeypatch.setattr(limits, "time", fake)
+    return fake
+
+
 # --- the channel layer ---------------------------------------------------------
 
 

@@ -10,7 +10,6 @@ client. Daphne's equivalent runs in tests/integration/test_output_gate.py.
 import asyncio
 import json
 import logging
-import time
 
 import pytest
 from channels.db import database_sync_to_async
@@ -28,6 +27,7 @@ from tests.support.fake_transport import (
     MemoryTransport,
     fake_transport_client,
 )
+from tests.support.services import async_wait_until, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,13 +54,6 @@ async def messages_through(client: Client, fence: dict) -> list[dict]:
 
 async def post(room: object, body: str) -> dict:
     return (await services.post_message(room=room, author=None, body=body)).message
-
-
-async def until(condition: object, what: str, seconds: float = 5) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen"
-        await asyncio.sleep(0.01)
 
 
 async def test_live_messages_are_written_past_asgi_once_each_in_order():
@@ -168,7 +161,9 @@ async def test_a_client_that_stops_reading_gets_what_fit_then_4008(settings, cap
             while unread() <= settings.OUTPUT_BUFFER_BYTES:
                 was = unread()
                 await post(lobby, f"{n} " + "x" * 1000)
-                await until(lambda was=was: unread() > was, "the message written")
+                await async_wait_until(
+                    lambda was=was: unread() > was, 5, 0.01, "the message written"
+                )
                 n += 1
             # Two more arrive together: the first finds the buffer past the
             # limit, the second a connection already closing.
@@ -181,7 +176,9 @@ async def test_a_client_that_stops_reading_gets_what_fit_then_4008(settings, cap
             await asyncio.gather(
                 *(services.publish_message(lobby.pk, m.message) for m in late)
             )
-            await until(lambda: client.server.close_sent, "the 4008 close")
+            await async_wait_until(
+                lambda: client.server.close_sent, 5, 0.01, "the 4008 close"
+            )
         frames = []
         while (frame := await client.receive()).opcode is Opcode.TEXT:
             frames.append(json.loads(frame.data))
@@ -215,8 +212,10 @@ async def test_a_client_that_never_reads_is_cut_off_after_the_grace(
         await greeted(client)
         for n in range(8):
             await post(lobby, f"{n} " + "x" * 1000)
-        await until(lambda: client.transport.aborted, "the drop")
-        await until(lambda: not client.server.tasks, "the application's exit")
+        await async_wait_until(lambda: client.transport.aborted, 5, 0.01, "the drop")
+        await async_wait_until(
+            lambda: not client.server.tasks, 5, 0.01, "the application's exit"
+        )
 
 
 async def test_a_client_that_keeps_reading_is_never_closed(settings):
@@ -325,7 +324,9 @@ async def test_frames_are_written_directly_only_while_nothing_stands_in_the_way(
         assert transport.take() == frame
         # The client goes: nothing more is written.
         transport.abort()
-        await until(lambda: client.server.disconnected, "the server noticing")
+        await async_wait_until(
+            lambda: client.server.disconnected, 5, 0.01, "the server noticing"
+        )
         assert buffer.offer(frame) == backpressure.DECLINED
 
 
@@ -353,14 +354,16 @@ async def test_a_message_committed_during_the_handshake_is_sent_once_after_it(
             asyncio.run_coroutine_threadsafe(
                 services.publish_message(lobby.pk, stored.message), loop
             ).result(timeout=5)
-            deadline = time.monotonic() + 5  # until the hub has handed it over
-            while not any(
-                getattr(listener, "held", None)
-                for listeners in list(hub.members.values())
-                for listener in list(listeners)
-            ):
-                assert time.monotonic() < deadline, "the message was not held"
-                time.sleep(0.005)
+            wait_until(  # until the hub has handed it over
+                lambda: any(
+                    getattr(listener, "held", None)
+                    for listeners in list(hub.members.values())
+                    for listener in list(listeners)
+                ),
+                5,
+                0.005,
+                "the message held",
+            )
         return opened
 
     monkeypatch.setattr(services, "open_room", open_room_then_a_message_arrives)
@@ -384,8 +387,11 @@ async def test_a_live_message_waits_for_a_stalled_replay_to_finish(settings):
             room=lobby, author=None, body=f"old {n} " + "x" * 200, client_id=None
         )
     async with fake_transport_client(path("lobby", "after=0")) as client:
-        await until(
-            lambda: client.transport.get_write_buffer_size() > 1024, "a stalled replay"
+        await async_wait_until(
+            lambda: client.transport.get_write_buffer_size() > 1024,
+            5,
+            0.01,
+            "a stalled replay",
         )
         live = await post(lobby, "while the replay waits")
         kinds = []

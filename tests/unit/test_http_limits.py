@@ -22,7 +22,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from backend.asgi import application
-from core import limits, logs, metrics, throttling
+from core import logs, metrics, throttling
 from core.logs import LogLimiter
 from core.models import Membership, Room
 from tests.factories import PASSWORD, UserFactory, private_room
@@ -36,26 +36,6 @@ FOURTH_ADDRESS = "192.0.2.40"
 # Slow enough that no token comes back during a test unless ``clock`` moves.
 NO_REFILL = 0.001
 GENEROUS = 1000
-
-
-class FakeClock:
-    """``time`` for core.limits' memory buckets: moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(limits, "time", fake)
-    return fake
 
 
 @pytest.fixture(autouse=True)

@@ -4,19 +4,7 @@ import pytest
 
 from core import limits
 from core.ratelimit import TokenBucket
-
-
-class FakeClock:
-    """A clock that moves only when told: core.limits' ``time``, or a bucket's clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.conftest import FakeClock
 
 
 @pytest.fixture(autouse=True)
@@ -76,11 +64,9 @@ def test_the_first_token_of_a_full_bucket_is_never_refused(monkeypatch):
         assert limits.take("demo", "x", rate=0.001, burst=1) > 0
 
 
-def test_a_refused_caller_is_admitted_again_after_the_refill_interval(monkeypatch):
+def test_a_refused_caller_is_admitted_again_after_the_refill_interval(clock):
     """One token every 0.5 s: refused until exactly then, admitted once,
     and never more than the burst saved up however long it waits."""
-    clock = FakeClock()
-    monkeypatch.setattr(limits, "time", clock)  # the clock core.limits reads
 
     def take() -> float:
         return limits.take("send", "user:1", rate=2.0, burst=2)
@@ -115,12 +101,10 @@ def test_the_token_bucket_refills_by_its_injected_clock():
     assert bucket.take() > 0, "refilled beyond the burst"
 
 
-def test_full_buckets_are_forgotten_once_there_are_very_many(monkeypatch):
+def test_full_buckets_are_forgotten_once_there_are_very_many(clock):
     """Memory stays bounded: past 100,000 buckets (not at it), those full
     again (their last token back by now) are dropped, which changes no
     answer."""
-    clock = FakeClock()
-    monkeypatch.setattr(limits, "time", clock)
     memory = limits._Memory()
     for n in range(99_999):
         assert memory.take(f"address:{n}", rate=1.0, burst=5) == 0.0

@@ -4,12 +4,12 @@
 """
 
 import asyncio
-import time
 
 import pytest
 
 from core import output
 from core.backpressure import WriteBuffer
+from tests.support.services import async_wait_until
 
 
 class Buffer:
@@ -175,13 +175,6 @@ class FailingOnce(Buffer):
         )
 
 
-async def until(condition, what: str, seconds: float = 5) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen"
-        await asyncio.sleep(0.01)
-
-
 async def test_one_sampler_runs_by_itself_survives_a_failure_and_stops_when_idle(
     process, settings, monkeypatch, caplog
 ):
@@ -197,11 +190,13 @@ async def test_one_sampler_runs_by_itself_survives_a_failure_and_stops_when_idle
         sampler = process.task
         big = output.OutputGate(Buffer(150).write_buffer(), closed.append)
         assert process.task is sampler, "a second sampler"
-        await until(lambda: closed, "the sampler closing the largest")
+        await async_wait_until(
+            lambda: closed, 5, 0.01, "the sampler closing the largest"
+        )
     assert closed == [PROCESS_BUDGET]
     assert [r.getMessage() for r in caplog.records] == ["sampling unsent output failed"]
     assert process.queued == 180
     for gate in (flaky, big):
         gate.close()
-    await until(sampler.done, "the sampler stopping")
+    await async_wait_until(sampler.done, 5, 0.01, "the sampler stopping")
     assert (process.queued, process.over) == (0, False)
