@@ -798,6 +798,31 @@ def end_membership(*, membership: Membership) -> None:
     membership.delete()
 
 
+# --- accounts -------------------------------------------------------------------
+
+
+def ensure_user(
+    *, username: str, password: str, is_staff: bool = False
+) -> tuple[AbstractBaseUser, bool]:
+    """Create ``username`` with ``password`` if it does not exist; (user, created).
+
+    An existing user keeps their password; ``is_staff`` only ever raises
+    their rights (the ``ensure_user`` command, for operators and test rigs).
+    """
+    model = get_user_model()
+    with transaction.atomic():
+        user, created = model.objects.get_or_create(
+            username=username, defaults={"is_staff": is_staff}
+        )
+        if created:
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        elif is_staff and not user.is_staff:
+            user.is_staff = True
+            user.save(update_fields=["is_staff"])
+    return user, created
+
+
 # --- access changes ---------------------------------------------------------------
 
 

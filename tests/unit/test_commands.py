@@ -1,8 +1,9 @@
-"""The management commands ``announce`` and ``ensure_room``."""
+"""The management commands ``announce``, ``ensure_room`` and ``ensure_user``."""
 
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from core import services
@@ -11,6 +12,8 @@ from tests.factories import RoomFactory
 from tests.unit.conftest import next_event
 
 pytestmark = pytest.mark.django_db
+
+User = get_user_model()
 
 
 def announce(*args: str) -> str:
@@ -135,3 +138,52 @@ def test_ensure_room_refuses_a_name_over_100_characters():
     assert not Room.objects.exists()
     ensure_room("lobby", "--name", "x" * 100)
     assert Room.objects.get().name == "x" * 100
+
+
+# --- ensure_user -------------------------------------------------------------------
+
+
+def ensure_user(*args: str) -> str:
+    out = StringIO()
+    call_command("ensure_user", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_ensure_user_creates_accounts_once_with_the_password_from_the_environment(
+    monkeypatch,
+):
+    monkeypatch.setenv("ENSURE_USER_PASSWORD", "s3cret-pass")
+    first = ensure_user("alice", "bob")
+    monkeypatch.setenv("ENSURE_USER_PASSWORD", "another-pass")
+    second = ensure_user("alice")
+
+    alice, bob = User.objects.order_by("username")
+    assert alice.check_password("s3cret-pass")  # kept, not reset
+    assert bob.check_password("s3cret-pass")
+    assert not alice.is_staff
+    assert first.splitlines() == ["User alice created.", "User bob created."]
+    assert second.splitlines() == ["User alice exists."]
+
+
+def test_ensure_user_staff_raises_an_existing_user_and_never_lowers(monkeypatch):
+    monkeypatch.setenv("ENSURE_USER_PASSWORD", "s3cret-pass")
+    ensure_user("alice")
+    ensure_user("alice", "--staff")
+    assert User.objects.get().is_staff
+    ensure_user("alice")
+    assert User.objects.get().is_staff
+
+
+def test_ensure_user_needs_a_password(monkeypatch):
+    monkeypatch.delenv("ENSURE_USER_PASSWORD", raising=False)
+    with pytest.raises(CommandError, match="ENSURE_USER_PASSWORD"):
+        ensure_user("alice")
+    assert not User.objects.exists()
+
+
+@pytest.mark.parametrize("username", ["al ice", "a" * 151, "alice/", ""])
+def test_ensure_user_rejects_a_bad_username_and_creates_nobody(monkeypatch, username):
+    monkeypatch.setenv("ENSURE_USER_PASSWORD", "s3cret-pass")
+    with pytest.raises(CommandError, match="Invalid username"):
+        ensure_user("bob", "--", username)
+    assert not User.objects.exists()
