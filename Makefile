@@ -12,13 +12,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Stamps re-run the install whenever pyproject.toml changes.
-$(VENV)/.runtime: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e .
+# Stamps re-run the install whenever pyproject.toml changes. Every install is
+# held to requirements.txt's pins: the tests run on what App Platform deploys,
+# and core.servers' adapters on the versions they were verified against.
+PIP_INSTALL := $(BIN)/pip install -q -c requirements.txt
+
+$(VENV)/.runtime: $(BIN)/python pyproject.toml requirements.txt
+	$(PIP_INSTALL) -e .
 	touch $@
 
-$(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,uvicorn]'
+$(VENV)/.dev: $(BIN)/python pyproject.toml requirements.txt
+	$(PIP_INSTALL) -e '.[dev,uvicorn]'
 	touch $@ $(VENV)/.runtime
 
 run: $(VENV)/.runtime
@@ -42,7 +46,7 @@ stack: $(VENV)/.dev
 	$(BIN)/python -m tests.support.stack --instances $(N)
 
 $(VENV)/.bench: $(VENV)/.dev
-	$(BIN)/pip install -q -e '.[dev,uvicorn,bench]'
+	$(PIP_INSTALL) -e '.[dev,uvicorn,bench]'
 	touch $@
 
 bench: $(VENV)/.bench
@@ -54,7 +58,7 @@ soak: $(VENV)/.bench
 	$(BIN)/python -m soak --minutes $(MINUTES)
 
 $(VENV)/.mutate: $(VENV)/.dev
-	$(BIN)/pip install -q -e '.[dev,uvicorn,mutate]'
+	$(PIP_INSTALL) -e '.[dev,uvicorn,mutate]'
 	touch $@
 
 # Not part of make test: mutation testing of the rule modules; fails below

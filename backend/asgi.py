@@ -26,14 +26,15 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import URLRouter  # noqa: E402
 
-from core import daphne_fix, routing, uvicorn_fix  # noqa: E402
+from core import consumers, routing  # noqa: E402
 from core.accesslog import AccessLogRouter, quiet_daphne  # noqa: E402
 from core.admission import AdmissionMiddleware, HttpAdmission  # noqa: E402
 from core.auth import OriginPolicyMiddleware, TokenAuthMiddlewareStack  # noqa: E402
 from core.liveness import LivenessMiddleware  # noqa: E402
+from core.servers import daphne, uvicorn  # noqa: E402
 
-daphne_fix.apply()  # shutdown closes every socket with 4012 (Daphne 4.2.3 bug)
-uvicorn_fix.apply()  # uvicorn's shutdown 1012 names the reconnect window
+daphne.apply()  # shutdown closes every socket with 4012, and more
+uvicorn.apply(consumers.shutdown_reason)  # 1012 names the window
 quiet_daphne()  # AccessLogRouter writes the access log, with the real client
 
 # Channels' ProtocolTypeRouter, which also opens each request's and

@@ -82,7 +82,7 @@ class _Response:
 class _Socket:
     """A WebSocket's ``send``: when it was accepted, and whether the server
     closed it. Shaped like Channels' session wrapper (``real_send``), so
-    core.backpressure still finds the server's socket behind it.
+    core.servers.backpressure still finds the server's socket behind it.
 
     Kept small, as it lives as long as the connection: ``receive`` is not
     wrapped (one coroutine frame less for every open socket); the consumer

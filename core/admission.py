@@ -181,7 +181,7 @@ async def refuse_busy(receive: Receive, send: Send, window: float) -> None:
 class _AnswerWatch:
     """The handshake's ``send``: the first answer (accept or close) ends
     its deadline. Shaped like Channels' session wrapper (``real_send``), so
-    core.backpressure still finds the server's socket behind it."""
+    core.servers.backpressure still finds the server's socket behind it."""
 
     __slots__ = ("answered", "budget", "real_send")
 

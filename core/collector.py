@@ -20,7 +20,7 @@ waits for a full collection, so a surge that never ends still collects.
 Garbage in the oldest generation waits for a full collection, and a full
 collection walks every object there, live or not. A closed connection under
 Daphne is freed as it closes (its cycles are cut: core/output.py,
-core/daphne_fix.py), but other code may leave cycles (uvicorn's HTTP
+core/servers/daphne.py), but other code may leave cycles (uvicorn's HTTP
 protocol does, 8 objects per connection). So once the connections closed
 since the last full collection outnumber those open (and at least
 ``GARBAGE_CONNECTIONS`` closed), the process collects within

@@ -17,13 +17,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core import (
     admission,
-    backpressure,
     clientaddr,
     db,
     limits,
@@ -33,14 +31,28 @@ from core import (
     protocol,
     services,
 )
-from core.backpressure import TOO_FULL, WRITTEN
 from core.collector import get_collector
-from core.daphne_fix import CLIENT_GONE, CLOSE_GRACE_SECONDS
-from core.fanout import Encoded, get_hub
+from core.delivery import (
+    ACCESS,
+    DONE,
+    SEND_FRAME,
+    SEND_TEXT,
+    TOO_SLOW,
+    AccessRevoked,
+    Delivery,
+    HubEvent,
+    LiveMessage,
+    Presence,
+    Typing,
+)
+from core.fanout import get_hub
 from core.models import Room
 from core.output import OutputGate
 from core.presence import RoomRef, get_presence
 from core.protocol import ProtocolError
+from core.servers import backpressure
+from core.servers import dispatch as channels_dispatch
+from core.servers.daphne import CLIENT_GONE, CLOSE_GRACE_SECONDS
 from core.warden import Grant, get_warden
 
 logger = logging.getLogger(__name__)
@@ -112,6 +124,9 @@ _FRAMES_RECEIVED = {
 }
 
 
+_FAST_DISPATCH = channels_dispatch.fast_dispatch_verified()
+
+
 class _ProcessConnections:
     """Connections this process has admitted (``CONNECTIONS_PER_PROCESS``)."""
 
@@ -145,29 +160,29 @@ class RoomConsumer(AsyncWebsocketConsumer):
     grant: Grant
     groups_joined: tuple[str, ...] = ()
     in_presence = False
-    closing = False
     accepted = False
     admitted = False
     slot: tuple[str, str] | None = None
-    # Live copies at or below the last replayed seq are duplicates.
-    replayed_through = 0
-    # Highest seq sent, and the welcome's last_seq: the client knows of
-    # everything up to the larger (``told_through``) and fills its own gaps.
-    last_seq_sent = 0
-    welcome_seq = 0
     catching_up = False
     catch_up_again = False
-    # The hub's epoch when this connection's access was last read.
-    checked_epoch = 0
-    # Hub events that arrive while connect() runs wait here, so the welcome
-    # comes first and a replay is never interleaved with live messages.
-    held: list[tuple[dict[str, Any], Encoded | None]] | None = None
-    write_buffer: backpressure.WriteBuffer | None = None
     open_gauge: Any = None  # this connection's count in connections_open
-    gate: OutputGate | None = None
     # What this connection's log lines carry (core.logcontext), for lines
     # logged from the hub's tasks on its behalf.
     log_scope: logcontext.Scope | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # What this connection is sent, decided once per event (core.delivery).
+        self.delivery = Delivery()
+
+    @property
+    def closing(self) -> bool:
+        """Closing or closed: nothing more is sent or handled."""
+        return self.delivery.closed
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        self.delivery.closed = value
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -188,17 +203,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch without its thread hop per event.
-
-        Channels runs ``close_old_connections`` on the database thread before
-        every handler: a hop per frame received. Every database call here goes
-        through ``core.db``, which does the same before and
-        after the call, so the extra hop only costs (see docs/performance.md).
-        """
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        """Channels' dispatch, without its thread hop per event where the
+        fork is verified (core.servers.dispatch)."""
+        if _FAST_DISPATCH:
+            await channels_dispatch.dispatch(self, message)
+        else:
+            await super().dispatch(message)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -224,6 +234,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         log_scope = logcontext.current()
         connection_id = log_scope.get("connection_id") if log_scope else None
         self.connection_id = str(connection_id or uuid.uuid4().hex)
+        self.delivery.connection_id = self.connection_id
         self.log_scope = log_scope
         logcontext.annotate(room=self.slug, user_id=self.user.pk)
         self.address = clientaddr.from_scope(self.scope)
@@ -240,8 +251,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         # the id it last saw for the slug first, so in the usual case one
         # database call admits and positions the client; a second is needed
         # only when the slug is new here or now names another room.
-        self.held = []
-        self.checked_epoch = get_hub().epoch
+        self.delivery.start(get_hub().epoch)
         if self.user.is_authenticated:
             await self._join(services.user_group(self.user.pk))
         try:
@@ -277,10 +287,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         room = self.room = opened.room
         self.grant = self._grant(room)
 
-        self.write_buffer = backpressure.locate(
-            self.base_send, settings.OUTPUT_BUFFER_BYTES
-        )
-        self.gate = OutputGate(self.write_buffer, self._too_slow)
+        wire = backpressure.locate(self.base_send, settings.OUTPUT_BUFFER_BYTES)
+        self.delivery.accepted(wire, OutputGate(wire, self._too_slow))
         await self.accept()
         self.accepted = True
         metrics.handshakes.labels("accepted").inc()
@@ -294,7 +302,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         """Welcome, replay, then presence, once accepted."""
         room = self.room
         get_warden().watch(self)
-        self.welcome_seq = accepted.last_seq
+        self.delivery.welcome_seq = accepted.last_seq
         await self.send_frame(
             protocol.welcome_frame(
                 room=self.slug, user=self.username, last_seq=accepted.last_seq
@@ -307,7 +315,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self._release_held()
         if self.closing:
             return
-        if self.checked_epoch != get_hub().epoch:
+        if self.delivery.checked_epoch != get_hub().epoch:
             await self._catch_up()  # a gap while connecting: read access again
         presence = get_presence()
         self.in_presence = True
@@ -406,7 +414,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         )
         if self.closing:
             return
-        self.replayed_through = max(self.last_seq_sent, after)
+        self.delivery.replayed_through = max(self.delivery.last_seq_sent, after)
         await self.send_frame(
             protocol.replayed_frame(after=after, count=count, complete=complete)
         )
@@ -438,7 +446,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                     return sent, False
                 await self.send_frame(message)
                 after = message["seq"]
-                self.last_seq_sent = max(self.last_seq_sent, after)
+                self.delivery.sent(after)
                 sent += 1
             if not more:
                 return sent, True
@@ -450,7 +458,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         """Wait while the client has bulky output unread; False: it is gone."""
         if self.closing:
             return False
-        gate = self.gate
+        gate = self.delivery.gate
         if gate is None or gate.keeping_up():
             return True
         if await gate.drained(settings.OUTPUT_DRAIN_SECONDS):
@@ -459,9 +467,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         return False
 
     async def _release_held(self) -> None:
-        held, self.held = self.held or [], None
-        for event, encoded in held:
-            await self.hub_event(event, encoded)
+        delivery = self.delivery
+        for event in delivery.release():
+            outcome = delivery.decide(event, delivery.checked_epoch)
+            if outcome is not DONE:
+                await self.carry_out(outcome, event)
 
     async def disconnect(self, code: int) -> None:
         """Leave the hub's groups and presence."""
@@ -474,8 +484,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         for group in groups:
             await hub.unsubscribe(group, self)
         get_warden().forget(self)
-        if self.gate is not None:
-            self.gate.close()
+        if self.delivery.gate is not None:
+            self.delivery.gate.close()
         if self.admitted:
             self.admitted = False
             _ProcessConnections.count -= 1
@@ -624,7 +634,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         )
 
     async def handle_history(self, frame: protocol.HistoryFrame) -> None:
-        gate = self.gate
+        gate = self.delivery.gate
         if gate is not None and not gate.keeping_up():
             # A page is produced only for a client that has read the last.
             raise ProtocolError(
@@ -685,26 +695,23 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     # --- hub events ---------------------------------------------------------------
 
-    async def hub_event(self, event: dict[str, Any], encoded: Encoded | None) -> None:
-        """One event of a joined group, from this process's hub."""
-        if self.closing:
+    async def carry_out(self, outcome: str, event: HubEvent) -> None:
+        """Do what ``Delivery.decide`` left to this connection."""
+        if outcome is SEND_TEXT and type(event) is LiveMessage:
+            await self.send(text_data=event.encoded.text)  # the server takes ASGI only
+        elif outcome is TOO_SLOW:
+            self._too_slow("it stopped reading")
+        elif outcome is ACCESS:
+            if isinstance(event, AccessRevoked):
+                await self.access_revoked(event)
+            else:
+                await self.recheck_access()
+        elif outcome is not SEND_FRAME:
             return
-        kind = event["type"]
-        if kind == "access.revoked":
-            await self.access_revoked(event)  # at once, even while connecting
-        elif kind == "access.recheck":
-            await self.recheck_access()
-        elif self.held is not None:
-            self.held.append((event, encoded))
-        elif kind == "room.message":
-            seq = event["message"]["seq"]
-            if seq > self.replayed_through:
-                await self._deliver(seq, encoded or Encoded(event["message"]))
-        elif kind == "room.typing":
-            if event["sender"] != self.connection_id:
-                await self.send_frame(protocol.typing_frame(user=event["user"]))
-        elif kind == "room.presence":
-            await self.send_frame(event["frame"])
+        elif type(event) is Typing:
+            await self.send_frame(protocol.typing_frame(user=event.user))
+        elif type(event) is Presence:
+            await self.send_frame(event.frame)
 
     async def send(
         self,
@@ -722,36 +729,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except CLIENT_GONE:
             self.closing = True
-
-    def deliver_now(self, seq: int, encoded: Encoded) -> bool:
-        """The hub's fast path for a live message, with nothing to await.
-
-        Writes the shared frame straight to the socket. False when only the
-        awaited path (``hub_event``) can deliver it: the connection is still
-        starting or already closing, or its server takes frames through
-        ASGI only (see core.backpressure).
-        """
-        wire = self.write_buffer
-        if self.held is not None or self.closing or wire is None:
-            return False
-        if seq <= self.replayed_through:
-            return True  # the replay sent it already
-        outcome = wire.offer(encoded.frame)
-        if outcome is WRITTEN:
-            if seq > self.last_seq_sent:
-                self.last_seq_sent = seq
-            return True
-        if outcome is TOO_FULL:
-            self._too_slow("it stopped reading")
-            return True
-        return False
-
-    async def _deliver(self, seq: int, encoded: Encoded) -> None:
-        """Send a live message: the shared frame straight to the socket when
-        the server allows it (see core.backpressure), else through ASGI."""
-        if not self.deliver_now(seq, encoded) and not self.closing:
-            self.last_seq_sent = max(seq, self.last_seq_sent)
-            await self.send(text_data=encoded.text)
 
     def _too_slow(self, reason: str) -> None:
         """Close a client that does not keep up, before it costs the room.
@@ -779,15 +756,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
         with contextlib.suppress(Exception):
             await self.base_send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})
         await asyncio.sleep(CLOSE_GRACE_SECONDS)
-        if self.write_buffer is not None:
+        if self.delivery.wire is not None:
             with contextlib.suppress(Exception):
-                self.write_buffer.drop()
+                self.delivery.wire.drop()
 
-    async def access_revoked(self, event: dict[str, Any]) -> None:
+    async def access_revoked(self, event: AccessRevoked) -> None:
         """Close with 4403 if the revocation covers this connection."""
-        if event["room"] not in (None, self.slug):
+        if event.room not in (None, self.slug):
             return
-        if event["credential"] not in (None, self.credential):
+        if event.credential not in (None, self.credential):
             return
         await self._close_revoked()
 
@@ -808,7 +785,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     def access_held(self) -> None:
         """The warden found this connection's access intact. If a catch-up
         after a gap could not run (the database was down), run it now."""
-        if not self.closing and self.checked_epoch != get_hub().epoch:
+        if not self.closing and self.delivery.checked_epoch != get_hub().epoch:
             self.catch_up()
 
     async def _close_revoked(self, force: bool = False) -> None:
@@ -819,15 +796,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return  # connect() has not accepted yet: it refuses (403)
         await self.close(code=CLOSE_ACCESS_REVOKED)
 
-    @property
-    def told_through(self) -> int:
-        """The highest seq this client has been told of (see ``welcome_seq``)."""
-        return max(self.last_seq_sent, self.welcome_seq)
-
     def catch_up(self) -> None:
         """Send what live delivery may have kept from this client (a
         channel-layer outage, or a lost publish: core.fanout)."""
-        if self.closing or self.held is not None:
+        if self.closing or self.delivery.held is not None:
             return
         if self.catching_up:
             self.catch_up_again = True  # a new gap: once more when done
@@ -846,11 +818,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             while not self.closing:
                 self.catch_up_again = False
-                epoch, after = get_hub().epoch, self.told_through
+                epoch, after = get_hub().epoch, self.delivery.told_through
                 if not await get_warden().holds(self.grant):
                     await self._close_revoked()
                     return
-                self.checked_epoch = epoch
+                self.delivery.checked_epoch = epoch
                 await self._send_stored(after, settings.REPLAY_LIMIT)
                 if not self.catch_up_again:
                     return
@@ -866,11 +838,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def send_frame(self, frame: Any) -> None:
         """Every frame but live messages goes out here, through the gate."""
-        if self.closing:
-            return
-        gate = self.gate
-        if gate is not None and gate.over_budget():
-            self._too_slow("its unsent output passed its budget")
+        outcome = self.delivery.may_send()
+        if outcome is not SEND_FRAME:
+            if outcome is TOO_SLOW:
+                self._too_slow("its unsent output passed its budget")
             return
         metrics.frames_sent.labels(frame.get("type", "other")).inc()
         await self.send(text_data=json.dumps(frame, ensure_ascii=False))

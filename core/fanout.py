@@ -28,7 +28,6 @@ open connection within ``DELIVERY_BOUND_SECONDS``.
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import weakref
@@ -40,7 +39,8 @@ from typing import Any, Protocol, TypeVar
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
-from core import backpressure, db, layer_watch, logs, metrics, services
+from core import db, delivery, layer_watch, logs, metrics, services
+from core.delivery import DONE, Delivery, HubEvent, LiveMessage, Outcome
 from core.presence import get_presence
 
 logger = logging.getLogger(__name__)
@@ -52,43 +52,18 @@ RETRY_MAX_SECONDS = 5.0
 PROBE_TYPE = "hub.probe"
 
 
-class Encoded:
-    """A message frame encoded once for every local connection."""
-
-    __slots__ = ("_frame", "text")
-
-    def __init__(self, message: dict[str, Any]) -> None:
-        self.text = json.dumps(message, ensure_ascii=False)
-        self._frame: bytes | None = None
-
-    @property
-    def frame(self) -> bytes:
-        """The whole WebSocket text frame, built on first use."""
-        if self._frame is None:
-            self._frame = backpressure.text_frame(self.text.encode())
-        return self._frame
-
-
 class Listener(Protocol):
     """What a hub member (a ``RoomConsumer``) offers the hub."""
 
-    async def hub_event(self, event: dict[str, Any], encoded: Encoded | None) -> None:
-        """Handle one event; ``encoded`` is the message frame, encoded once."""
+    # Decides what becomes of each event, once (core.delivery).
+    delivery: Delivery
 
-    def deliver_now(self, seq: int, encoded: Encoded) -> bool:
-        """Deliver a live message without awaiting; False: use ``hub_event``."""
+    async def carry_out(self, outcome: Outcome, event: HubEvent) -> None:
+        """Do what ``delivery.decide`` left to the connection."""
 
     def catch_up(self) -> None:
         """Re-check access, then fetch from the database what live delivery
-        may have missed (above ``told_through``)."""
-
-    # The hub's ``epoch`` when this listener's access was last read: live
-    # messages go only to listeners checked since the last gap.
-    checked_epoch: int
-
-    @property
-    def told_through(self) -> int:
-        """The highest ``seq`` this listener's client has been told of."""
+        may have missed (above ``delivery.told_through``)."""
 
 
 class Hub:
@@ -366,7 +341,7 @@ class Hub:
             behind = [
                 listener
                 for listener in self.members.get(services.room_group(room_id), ())
-                if listener.told_through < last_seq
+                if listener.delivery.told_through < last_seq
             ]
             if not behind:
                 continue
@@ -383,31 +358,33 @@ class Hub:
             for listener in behind:
                 listener.catch_up()
 
-    async def _dispatch(self, event: dict[str, Any]) -> None:
-        members = self.members.get(event.get("group", ""))
+    async def _dispatch(self, raw: dict[str, Any]) -> None:
+        members = self.members.get(raw.get("group", ""))
         if not members:
             return
-        # Encoded once for every local connection; a sequential loop beats a
-        # task or gather per recipient, and a plain call beats both where
+        # Typed (a message frame encoded) once for every local connection,
+        # whose Delivery decides what becomes of it; a sequential loop beats
+        # a task or gather per recipient, and a plain call beats both where
         # nothing needs awaiting (see docs/performance.md).
-        encoded = None
-        seq = 0
+        try:
+            event = delivery.from_layer(raw)
+        except (KeyError, TypeError, ValueError):
+            logger.exception("malformed %s event", raw.get("type"))
+            return
+        if event is None:
+            return
         epoch = self.epoch
-        if event.get("type") == "room.message":
-            encoded = Encoded(event["message"])
-            seq = event["message"]["seq"]
         for listener in list(members):
             try:
-                if encoded is not None and listener.checked_epoch != epoch:
-                    continue  # its catch-up re-checks access, then sends this
-                if encoded is None or not listener.deliver_now(seq, encoded):
-                    await listener.hub_event(event, encoded)
+                outcome = listener.delivery.decide(event, epoch)
+                if outcome is not DONE:
+                    await listener.carry_out(outcome, event)
             except Exception:
-                logger.exception("delivering %s failed", event.get("type"))
-        if encoded is not None:
+                logger.exception("delivering %s failed", raw.get("type"))
+        if type(event) is LiveMessage:
             # Once per message and process, never per socket.
             _MESSAGE_FRAMES_SENT.inc(len(members))
-            _observe_lag(event["message"]["sent_at"])
+            _observe_lag(event.sent_at)
 
 
 _PROBE_SECONDS = metrics.redis_seconds.labels("probe")

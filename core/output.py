@@ -3,7 +3,7 @@
 A WebSocket server queues whatever an application sends; a client that does
 not read makes that queue grow. Every frame a ``RoomConsumer`` sends passes
 its ``OutputGate``, which knows the connection's unsent bytes (through
-``core.backpressure``) and holds two rules:
+``core.servers.backpressure``) and holds two rules:
 
 - **Per connection**: past ``OUTPUT_BUFFER_BYTES`` unsent, the connection is
   closed as too slow (close code 4008). Bulky output (replays, history pages)
@@ -13,7 +13,7 @@ its ``OutputGate``, which knows the connection's unsent bytes (through
   with the most unsent output until the total is back under, and until then
   no connection counts as keeping up.
 
-On a server whose buffers ``core.backpressure`` cannot see, nothing is
+On a server whose buffers ``core.servers.backpressure`` cannot see, nothing is
 queued as far as the gate knows, and nothing is refused.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from django.conf import settings
 
 from core import metrics
-from core.backpressure import WriteBuffer
+from core.servers.backpressure import WriteBuffer
 
 logger = logging.getLogger(__name__)
 

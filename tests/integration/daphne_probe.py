@@ -24,7 +24,7 @@ def census() -> dict[str, Any]:
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.web.http import HTTPChannel
 
-    from core.daphne_fix import HANDSHAKE_LEFTOVERS
+    from core.servers.daphne import HANDSHAKE_LEFTOVERS
 
     gc.collect()  # count what is reachable, not garbage awaiting a pass
     objects = gc.get_objects()

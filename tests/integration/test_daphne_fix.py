@@ -1,5 +1,5 @@
 """Daphne's open WebSockets let go of their HTTP upgrade, and closed ones
-are freed as they close, not left for the cyclic collector (core/daphne_fix.py,
+are freed as they close, not left for the cyclic collector (core/servers/daphne.py,
 core/output.py).
 
 A real Daphne serves the project with a probe beside it

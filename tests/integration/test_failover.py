@@ -283,7 +283,7 @@ async def test_uvicorns_shutdown_close_names_the_reconnect_window(
 ) -> None:
     """uvicorn closes every socket itself with 1012 on SIGTERM, before the
     application hears of it; the close still names the window its clients
-    should spread their reconnects over (core/uvicorn_fix.py): 4 connections
+    should spread their reconnects over (core/servers/uvicorn.py): 4 connections
     at 2 reconnects/s make 2 s."""
     (app,) = launcher.launch_each(
         {"uvicorn": {"SWITCHBOARD_SHUTDOWN_RECONNECTS_PER_SECOND": "2"}},
@@ -324,7 +324,7 @@ async def test_sigterm_right_after_an_upgrade_still_loses_nothing(
     client too, not only the new one. The new client may get nothing at all,
     not even ``welcome``.
 
-    Switchboard patches that method under Daphne (``core/daphne_fix.py``),
+    Switchboard patches that method under Daphne (``core/servers/daphne.py``),
     so the established client now gets 4012; the new one gets 4012 or, if
     its application had not started yet, 1006. Either way resuming on B with
     ``?after=`` delivers everything.

@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from core.daphne_fix import CLOSE_GRACE_SECONDS
+from core.servers.daphne import CLOSE_GRACE_SECONDS
 from tests.integration.conftest import report
 from tests.support.services import AppProcess, ServiceUnavailable, manage
 

@@ -134,7 +134,7 @@ BODIES = ["short é ☃", "\U0001f600" * 100, "x" * 4000]
 @pytest.mark.parametrize("compression", ["deflate", None])
 def test_every_frame_arrives_intact_with_or_without_compression(server, compression):
     """Without an extension the servers write the shared frame themselves
-    (core.backpressure); with permessage-deflate they frame it through ASGI."""
+    (core.servers.backpressure); with permessage-deflate they frame it through ASGI."""
     app, token = server
     lobby = app.ws_url("/ws/rooms/lobby/")
 

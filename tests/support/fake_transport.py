@@ -1,10 +1,10 @@
 """A WebSocket connection with no socket, for the unit tier.
 
 The production delivery path writes frames straight to the server's
-transport (``core.backpressure``), past ASGI, so ``WebsocketCommunicator``,
+transport (``core.servers.backpressure``), past ASGI, so ``WebsocketCommunicator``,
 which is plain ASGI, never reaches it. Here the server end is uvicorn's own
 WebSocket protocol (``websockets-sansio``, the implementation
-``core.backpressure`` reads) and the client end is websockets' sans-I/O
+``core.servers.backpressure`` reads) and the client end is websockets' sans-I/O
 client; between them sits ``MemoryTransport``, an asyncio transport whose
 written bytes wait in memory until the client reads them. Nothing of the
 application is replaced: a client that stops reading makes the server's

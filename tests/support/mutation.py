@@ -81,16 +81,15 @@ RULES: dict[str, list[str]] = {
         "core.services.x_frame_for__*",
     ],
     "delivery decisions": [
-        "core.backpressure.x_text_frame__*",
-        "core.backpressure.x__declining__*",
-        "core.backpressure.x__sansio_offer__*",
-        "core.backpressure.x__asyncio__*",
+        "core.servers.backpressure.x_text_frame__*",
+        "core.servers.backpressure.x__declining__*",
+        "core.servers.backpressure.x__sansio_offer__*",
+        "core.servers.backpressure.x__asyncio__*",
         "core.output.*",
-        "core.consumers.xǁRoomConsumerǁdeliver_now__*",
-        "core.consumers.xǁRoomConsumerǁ_deliver__*",
+        "core.delivery.*",
+        "core.consumers.xǁRoomConsumerǁcarry_out__*",
         "core.consumers.xǁRoomConsumerǁ_too_slow__*",
         "core.consumers.xǁRoomConsumerǁ_close_too_slow__*",
-        "core.consumers.xǁRoomConsumerǁhub_event__*",
     ],
 }
 

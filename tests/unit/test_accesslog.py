@@ -16,9 +16,10 @@ import pytest
 from asgiref.testing import ApplicationCommunicator
 
 from backend.asgi import application
-from core import accesslog, backpressure, services
+from core import accesslog, services
 from core.fanout import get_hub
 from core.logcontext import ContextFilter, JsonFormatter
+from core.servers import backpressure
 from tests.unit.conftest import connected, refused, token_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,9 +11,10 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from backend.asgi import application
-from core import admission, backpressure, consumers, db, services
+from core import admission, consumers, db, services
 from core.fanout import get_hub
 from core.presence import RoomRef, get_presence
+from core.servers import backpressure
 from tests.unit.conftest import token_for, ws_path
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -116,7 +117,7 @@ async def test_a_handshake_past_its_deadline_is_cancelled_and_undone(
 
 def test_the_output_gate_still_finds_the_socket_behind_admission():
     """The admission wrapper around ``send`` must not hide the server's
-    socket from core.backpressure (the output gate and direct writes)."""
+    socket from core.servers.backpressure (the output gate and direct writes)."""
 
     async def server_send(message):
         return None

@@ -1,7 +1,8 @@
 """The production delivery path, without sockets.
 
 Live messages are written straight to the server's transport, past ASGI
-(``RoomConsumer.deliver_now``, ``core.backpressure``). These tests run it
+(``core.delivery.Delivery.decide``, ``core.servers.backpressure``); the
+decisions alone are in test_delivery_decisions.py. These tests run it
 under uvicorn's own WebSocket protocol over an in-memory transport
 (tests/support/fake_transport.py); every frame is parsed by websockets'
 client. Daphne's equivalent runs in tests/integration/test_output_gate.py.
@@ -16,11 +17,12 @@ from channels.db import database_sync_to_async
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from core import backpressure, consumers, metrics, services
-from core.backpressure import text_frame
+from core import consumers, metrics, services
 from core.fanout import get_hub
 from core.logcontext import ContextFilter
 from core.models import Message
+from core.servers import backpressure
+from core.servers.backpressure import text_frame
 from tests.factories import RoomFactory
 from tests.support.fake_transport import (
     Client,
@@ -255,7 +257,7 @@ def test_the_shared_frame_is_what_a_websocket_client_parses(length):
 
 
 class UnfamiliarServer:
-    """An asyncio server whose WebSocket protocol core.backpressure does not
+    """An asyncio server whose WebSocket protocol core.servers.backpressure does not
     know, shaped like uvicorn's wsproto one: a transport, a connection
     object without websockets' ``extensions``, a ``close_sent`` flag."""
 
@@ -356,7 +358,7 @@ async def test_a_message_committed_during_the_handshake_is_sent_once_after_it(
             ).result(timeout=5)
             wait_until(  # until the hub has handed it over
                 lambda: any(
-                    getattr(listener, "held", None)
+                    listener.delivery.held
                     for listeners in list(hub.members.values())
                     for listener in list(listeners)
                 ),

@@ -209,7 +209,7 @@ def test_shared_frames_are_valid_websocket_text_frames(size):
     from websockets.frames import Frame, Opcode
     from websockets.streams import StreamReader
 
-    from core.backpressure import text_frame
+    from core.servers.backpressure import text_frame
 
     payload = ("é" * size).encode()[:size]
     reader = StreamReader()

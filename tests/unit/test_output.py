@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from core import output
-from core.backpressure import WriteBuffer
+from core.servers.backpressure import WriteBuffer
 from tests.support.services import async_wait_until
 
 

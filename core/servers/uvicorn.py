@@ -8,35 +8,43 @@ against none and 8.6 s with the window). The 1012 now carries the same
 ``retry_window_ms`` reason as Daphne's 4012 (docs/protocol.md, section 8).
 
 Applied to uvicorn's default WebSocket implementation (websockets-sansio)
-only when uvicorn is serving us; checked against a real uvicorn in
-tests/integration/test_failover.py.
+only when uvicorn is serving us, and only on the versions it was verified
+against (``core.servers``); checked against a real uvicorn in
+tests/integration/test_failover.py. Upstream: uvicorn sends 1012 on shutdown
+since https://github.com/Kludex/uvicorn/pull/1816, with no reason and no
+way for the application to give one; no issue yet (to file at
+Kludex/uvicorn: "let the application name the shutdown close's reason").
 """
 
 import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from core.consumers import shutdown_reason
+from core.servers import verified
 
 _MARK = "_switchboard_fixed"
 SHUTDOWN_CODE = 1012
 
 
-def apply() -> None:
-    """Patch uvicorn's WebSocket protocol if uvicorn is what serves us."""
+def apply(shutdown_reason: Callable[[], str]) -> None:
+    """Patch uvicorn's WebSocket protocol if uvicorn is what serves us; its
+    1012 close then carries ``shutdown_reason()``."""
     # uvicorn loads the application before its protocol classes; its
     # command line is imported by then. Under Daphne, nothing is imported.
-    if "uvicorn.main" not in sys.modules:
+    if "uvicorn.main" not in sys.modules or not verified(
+        "uvicorn's shutdown reason (core.servers.uvicorn)", "uvicorn", "websockets"
+    ):
         return
     module = importlib.import_module(
         "uvicorn.protocols.websockets.websockets_sansio_impl"
     )
     protocol = module.WebSocketsSansIOProtocol
     if not getattr(protocol.shutdown, _MARK, False):
-        _close_with_window(protocol)
+        _close_with_window(protocol, shutdown_reason)
 
 
-def _close_with_window(protocol: Any) -> None:
+def _close_with_window(protocol: Any, shutdown_reason: Callable[[], str]) -> None:
     shutdown = protocol.shutdown
 
     def shutdown_with_window(self: Any) -> None:

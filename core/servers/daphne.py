@@ -1,4 +1,5 @@
-"""Work-arounds for Daphne 4.2.3, applied only when Daphne is serving us.
+"""Work-arounds for Daphne and autobahn, applied only when Daphne serves us,
+and only on the versions they were verified against (``core.servers``).
 
 1. Shutdown. On SIGTERM Daphne cancels every application in
    ``Server.kill_all_applications``. It reads ``details["application_instance"]``
@@ -10,7 +11,10 @@
    applications with a ``gather`` that ends at the first one done, so the
    process may exit before the others have closed their sockets with 4012.
    ``kill_all_applications`` is replaced by the same code using ``.get()``
-   and ``return_exceptions=True``.
+   and ``return_exceptions=True``. Upstream: no issue yet (to file at
+   django/daphne: "kill_all_applications raises KeyError for a connection
+   without an application_instance, and its gather ends at the first
+   cancelled application").
 
 2. Memory and CPU per WebSocket. An open WebSocket keeps, for as long as it lives,
    the HTTP request it was upgraded from (Twisted's channel stays registered
@@ -20,12 +24,18 @@
    from 35.9 to 29.4 KiB (docs/performance.md, "Memory per connection").
    And autobahn pretty-prints its options for a debug log line on every
    connection, whether or not it is logged; that waits until it is.
+   Upstream: no issue yet (to file at django/daphne: "an open WebSocket
+   keeps its HTTPChannel, request and autobahn's handshake copies"; and at
+   crossbario/autobahn-python: "options copied per protocol instance, and
+   pformat'ed for a debug line that is not logged").
 
 3. Close reasons. Daphne passes a ``websocket.close`` message's code to the
    client but drops its ``reason`` (ASGI spec 2.3), and Switchboard's
    reasons carry retry hints: ``retry_after_ms`` on 4429 and 4503,
    ``retry_window_ms`` on 4012 (docs/protocol.md, section 8). A close with a
-   reason is sent by autobahn itself, with the reason.
+   reason is sent by autobahn itself, with the reason. Upstream:
+   https://github.com/django/daphne/issues/374 and
+   https://github.com/crossbario/autobahn-python/issues/1642.
 
 4. Closed WebSockets left for the cyclic collector. autobahn fires the
    protocol's ``is_closed`` Deferred with the protocol itself as its result,
@@ -35,7 +45,9 @@
    idle scenario, falling on whatever came next (docs/performance.md,
    "Garbage-collector pauses"). Nothing reads that result (Daphne does not
    use ``is_closed``); once the socket has closed it is let go, and the
-   connection is freed as it closes.
+   connection is freed as it closes. Upstream: no issue yet (to file at
+   crossbario/autobahn-python: "is_closed fires with the protocol as its
+   result: a cycle per closed connection").
 
 5. The close grace. autobahn drops a connection whose client has not
    answered the server's close frame within ``closeHandshakeTimeout`` (1 s,
@@ -43,7 +55,9 @@
    not sent. A 4008 close waits behind up to a budget of unread output, so
    a client reading on was cut off (1006) a second later, short of the
    5 s the protocol promises (docs/protocol.md, section 9.5). Daphne's
-   factory gets ``CLOSE_GRACE_SECONDS`` instead.
+   factory gets ``CLOSE_GRACE_SECONDS`` instead. Upstream: no issue yet (to
+   file at django/daphne: "let the application set closeHandshakeTimeout";
+   autobahn counts from queueing by design).
 
 Remove each once Daphne (or autobahn) ships the fix; each is checked
 against a real Daphne in tests/integration/test_daphne_fix.py (the close
@@ -55,6 +69,8 @@ import logging
 import pprint
 import sys
 from typing import Any
+
+from core.servers import verified
 
 logger = logging.getLogger(__name__)
 _MARK = "_switchboard_fixed"
@@ -97,9 +113,13 @@ def apply() -> None:
     """Patch Daphne if it is what is serving us."""
     # Never import Daphne here: importing it installs a Twisted reactor.
     server = sys.modules.get("daphne.server")
+    ws = sys.modules.get("daphne.ws_protocol")
+    if (server is None and ws is None) or not verified(
+        "Daphne's patches (core.servers.daphne)", "daphne", "autobahn", "twisted"
+    ):
+        return
     if server and not getattr(server.Server.kill_all_applications, _MARK, False):
         _fix_shutdown(server)
-    ws = sys.modules.get("daphne.ws_protocol")
     if ws and not getattr(ws.WebSocketProtocol.onOpen, _MARK, False):
         _slim_websockets(ws)
     if ws and not getattr(ws.WebSocketProtocol.handle_reply, _MARK, False):

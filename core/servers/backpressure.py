@@ -11,6 +11,14 @@ encoded once for every recipient, skipping ASGI's per-recipient work (Daphne,
 and uvicorn's default websockets-sansio implementation). Everything else in the
 app stays plain ASGI; on an unknown server these are unavailable and
 nothing is guarded (documented in docs/performance.md).
+
+Writing frames directly works only on the versions verified in
+``core.servers``; on others every frame goes through ASGI, while the
+buffer's size is still read (a read cannot corrupt a stream, and without it
+a client that stops reading could fill the process's memory). Upstream: ASGI
+has no way to ask for a connection's unsent bytes or to send one encoded
+frame to many connections; no issue yet (to file at django/asgiref: "a
+websocket extension reporting the send buffer's size").
 """
 
 import functools
@@ -20,8 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.servers import verified
+
 logger = logging.getLogger(__name__)
 
+
+# The adapter's name in the line logged when it is off (core.servers).
+DIRECT_WRITES = "Writing frames directly (core.servers.backpressure)"
 
 # What became of a frame offered to a connection (``WriteBuffer.offer``).
 # Plain constants, not an Enum: this runs once per recipient of every
@@ -86,6 +99,14 @@ def _twisted(protocol: Any, limit_bytes: int) -> WriteBuffer:
         # twisted.internet.abstract.FileDescriptor's write buffers.
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
+    queued_bytes()  # an unfamiliar Twisted fails here, in locate(): unguarded
+    if not verified(DIRECT_WRITES, "daphne", "autobahn", "twisted"):
+        return WriteBuffer(
+            _declining(queued_bytes, limit_bytes),
+            transport.abortConnection,
+            queued_bytes,
+        )
+
     def offer(frame: bytes) -> Offer:
         queued = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         if queued > limit_bytes:
@@ -136,6 +157,8 @@ def _sansio_offer(
     the per-call framing, when nothing is negotiated and the socket is open.
     """
     conn = getattr(owner, "conn", None)
+    if not verified(DIRECT_WRITES, "uvicorn", "websockets"):
+        return None
     if (
         conn is None
         or not hasattr(conn, "extensions")

@@ -1,0 +1,179 @@
+"""``core.servers``: library internals used only on verified versions.
+
+An upgrade of Daphne, autobahn, Twisted, uvicorn, websockets or Channels is
+a deliberate act: these tests fail when ``requirements.txt`` pins, or this
+environment holds, a version the adapters were not verified against; and
+on such a version each adapter switches itself off, with one line logged,
+and the app keeps working on the public path.
+"""
+
+import importlib.util
+import logging
+import sys
+from types import ModuleType
+
+import pytest
+from channels.db import database_sync_to_async
+
+import core.servers
+from core import consumers
+from core.servers import VERIFIED, backpressure, daphne, verified
+from core.servers import dispatch as channels_dispatch
+from tests.factories import RoomFactory
+from tests.support.fake_transport import fake_transport_client
+from tests.unit.test_consumers import connected, receive_until, send_json
+from tests.unit.test_delivery import greeted, messages_through, path, post
+from tests.unit.test_requirements import pinned
+
+
+@pytest.fixture
+def unverified(monkeypatch):
+    """Make ``names`` look installed at a version nobody verified."""
+    real = core.servers.installed
+
+    def pretend(*names: str) -> None:
+        monkeypatch.setattr(
+            core.servers,
+            "installed",
+            lambda name: "999.0" if name in names else real(name),
+        )
+        verified.cache_clear()
+
+    yield pretend
+    verified.cache_clear()
+
+
+def test_every_version_requirements_txt_pins_for_an_adapter_is_verified():
+    pins = pinned()
+    adapted = {name: pins[name] for name in VERIFIED if name in pins}
+    # uvicorn and websockets are not deployed (App Platform runs Daphne).
+    assert set(adapted) == {"daphne", "autobahn", "twisted", "channels"}
+    unverified = {
+        name: version
+        for name, version in adapted.items()
+        if version not in VERIFIED[name]
+    }
+    assert not unverified, (
+        f"requirements.txt pins {unverified}, which core.servers was not verified "
+        "on: run the integration tier on them, then add them to VERIFIED"
+    )
+
+
+def test_the_suite_runs_on_verified_versions_so_it_tests_the_adapters():
+    for name, versions in VERIFIED.items():
+        assert core.servers.installed(name) in versions, name
+
+
+def test_an_unverified_version_switches_an_adapter_off_with_one_line(
+    unverified, caplog
+):
+    unverified("websockets")
+    with caplog.at_level(logging.WARNING, logger="core.servers"):
+        assert not verified("Some adapter", "uvicorn", "websockets")
+        assert not verified("Some adapter", "uvicorn", "websockets")
+        assert verified("Another adapter", "uvicorn")
+    [line] = caplog.messages
+    assert line.startswith("Some adapter is off: verified only on uvicorn 0.55.0")
+    assert line.endswith("not on websockets 999.0; using the public path")
+
+
+def test_a_missing_library_is_not_verified(unverified, monkeypatch, caplog):
+    monkeypatch.setattr(core.servers, "installed", lambda name: None)
+    verified.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="core.servers"):
+        assert not verified("Some adapter", "daphne")
+    assert "daphne (missing)" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_on_an_unverified_server_every_frame_goes_through_asgi(unverified):
+    """The direct writer is off; live messages still arrive, in order."""
+    unverified("uvicorn")
+    lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with fake_transport_client(path("lobby")) as client:
+        await greeted(client)
+        sent = [await post(lobby, f"message {n}") for n in range(3)]
+        assert await messages_through(client, sent[-1]) == sent
+        texts = [text for text in client.server.asgi_texts if '"message"' in text]
+        assert len(texts) == 3
+
+
+def test_the_direct_writer_still_reads_the_buffer_when_off(unverified):
+    """Off, frames go through ASGI, but a client past the limit is still
+    caught: without it, a client that stops reading fills the memory."""
+    unverified("twisted")
+
+    class Transport:
+        dataBuffer = b"x" * 200
+        offset = 0
+        _tempDataLen = 0
+        TLS = False
+        disconnecting = False
+
+        def abortConnection(self) -> None:
+            raise AssertionError("not dropped by offering")
+
+    class Protocol:
+        STATE_OPEN = 1
+        state = 1
+        send_queue = ()
+        _perMessageCompress = None
+        transport = Transport()
+
+    buffer = backpressure._twisted(Protocol(), limit_bytes=100)
+    assert buffer.queued() == 200
+    assert buffer.offer(b"frame") is backpressure.TOO_FULL
+    Protocol.transport.dataBuffer = b""
+    assert buffer.offer(b"frame") is backpressure.DECLINED
+
+
+def fresh_ws_protocol(monkeypatch) -> ModuleType:
+    """A new, unpatched copy of daphne.ws_protocol in its place."""
+    spec = importlib.util.find_spec("daphne.ws_protocol")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "daphne.ws_protocol", module)
+    return module
+
+
+def patched(module: ModuleType) -> set[str]:
+    protocol = module.WebSocketProtocol
+    return {
+        name
+        for name in ("onOpen", "onClose", "handle_reply")
+        if getattr(getattr(protocol, name), daphne._MARK, False)
+    }
+
+
+def test_daphne_is_patched_on_a_verified_version(monkeypatch):
+    module = fresh_ws_protocol(monkeypatch)
+    daphne.apply()
+    assert patched(module) == {"onOpen", "onClose", "handle_reply"}
+
+
+def test_daphne_is_left_unpatched_on_an_unverified_version(unverified, monkeypatch):
+    module = fresh_ws_protocol(monkeypatch)
+    unverified("autobahn")
+    daphne.apply()
+    assert patched(module) == set()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_on_an_unverified_channels_its_own_dispatch_runs(unverified, monkeypatch):
+    """Channels' dispatch (with its database hop per event) serves a room."""
+    unverified("channels")
+    assert not channels_dispatch.fast_dispatch_verified()
+    monkeypatch.setattr(consumers, "_FAST_DISPATCH", False)
+    hops = []
+    real = consumers.AsyncWebsocketConsumer.dispatch
+
+    async def channels_own(self, message):
+        hops.append(message["type"])
+        await real(self, message)
+
+    monkeypatch.setattr(consumers.AsyncWebsocketConsumer, "dispatch", channels_own)
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with connected("lobby") as ws:
+        await send_json(ws, {"type": "ping"})
+        await receive_until(ws, lambda f: f["type"] == "pong")
+    assert hops[:2] == ["websocket.connect", "websocket.receive"]
