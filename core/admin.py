@@ -144,6 +144,13 @@ class RoomAdmin(admin.ModelAdmin):
         listed = [f"Room: {room.slug} ({room.name})" for room in rooms]
         return listed, {k: n for k, n in counts.items() if n}, denied, []
 
+    def delete_model(self, request: HttpRequest, obj: Room) -> None:
+        """Delete through ``services.delete_rooms``, where every write is."""
+        services.delete_rooms(Room.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
+        services.delete_rooms(queryset)
+
 
 # --- memberships ----------------------------------------------------------------
 
@@ -353,3 +360,12 @@ class ApiTokenAdmin(TokenAdmin):
         self, request: HttpRequest, obj: ApiToken | None = None
     ) -> bool:
         return False
+
+    def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
+        """Revoke through ``services.delete_tokens``, where every write is."""
+        services.delete_tokens(ApiToken.objects.filter(key=obj.key))
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[ApiToken]
+    ) -> None:
+        services.delete_tokens(queryset)

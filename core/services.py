@@ -22,8 +22,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.text import slugify
+from rest_framework.authtoken.models import Token
 
 from core import access, db, metrics, protocol
 from core.models import SLUG_PATTERN, Membership, Message, Room
@@ -705,6 +707,14 @@ def save_room(room: Room) -> Room:
     return room
 
 
+def delete_rooms(rooms: QuerySet[Room]) -> None:
+    """Delete rooms with their messages and memberships (the admin).
+
+    ``core.signals`` has their connections re-check once this commits.
+    """
+    rooms.delete()
+
+
 def ensure_room(*, slug: str, name: str) -> tuple[Room, bool]:
     """Create the public room ``slug`` if it does not exist (``make run``)."""
     return Room.objects.get_or_create(slug=slug, defaults={"name": name})
@@ -773,6 +783,29 @@ def end_membership(*, membership: Membership) -> None:
 
 
 # --- accounts -------------------------------------------------------------------
+
+
+def sign_up(*, username: str, password: str) -> AbstractBaseUser:
+    """Create the account ``username`` (the sign-up page; its form has
+    validated both). Hashes the password: callers hold a hashing slot."""
+    return get_user_model().objects.create_user(username=username, password=password)
+
+
+def issue_token(user: AbstractBaseUser) -> str:
+    """The user's API token key, made on first use (one token per user)."""
+    token, _ = Token.objects.get_or_create(user=user)
+    return token.key
+
+
+def revoke_tokens(*, user_id: int) -> None:
+    """Delete the user's API token; ``core.signals`` closes the connections
+    each deleted token signed in, once the deletion commits."""
+    Token.objects.filter(user_id=user_id).delete()
+
+
+def delete_tokens(tokens: QuerySet[Token]) -> None:
+    """Delete these tokens (the admin), with the same consequences."""
+    tokens.delete()
 
 
 def ensure_user(

@@ -200,7 +200,10 @@ def signup(request: HttpRequest) -> HttpResponse:
         if refusal is None:
             try:
                 with throttling.password_hashing():
-                    user = form.save()
+                    user = services.sign_up(
+                        username=form.cleaned_data["username"],
+                        password=form.cleaned_data["password1"],
+                    )
             except throttling.Busy as exc:
                 refusal = exc.refusal
             else:
