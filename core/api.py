@@ -44,6 +44,14 @@ ROOMS_PAGE_DEFAULT = 100
 ROOMS_PAGE_MAX = 500
 
 
+class SignedIn(IsAuthenticated):
+    """DRF's signed-in permission (and its 401), decided by
+    ``access.is_signed_in`` like every other signed-in check."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return access.is_signed_in(request.user)
+
+
 class SchemaView(SpectacularAPIView):
     """The OpenAPI document; its refusals are JSON like every API error,
     not the YAML of the document."""
@@ -395,7 +403,7 @@ class RoomListView(APIView):
 
     def get_permissions(self) -> list[Any]:
         if self.request.method == "POST":
-            return [IsAuthenticated()]
+            return [SignedIn()]
         # AllowAny rather than none, so the document says anyone may list.
         return [AllowAny()]
 
@@ -463,7 +471,7 @@ class RoomListView(APIView):
 class MemberListView(APIView):
     """The owner of a private room adds a member."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [SignedIn]
 
     @extend_schema(
         request=MemberSerializer,
@@ -501,7 +509,7 @@ class MemberListView(APIView):
 class MemberDetailView(APIView):
     """The owner removes a member, or a member leaves."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [SignedIn]
 
     @extend_schema(
         responses={
@@ -690,7 +698,7 @@ class MessageDetailView(APIView):
 class DeletionListView(APIView):
     """Who deleted which message of a room, and when: owners and staff."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [SignedIn]
 
     @extend_schema(
         parameters=[
