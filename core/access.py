@@ -1,7 +1,9 @@
-"""Who may see and post in a room: one function per rule.
+"""Who may see, post and manage in a room: one function per rule.
 
-Every interface (consumer handshake, frames, API, pages) asks these, so the
-rules live in one place. Unknown and invisible rooms look the same to callers.
+Every interface (consumer handshake, frames, API, pages, admin) and every
+write in ``core.services`` asks these, so the rules live here and nowhere
+else (tests/unit/test_one_writer.py keeps it so). Unknown and invisible
+rooms look the same to callers.
 """
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -13,9 +15,27 @@ from core.models import Membership, Message, Room
 User = AbstractBaseUser | AnonymousUser
 
 
+def is_signed_in(user: User | None) -> bool:
+    """True for a signed-in user; False for an anonymous visitor (or None).
+
+    Every write (send, edit, delete, typing, token revocation) needs it;
+    callers answer "sign in" when it is False.
+    """
+    return user is not None and bool(user.is_authenticated)
+
+
+def can_write(user: User) -> bool:
+    """Signed in and active, as far as this copy of the user knows.
+
+    Writers that store read ``is_active`` again where they store
+    (``can_post_now``): this copy may predate a deactivation.
+    """
+    return is_signed_in(user) and bool(user.is_active)
+
+
 def is_member(user: User, room: Room) -> bool:
     """True if ``user`` belongs to ``room`` (an owner is a member)."""
-    if not user.is_authenticated:
+    if not is_signed_in(user):
         return False
     return Membership.objects.filter(room=room, user=user).exists()
 
@@ -32,21 +52,100 @@ def _may_read(user: User, room: Room, *, is_member: bool) -> bool:
 
 
 def can_post(user: User, room: Room) -> bool:
-    """Signed-in users post where they can read; anonymous users never post."""
-    if not user.is_authenticated:
-        return False
-    if not user.is_active:
+    """Signed-in users post where they can read; anonymous users never post.
+
+    ``can_post_now`` is the same rule read from the database in one
+    statement, as the store paths check it.
+    """
+    if not can_write(user):
         return False
     return can_read(user, room)
+
+
+# ``can_post``'s conditions that can change under a caller, as SQL, for the
+# store paths: the author still active and, in a private room, still a
+# member. ``system``: no author (a system message, e.g. announce), always
+# allowed. Table and column names as core/models.py and django.contrib.auth
+# define them (tests/unit/test_services.py keeps them in step). Parameters:
+# ``system``, ``author``, ``room``, ``is_private``. tests/unit/test_access.py
+# (SQLite) and tests/integration/test_services.py (PostgreSQL) run a matrix
+# of users and rooms through it and through ``can_post`` and compare.
+POST_RIGHT_SQL = """(%(system)s OR EXISTS (
+            SELECT 1 FROM auth_user WHERE id = %(author)s AND is_active
+        ))
+        AND (%(system)s OR NOT %(is_private)s OR EXISTS (
+            SELECT 1 FROM core_membership
+            WHERE room_id = %(room)s AND user_id = %(author)s
+        ))"""
+
+
+def post_right_params(user: User | None, room: Room) -> dict[str, object]:
+    """The parameters of ``POST_RIGHT_SQL`` for ``user`` (None: system) in
+    ``room`` as this copy of the room has it."""
+    return {
+        "system": user is None,
+        "author": user.pk if user is not None else None,
+        "room": room.pk,
+        "is_private": room.is_private,
+    }
+
+
+def can_post_now(user: User, room: Room) -> bool:
+    """``can_post`` with the user's activity and membership read from the
+    database now (``POST_RIGHT_SQL``), in one query; ``room`` as read.
+
+    The caller has checked ``can_write`` on its copy of the user (no query).
+    """
+    if not can_write(user):
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {POST_RIGHT_SQL}", post_right_params(user, room))
+        return bool(cursor.fetchone()[0])
 
 
 def can_manage_members(user: User, room: Room) -> bool:
     """Only the owner of a private room adds or removes its members."""
     if not room.is_private:
         return False
-    if not user.is_authenticated:
+    if not is_signed_in(user):
         return False
     return room.owner_id == user.pk
+
+
+def can_leave(user: User, room: Room) -> bool:
+    """A member leaves a private room; its owner cannot (they manage it).
+
+    A public room admits everyone: there is nothing to leave.
+    """
+    if not room.is_private or not is_signed_in(user):
+        return False
+    return room.owner_id != user.pk
+
+
+def can_remove_member(actor: User, room: Room, username: str) -> bool:
+    """The owner removes a member; a member removes themself (leaves)."""
+    if is_signed_in(actor) and actor.get_username() == username:
+        return can_leave(actor, room)
+    return can_manage_members(actor, room)
+
+
+def can_end_membership(membership: Membership) -> bool:
+    """True if ``membership`` may be deleted, whoever asks (the admin too).
+
+    Not in a public room: it admits everyone, and a deletion would close the
+    user's connections there for nothing. Not the owner's own: an owner
+    cannot leave their room.
+    """
+    room = membership.room
+    if not room.is_private:
+        return False
+    return membership.user_id != room.owner_id
+
+
+def can_be_member(user: AbstractBaseUser, room: Room) -> bool:
+    """Only private rooms have members to add (a public room admits
+    everyone), and only active users join."""
+    return room.is_private and bool(user.is_active)
 
 
 def can_edit(user: User, message: Message) -> bool:
@@ -65,14 +164,14 @@ def can_delete(user: User, room: Room, message: Message) -> bool:
 
 def can_audit(user: User, room: Room) -> bool:
     """A room's owner and staff see who deleted what in it."""
-    if not user.is_authenticated:
+    if not is_signed_in(user):
         return False
     return room.owner_id == user.pk or bool(user.is_staff)
 
 
 def visible_rooms(user: User) -> QuerySet[Room]:
     """Public rooms, plus the private rooms ``user`` belongs to."""
-    if not user.is_authenticated:
+    if not is_signed_in(user):
         return Room.objects.filter(is_private=False)
     return Room.objects.filter(
         Q(is_private=False) | Q(membership__user=user)

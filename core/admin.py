@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
-from core import services
+from core import access, services
 from core.models import ApiToken, Deletion, Membership, Message, Room
 
 # What ``ModelAdmin.get_deleted_objects`` returns: the rows to list, counts
@@ -144,6 +144,13 @@ class RoomAdmin(admin.ModelAdmin):
         listed = [f"Room: {room.slug} ({room.name})" for room in rooms]
         return listed, {k: n for k, n in counts.items() if n}, denied, []
 
+    def delete_model(self, request: HttpRequest, obj: Room) -> None:
+        """Delete through ``services.delete_rooms``, where every write is."""
+        services.delete_rooms(Room.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
+        services.delete_rooms(queryset)
+
 
 # --- memberships ----------------------------------------------------------------
 
@@ -203,7 +210,7 @@ class MembershipAdmin(admin.ModelAdmin):
     def get_deleted_objects(
         self, objs: Iterable[Membership], request: HttpRequest
     ) -> DeletedObjects:
-        """Django's list, refused where ``services.can_end_membership`` says no.
+        """Django's list, refused where ``access.can_end_membership`` says no.
 
         Checked here, not in ``has_delete_permission``: Django asks that for
         every membership a user's or a room's deletion takes with it, and
@@ -213,7 +220,7 @@ class MembershipAdmin(admin.ModelAdmin):
         listed, counts, denied, protected = super().get_deleted_objects(
             memberships, request
         )
-        if not all(services.can_end_membership(m) for m in memberships):
+        if not all(access.can_end_membership(m) for m in memberships):
             denied = {*denied, "a public room's memberships, or an owner's own"}
         return listed, counts, denied, protected
 
@@ -353,3 +360,12 @@ class ApiTokenAdmin(TokenAdmin):
         self, request: HttpRequest, obj: ApiToken | None = None
     ) -> bool:
         return False
+
+    def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
+        """Revoke through ``services.delete_tokens``, where every write is."""
+        services.delete_tokens(ApiToken.objects.filter(key=obj.key))
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[ApiToken]
+    ) -> None:
+        services.delete_tokens(queryset)

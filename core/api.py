@@ -25,7 +25,6 @@ from drf_spectacular.utils import (
 )
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers, status
-from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.renderers import JSONRenderer
@@ -43,6 +42,14 @@ logger = logging.getLogger(__name__)
 # GET /api/rooms/ pages: ``limit`` rooms (default, most) after a slug cursor.
 ROOMS_PAGE_DEFAULT = 100
 ROOMS_PAGE_MAX = 500
+
+
+class SignedIn(IsAuthenticated):
+    """DRF's signed-in permission (and its 401), decided by
+    ``access.is_signed_in`` like every other signed-in check."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return access.is_signed_in(request.user)
 
 
 class SchemaView(SpectacularAPIView):
@@ -373,8 +380,7 @@ class TokenView(APIView):
                 {"detail": "Unable to sign in with those credentials."},
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        return Response({"token": services.issue_token(user)})
 
     # The view answers anonymous callers itself, where drf-spectacular looks
     # for a permission class.
@@ -382,13 +388,13 @@ class TokenView(APIView):
         request=None, auth=SIGNED_IN, responses={204: None, 401: UNAUTHORIZED}
     )
     def delete(self, request: Request) -> Response:
-        if not request.user.is_authenticated:
+        if not access.is_signed_in(request.user):
             return Response(
                 {"detail": "Authentication credentials were not provided."},
                 status=status.HTTP_401_UNAUTHORIZED,
             )
         # Each deletion closes that token's sockets (core.signals).
-        Token.objects.filter(user=request.user).delete()
+        services.revoke_tokens(user_id=request.user.pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -397,7 +403,7 @@ class RoomListView(APIView):
 
     def get_permissions(self) -> list[Any]:
         if self.request.method == "POST":
-            return [IsAuthenticated()]
+            return [SignedIn()]
         # AllowAny rather than none, so the document says anyone may list.
         return [AllowAny()]
 
@@ -465,7 +471,7 @@ class RoomListView(APIView):
 class MemberListView(APIView):
     """The owner of a private room adds a member."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [SignedIn]
 
     @extend_schema(
         request=MemberSerializer,
@@ -503,7 +509,7 @@ class MemberListView(APIView):
 class MemberDetailView(APIView):
     """The owner removes a member, or a member leaves."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [SignedIn]
 
     @extend_schema(
         responses={
@@ -590,7 +596,7 @@ class MessageListView(APIView):
     )
     def post(self, request: Request, slug: str) -> Response:
         room = _visible_room_or_404(request, slug)
-        if not request.user.is_authenticated:
+        if not access.is_signed_in(request.user):
             return Response(
                 {"detail": "Sign in to post messages."},
                 status=status.HTTP_401_UNAUTHORIZED,
@@ -618,7 +624,7 @@ def _change(
     """Edit or delete message ``seq`` (``serializer`` has a body for an
     edit, none for a deletion): 200 with the change."""
     room = _visible_room_or_404(request, slug)
-    if not request.user.is_authenticated:
+    if not access.is_signed_in(request.user):
         return Response(
             {"detail": "Sign in to edit or delete messages."},
             status=status.HTTP_401_UNAUTHORIZED,
@@ -692,7 +698,7 @@ class MessageDetailView(APIView):
 class DeletionListView(APIView):
     """Who deleted which message of a room, and when: owners and staff."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [SignedIn]
 
     @extend_schema(
         parameters=[

@@ -42,7 +42,10 @@ class RoomForm(forms.Form):
 
 
 class SignupForm(UserCreationForm):
-    """Django's account form, with the username field focused first."""
+    """Django's account form, with the username field focused first.
+
+    It validates only: ``services.sign_up`` creates the account.
+    """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)

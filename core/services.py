@@ -22,8 +22,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.text import slugify
+from rest_framework.authtoken.models import Token
 
 from core import access, db, metrics, protocol
 from core.models import SLUG_PATTERN, Membership, Message, Room
@@ -179,26 +181,26 @@ def store_message(
 
 
 def _check_signed_in(author: User | None) -> None:
-    """The checks that need no query: signed in, and active in this copy."""
+    """The checks that need no query (``access.is_signed_in``,
+    ``access.can_write``): signed in, and active in this copy."""
     if author is None:
         return  # a system message (announce)
-    if not author.is_authenticated:
+    if not access.is_signed_in(author):
         raise NotSignedIn
-    if not author.is_active:
+    if not access.can_write(author):
         raise AccessDenied
 
 
 def _check_can_post(author: User | None, room: Room) -> None:
-    """``access.can_post``, with ``is_active`` read again from the database.
+    """``access.can_post_now``: ``access.POST_RIGHT_SQL``, the condition the
+    PostgreSQL statement holds, read in one query.
 
-    The caller's copy of the author may predate a deactivation.
+    The caller's copy of the author may predate a deactivation or a removal.
     """
     _check_signed_in(author)
     if author is None:
         return
-    if not access.can_post(author, room):
-        raise AccessDenied
-    if not get_user_model().objects.filter(pk=author.pk, is_active=True).exists():
+    if not access.can_post_now(author, room):
         raise AccessDenied
 
 
@@ -213,26 +215,20 @@ def _original(room: Room, author: User, client_id: str) -> Message | None:
 
 
 # Table and column names as core/models.py and django.contrib.auth define
-# them (a unit test keeps them in step). The WHERE holds every condition of
-# ``access.can_post`` that can change: the room's privacy as the caller saw
-# it, the author still active and, in a private room, still a member. They
-# are read in the statement that locks the room row and takes the seq, so a
-# removal committed before the statement starts refuses the post even after
-# the caller's own check passed. ``system``: no author (announce).
-# ``system`` and ``is_private`` are literals once bound (client-side binding),
-# so the planner drops the checks a message does not need: a public room's
-# post adds one primary-key probe of the author.
-INSERT_WITH_NEXT_SEQ = """
+# them (a unit test keeps them in step). The WHERE holds the room's privacy
+# as the caller saw it and every condition of ``access.can_post`` that can
+# change, as ``access.POST_RIGHT_SQL`` states them (the SQLite path runs the
+# same SQL). They are read in the statement that locks the room row and
+# takes the seq, so a removal committed before the statement starts refuses
+# the post even after the caller's own check passed. ``system`` and
+# ``is_private`` are literals once bound (client-side binding), so the
+# planner drops the checks a message does not need: a public room's post
+# adds one primary-key probe of the author. (S608: constants only.)
+INSERT_WITH_NEXT_SEQ = f"""
 WITH next AS (
     UPDATE core_room SET last_seq = last_seq + 1, last_message_at = %(now)s
     WHERE id = %(room)s AND is_private = %(is_private)s
-        AND (%(system)s OR EXISTS (
-            SELECT FROM auth_user WHERE id = %(author)s AND is_active
-        ))
-        AND (%(system)s OR NOT %(is_private)s OR EXISTS (
-            SELECT FROM core_membership
-            WHERE room_id = %(room)s AND user_id = %(author)s
-        ))
+        AND {access.POST_RIGHT_SQL}
     RETURNING last_seq
 )
 INSERT INTO core_message
@@ -241,7 +237,7 @@ SELECT %(room)s, last_seq, %(author)s, %(author_name)s, %(body)s, %(client_id)s,
     %(now)s
 FROM next
 RETURNING id, seq
-"""
+"""  # noqa: S608
 
 
 def _store_in_one_statement(
@@ -279,10 +275,7 @@ def _insert_with_next_seq(
     now = timezone.now()
     author_name = author.get_username() if author is not None else ""
     params = {
-        "room": room.pk,
-        "is_private": room.is_private,
-        "system": author is None,
-        "author": author.pk if author is not None else None,
+        **access.post_right_params(author, room),
         "author_name": author_name,
         "body": body,
         "client_id": client_id,
@@ -389,7 +382,7 @@ def store_change(
         room = Room.objects.select_for_update().get(pk=room.pk)
         # Read again: the caller's copy may predate a deactivation or the
         # loss of staff status.
-        actor = get_user_model().objects.filter(pk=actor.pk, is_active=True).first()
+        actor = get_user_model().objects.filter(pk=actor.pk).first()
         if actor is None or not access.can_post(actor, room):
             raise AccessDenied
         if client_id is not None:
@@ -714,6 +707,14 @@ def save_room(room: Room) -> Room:
     return room
 
 
+def delete_rooms(rooms: QuerySet[Room]) -> None:
+    """Delete rooms with their messages and memberships (the admin).
+
+    ``core.signals`` has their connections re-check once this commits.
+    """
+    rooms.delete()
+
+
 def ensure_room(*, slug: str, name: str) -> tuple[Room, bool]:
     """Create the public room ``slug`` if it does not exist (``make run``)."""
     return Room.objects.get_or_create(slug=slug, defaults={"name": name})
@@ -730,15 +731,16 @@ def add_member(*, room: Room, actor: User, username: str) -> Membership:
 
 
 def check_admission(*, room: Room, user: AbstractBaseUser) -> None:
-    """Raise unless ``user`` may be made a member of ``room``.
+    """Raise unless ``user`` may be made a member of ``room``
+    (``access.can_be_member``).
 
-    Only private rooms have members to add (a public room admits everyone)
-    and only active users join: ``AccessDenied`` or ``UnknownUser``.
+    ``AccessDenied`` for a public room (it has no members to add),
+    ``UnknownUser`` for an inactive user.
     """
-    if not room.is_private:
+    if not access.can_be_member(user, room):
+        if room.is_private:
+            raise UnknownUser(user.get_username())
         raise AccessDenied
-    if not user.is_active:
-        raise UnknownUser(user.get_username())
 
 
 def admit_member(*, room: Room, user: AbstractBaseUser) -> Membership:
@@ -760,12 +762,7 @@ def remove_member(*, room: Room, actor: User, username: str) -> None:
     ``core.signals`` once the deletion commits, as for every other path that
     deletes a membership.
     """
-    if not actor.is_authenticated or not room.is_private:
-        raise AccessDenied
-    leaving = actor.get_username() == username
-    if not leaving and not access.can_manage_members(actor, room):
-        raise AccessDenied
-    if leaving and room.owner_id == actor.pk:
+    if not access.can_remove_member(actor, room, username):
         raise AccessDenied
     membership = Membership.objects.filter(room=room, user__username=username).first()
     if membership is None:
@@ -774,31 +771,41 @@ def remove_member(*, room: Room, actor: User, username: str) -> None:
     end_membership(membership=membership)
 
 
-def can_end_membership(membership: Membership) -> bool:
-    """True if ``membership`` may be deleted, whoever asks.
-
-    Not in a public room: it admits everyone, and a deletion would close the
-    user's connections there for nothing. Not the owner's own: an owner
-    cannot leave their room.
-    """
-    room = membership.room
-    if not room.is_private:
-        return False
-    return membership.user_id != room.owner_id
-
-
 def end_membership(*, membership: Membership) -> None:
     """Delete ``membership``; its user's connections to the room close.
 
-    Raises ``AccessDenied`` unless ``can_end_membership``. The revocation is
-    published by ``core.signals`` once the deletion commits.
+    Raises ``AccessDenied`` unless ``access.can_end_membership``. The
+    revocation is published by ``core.signals`` once the deletion commits.
     """
-    if not can_end_membership(membership):
+    if not access.can_end_membership(membership):
         raise AccessDenied
     membership.delete()
 
 
 # --- accounts -------------------------------------------------------------------
+
+
+def sign_up(*, username: str, password: str) -> AbstractBaseUser:
+    """Create the account ``username`` (the sign-up page; its form has
+    validated both). Hashes the password: callers hold a hashing slot."""
+    return get_user_model().objects.create_user(username=username, password=password)
+
+
+def issue_token(user: AbstractBaseUser) -> str:
+    """The user's API token key, made on first use (one token per user)."""
+    token, _ = Token.objects.get_or_create(user=user)
+    return token.key
+
+
+def revoke_tokens(*, user_id: int) -> None:
+    """Delete the user's API token; ``core.signals`` closes the connections
+    each deleted token signed in, once the deletion commits."""
+    Token.objects.filter(user_id=user_id).delete()
+
+
+def delete_tokens(tokens: QuerySet[Token]) -> None:
+    """Delete these tokens (the admin), with the same consequences."""
+    tokens.delete()
 
 
 def ensure_user(

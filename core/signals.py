@@ -246,7 +246,7 @@ def close_sockets_on_lost_password_or_activation(
     """
     if not instance.__dict__.pop(LOST_ACCESS_ATTR, False):
         return
-    Token.objects.filter(user_id=instance.pk).delete()
+    services.revoke_tokens(user_id=instance.pk)
     user_id = instance.pk
     _after_commit(lambda: services.revoke_access(user_id=user_id))
 

@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import user_passes_test
 from django.core.paginator import Page, Paginator
 from django.db import connection
 from django.db.models import F
@@ -27,6 +27,9 @@ from core import access, logs, metrics, services, throttling
 from core.forms import RoomForm, SignupForm
 
 logger = logging.getLogger(__name__)
+
+# Django's login_required, with the check that core.access makes.
+signed_in_required = user_passes_test(access.is_signed_in)
 
 READY_TIMEOUT_SECONDS = 2.0
 READY_GROUP = "readyz"
@@ -135,7 +138,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return _home(request, RoomForm())
 
 
-@login_required
+@signed_in_required
 @require_http_methods(["POST"])
 def create_room(request: HttpRequest) -> HttpResponse:
     """Create a room from the home page's form, then open it."""
@@ -200,7 +203,10 @@ def signup(request: HttpRequest) -> HttpResponse:
         if refusal is None:
             try:
                 with throttling.password_hashing():
-                    user = form.save()
+                    user = services.sign_up(
+                        username=form.cleaned_data["username"],
+                        password=form.cleaned_data["password1"],
+                    )
             except throttling.Busy as exc:
                 refusal = exc.refusal
             else:

@@ -333,6 +333,29 @@ def test_the_store_statement_refuses_an_author_who_lost_access_after_the_check(
         }
 
 
+def test_the_post_right_is_one_rule_on_postgresql_too(database_url: str) -> None:
+    """tests/unit/post_rights.py's matrix of users x rooms on PostgreSQL,
+    where the store path checks ``access.POST_RIGHT_SQL`` inside its one
+    statement: ``access.can_post``, that SQL and the store agree on every
+    cell, and the cells are those SQLite gives (tests/unit/test_access.py)."""
+    script = (
+        "import json, secrets\n"
+        "from tests.unit import post_rights\n"
+        "print(json.dumps(post_rights.outcomes(secrets.token_hex(4))))\n"
+    )
+    env = {"DJANGO_SECRET_KEY": secrets.token_urlsafe(40), "DATABASE_URL": database_url}
+    result = manage("shell", "-c", script, env=env)
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    from tests.unit import post_rights
+
+    assert found == {
+        user: {
+            room: [room in post_rights.EXPECTED[user]] * 3 for room in post_rights.ROOMS
+        }
+        for user in post_rights.USERS
+    }
+
+
 # --- make stack ------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from rest_framework.test import APIClient
 from backend.asgi import application
 from core import services
 from core.models import Membership, Message, Room
-from tests.factories import PASSWORD, RoomFactory, UserFactory
+from tests.factories import PASSWORD, RoomFactory, UserFactory, private_room
 from tests.unit.conftest import receive_until, send_json, ws_path
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -743,3 +743,55 @@ def test_each_rule_answers_alone_for_visitors_and_public_rooms():
     assert access.handshake_room(visitor, "secret") is None
     assert access.handshake_room(visitor, "lobby") == public
     assert access.handshake_room(member, "secret") == private
+
+
+@ROLLBACK_DB
+def test_the_post_right_is_one_rule_in_python_in_sql_and_where_messages_are_stored():
+    """``access.can_post``, ``access.POST_RIGHT_SQL`` and the store path agree
+    on every user x room (SQLite here; PostgreSQL, whose store path runs the
+    SQL inside its one statement: tests/integration/test_services.py)."""
+    from tests.unit import post_rights
+
+    found = post_rights.outcomes("sqlite")
+    for user, rooms in found.items():
+        for room, answers in rooms.items():
+            allowed = room in post_rights.EXPECTED[user]
+            assert answers == [allowed] * 3, (user, room, answers)
+
+
+@ROLLBACK_DB
+def test_members_leave_private_rooms_and_owners_manage_them():
+    """Who may end a membership (core.access), whoever asks: the owner of a
+    private room removes others; a member leaves; the owner cannot leave."""
+    from django.contrib.auth.models import AnonymousUser
+
+    from core import access
+
+    owner, member = UserFactory(username="olive"), UserFactory(username="mia")
+    visitor = AnonymousUser()
+    public = RoomFactory(slug="lobby", owner=owner)
+    private = private_room(owner, member)
+
+    assert access.can_remove_member(member, private, "mia") is True  # leaves
+    assert access.can_remove_member(member, private, "olive") is False
+    assert access.can_remove_member(owner, private, "mia") is True
+    assert access.can_remove_member(owner, private, "olive") is False  # own room
+    assert access.can_remove_member(owner, public, "mia") is False
+    assert access.can_remove_member(member, public, "mia") is False
+    # An anonymous visitor's username is "": naming it leaves nothing.
+    assert access.can_remove_member(visitor, private, "") is False
+    assert [access.can_leave(who, private) for who in (member, owner, visitor)] == [
+        True,
+        False,
+        False,
+    ]
+    memberships = {m.user.username: m for m in Membership.objects.filter(room=private)}
+    assert access.can_end_membership(memberships["mia"]) is True
+    assert access.can_end_membership(memberships["olive"]) is False
+    assert access.can_be_member(member, private) is True
+    assert access.can_be_member(member, public) is False
+    member.is_active = False
+    assert access.can_be_member(member, private) is False
+    assert access.is_signed_in(None) is False
+    assert access.is_signed_in(visitor) is False
+    assert access.can_write(member) is False  # this copy is deactivated

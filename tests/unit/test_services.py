@@ -200,3 +200,16 @@ def test_an_anonymous_author_is_told_to_sign_in_not_refused():
             room=room, author=AnonymousUser(), body="hi", client_id=None
         )
     assert not Message.objects.filter(room=room).exists()
+
+
+def test_accounts_and_tokens_are_written_here():
+    """The sign-up page and the token API write through these: a new
+    account signs in with its password; one token per user, until revoked."""
+    from django.contrib.auth import authenticate
+
+    user = services.sign_up(username="ada", password="a-long-passphrase-9")
+    assert authenticate(username="ada", password="a-long-passphrase-9") == user
+    key = services.issue_token(user)
+    assert services.issue_token(user) == key
+    services.revoke_tokens(user_id=user.pk)
+    assert services.issue_token(user) != key
