@@ -12,12 +12,22 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from typing import overload
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+# With a string default the answer is always a string.
+@overload
+def env_str(name: str) -> str | None: ...
+@overload
+def env_str(name: str, default: str) -> str: ...
+@overload
+def env_str(name: str, default: str | None) -> str | None: ...
 
 
 def env_str(name: str, default: str | None = None) -> str | None:

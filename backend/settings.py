@@ -8,6 +8,7 @@ app is served or ``manage.py`` runs a command that needs it.
 """
 
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -15,7 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 try:
     from redis.maint_notifications import MaintNotificationsConfig
 except ImportError:  # redis-py before 7: no maintenance notifications
-    MaintNotificationsConfig = None
+    # The stubs are redis-py 8's, where the class always exists.
+    MaintNotificationsConfig = None  # type: ignore[misc,assignment]
 
 from backend.env import (
     env_bool,
@@ -133,6 +135,9 @@ TEMPLATES = [
 _DATABASE_URL = env_url(
     "DATABASE_URL", schemes={"postgres", "postgresql", "pgsql", "sqlite"}
 )
+# An alias's options: dj_database_url's DBConfig or the SQLite dict below
+# (whose NAME is a Path), amended in place by the blocks that follow.
+DATABASES: dict[str, Any]
 if _DATABASE_URL is None:
     DATABASES = {
         "default": {
@@ -232,6 +237,9 @@ def _redis_options(url: str, ca_pem: str | None) -> dict[str, object]:
     return options
 
 
+REDIS_OPTIONS: dict[str, object]
+CHANNEL_LAYERS: dict[str, dict[str, Any]]
+CACHES: dict[str, dict[str, Any]]
 if REDIS_URL:
     REDIS_OPTIONS = _redis_options(REDIS_URL, REDIS_CA_CERT)
     # channels_redis' pub/sub layer: one Redis subscription per process,

@@ -89,8 +89,14 @@ class _Socket:
     notes the client's close code in the log scope instead.
     """
 
-    __slots__ = ("accepted_at", "log_scope", "path", "real_send", "server_code")
-    __slots__ += ("started",)
+    __slots__ = (
+        "accepted_at",
+        "log_scope",
+        "path",
+        "real_send",
+        "server_code",
+        "started",
+    )
 
     def __init__(self, send: Send, path: str, log_scope: logcontext.Scope) -> None:
         self.real_send = send
@@ -117,7 +123,7 @@ class _Socket:
             return
         # Who closed first says why: the server's code (4008, 4012, 4403...)
         # over the client's answer to it.
-        code = self.server_code
+        code: object = self.server_code
         if code is None:
             code = self.log_scope.get("close_code")
         duration_ms = _ms_since(self.accepted_at)
@@ -149,11 +155,17 @@ class AccessLogRouter(ProtocolTypeRouter):
     connection").
     """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    # Scopes and events are plain dicts here, as Channels passes them; its
+    # stubs type them as asgiref's TypedDicts, which these paths would have
+    # to narrow key by key for nothing.
+    async def __call__(  # type: ignore[override]
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         kind = scope["type"]
-        app = self.application_mapping.get(kind)
+        app: Any = self.application_mapping.get(kind)
         if app is None or kind not in ("http", "websocket"):
-            await super().__call__(scope, receive, send)  # lifespan, or refused
+            # Lifespan, or refused.
+            await super().__call__(scope, receive, send)  # type: ignore[arg-type]
             return
         if kind == "http":
             await self._http(app, scope, receive, send)
@@ -212,4 +224,5 @@ def quiet_daphne() -> None:
     """
     cli = sys.modules.get("daphne.cli")
     if cli is not None and hasattr(cli, "AccessLogGenerator"):
-        cli.AccessLogGenerator = _no_access_log
+        # Daphne ships no types; hasattr said the attribute is there.
+        cli.AccessLogGenerator = _no_access_log  # type: ignore[attr-defined]

@@ -5,15 +5,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 @register(Tags.security, deploy=True)
-def check_deployment(app_configs: Iterable[Any] | None, **kwargs: Any) -> list:
+def check_deployment(
+    app_configs: Iterable[Any] | None, **kwargs: Any
+) -> list[CheckMessage]:
     """Settings that would break or weaken a multi-instance deployment."""
-    problems: list = []
+    problems: list[CheckMessage] = []
     if settings.SWITCHBOARD_SECRET_KEY_MISSING:
         problems.append(
             Error(

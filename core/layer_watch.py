@@ -43,13 +43,16 @@ async def new_channel(layer: Any, prefix: str) -> str:
     before it subscribes in Redis, and keeps the queue when that fails: a
     process retrying through a long outage would pile them up.
     """
+    channel: str  # the layer is untyped (its internals are reached for)
     try:
         local = layer._get_layer().channels
     except AttributeError:
-        return await layer.new_channel(prefix)
+        channel = await layer.new_channel(prefix)
+        return channel
     before = set(local)
     try:
-        return await layer.new_channel(prefix)
+        channel = await layer.new_channel(prefix)
+        return channel
     except BaseException:
         for name in set(local) - before:
             local.pop(name, None)

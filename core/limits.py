@@ -211,7 +211,7 @@ def _sync_redis() -> redis.Redis:
     if _sync_client is None:
         # Request threads share at most REDIS_CONNECTIONS connections.
         pool = redis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
+            settings.REDIS_URL,  # type: ignore[arg-type]  # only made when set
             **{
                 **settings.REDIS_OPTIONS,
                 "socket_timeout": REDIS_WAIT_SECONDS,
@@ -433,7 +433,7 @@ def _async_redis() -> aioredis.Redis:
     client = _async_clients.get(loop)
     if client is None:
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
+            settings.REDIS_URL,  # type: ignore[arg-type]  # only made when set
             **{**settings.REDIS_OPTIONS, "socket_timeout": REDIS_WAIT_SECONDS},
             max_connections=REDIS_CONNECTIONS,
             timeout=REDIS_WAIT_SECONDS,

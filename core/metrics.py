@@ -28,7 +28,7 @@ import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from prometheus_client import (
@@ -53,7 +53,7 @@ SNAPSHOT_TTL_SECONDS = 3 * METRICS_SNAPSHOT_SECONDS
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
 
 # The _created series double what is stored and sent for nothing we use.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
@@ -186,14 +186,17 @@ class _Readings(Collector):
 
 
 _READINGS: list[tuple[str, str, type, Callable[[], float | None]]] = []
+_Read = TypeVar("_Read", bound=Callable[[], float | None])
 
 
-def reading(name: str, documentation: str, *, counter: bool = False) -> Callable:
+def reading(
+    name: str, documentation: str, *, counter: bool = False
+) -> Callable[[_Read], _Read]:
     """Register ``func()`` as a gauge (or a counter: a count that only
     grows) read when scraped; None leaves it out."""
     family = CounterMetricFamily if counter else GaugeMetricFamily
 
-    def register(func: Callable[[], float | None]) -> Callable[[], float | None]:
+    def register(func: _Read) -> _Read:
         _READINGS.append((name, documentation, family, func))
         return func
 

@@ -3,10 +3,11 @@
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.utils.functional import SimpleLazyObject
 
 from core import logcontext
@@ -33,13 +34,23 @@ PRIVATE_CACHE_CONTROL = "private, no-store"
 DATABASE_UNAVAILABLE = "The database is unavailable for a moment. Try again shortly."
 
 
+_Answer = HttpResponseBase | Awaitable[HttpResponseBase]
+
+
 class _SyncAndAsync:
     """Middleware that runs in whichever mode its chain runs (Daphne: async)."""
 
     sync_capable = True
     async_capable = True
+    # Returns a response, or an awaitable of one when is_async: which one
+    # depends on the mode, so callers annotate what they get.
+    get_response: Callable[[HttpRequest], Any]
 
-    def __init__(self, get_response: Callable) -> None:
+    if TYPE_CHECKING:  # every subclass defines it; markcoroutinefunction needs it
+
+        def __call__(self, request: HttpRequest) -> _Answer: ...
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
@@ -53,17 +64,19 @@ class HealthCheckMiddleware(_SyncAndAsync):
     header; the check must pass while the process serves, with no I/O.
     """
 
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+    def __call__(self, request: HttpRequest) -> _Answer:
         if self.is_async:
             return self._acall(request)
         if request.path in (HEALTH_PATH, HEALTH_PATH + "/"):
             return JsonResponse({"status": "ok"})
-        return self.get_response(request)
+        response: HttpResponseBase = self.get_response(request)
+        return response
 
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         if request.path in (HEALTH_PATH, HEALTH_PATH + "/"):
             return JsonResponse({"status": "ok"})
-        return await self.get_response(request)
+        response: HttpResponseBase = await self.get_response(request)
+        return response
 
 
 class LogContextMiddleware(_SyncAndAsync):
@@ -77,16 +90,16 @@ class LogContextMiddleware(_SyncAndAsync):
     URL's ``slug``.
     """
 
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+    def __call__(self, request: HttpRequest) -> _Answer:
         if self.is_async:
             return self._acall(request)
-        response = self.get_response(request)
+        response: HttpResponseBase = self.get_response(request)
         _annotate_log(request)
         return response
 
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         logcontext.adopt()
-        response = await self.get_response(request)
+        response: HttpResponseBase = await self.get_response(request)
         _annotate_log(request)
         return response
 
@@ -146,22 +159,24 @@ class SecurityHeadersMiddleware(_SyncAndAsync):
     keeps its own.
     """
 
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+    # csp_nonce is this middleware's own attribute on the request (templates
+    # read it), unknown to HttpRequest's stubs.
+    def __call__(self, request: HttpRequest) -> _Answer:
         if self.is_async:
             return self._acall(request)
-        request.csp_nonce = CspNonce()
+        request.csp_nonce = CspNonce()  # type: ignore[attr-defined]
         return self._add_headers(request, self.get_response(request))
 
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        request.csp_nonce = CspNonce()
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        request.csp_nonce = CspNonce()  # type: ignore[attr-defined]
         return self._add_headers(request, await self.get_response(request))
 
     def _add_headers(
-        self, request: HttpRequest, response: HttpResponse
-    ) -> HttpResponse:
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
         # Template responses are rendered by now, so the nonce is known.
         if "Content-Security-Policy" not in response:
-            nonce = request.csp_nonce.used
+            nonce = request.csp_nonce.used  # type: ignore[attr-defined]
             response["Content-Security-Policy"] = content_security_policy(nonce)
         if "Cache-Control" not in response:
             response["Cache-Control"] = PRIVATE_CACHE_CONTROL
@@ -179,8 +194,9 @@ class DatabaseUnavailableMiddleware(_SyncAndAsync):
     left to Django.
     """
 
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        return self.get_response(request)
+    def __call__(self, request: HttpRequest) -> _Answer:
+        answer: _Answer = self.get_response(request)
+        return answer
 
     def process_exception(
         self, request: HttpRequest, exception: Exception

@@ -1,10 +1,15 @@
 """Rooms, memberships and messages; API tokens as the admin shows them."""
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from rest_framework.authtoken.models import TokenProxy
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 SLUG_PATTERN = r"[a-z0-9][a-z0-9-]{0,49}"
 slug_validator = RegexValidator(
@@ -31,7 +36,8 @@ class Room(models.Model):
     last_seq = models.PositiveBigIntegerField(default=0)
     last_message_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    members = models.ManyToManyField(
+    # A string: ManyToManyField is not subscriptable at run time.
+    members: "models.ManyToManyField[User, Membership]" = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="rooms"
     )
 

@@ -1,5 +1,6 @@
 """Request parsers for the HTTP API (DEFAULT_PARSER_CLASSES)."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from rest_framework import parsers
@@ -13,7 +14,7 @@ class JSONParser(parsers.JSONParser):
         self,
         stream: Any,
         media_type: str | None = None,
-        parser_context: dict[str, Any] | None = None,
+        parser_context: Mapping[str, Any] | None = None,
     ) -> Any:
         try:
             return super().parse(stream, media_type, parser_context)

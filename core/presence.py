@@ -75,9 +75,9 @@ class MemoryStore:
     """Entries in this process (no Redis: one process only)."""
 
     def __init__(self) -> None:
-        self.rooms: dict[str, dict[str, float]] = defaultdict(dict)
-        self.published: dict[str, str] = {}
-        self.throttle: dict[str, float] = {}
+        self.rooms: dict[RoomRef, dict[str, float]] = defaultdict(dict)
+        self.published: dict[RoomRef, str] = {}
+        self.throttle: dict[RoomRef, float] = {}
 
     async def put(self, room: RoomRef, members: list[str], expires: float) -> None:
         self.rooms[room].update(dict.fromkeys(members, expires))
@@ -123,7 +123,7 @@ class RedisStore:
         # blocking pool queues them on a few connections instead of opening
         # one each (redis-py's default pool has no practical limit).
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
+            settings.REDIS_URL,  # type: ignore[arg-type]  # only made when set
             **settings.REDIS_OPTIONS,
             max_connections=REDIS_CONNECTIONS,
             timeout=REDIS_WAIT_SECONDS,
@@ -150,6 +150,7 @@ class RedisStore:
     ) -> list[str]:
         """``put``, then ``members``: one round trip for a joining connection."""
         key = self._key(room)
+        current: list[str]  # decode_responses: members come back as str
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, dict.fromkeys(members, expires))
             pipe.expire(key, int(settings.PRESENCE_TTL_SECONDS * 2) + 1)
@@ -165,7 +166,8 @@ class RedisStore:
         return await self.redis.zremrangebyscore(self._key(room), "-inf", now)
 
     async def members(self, room: RoomRef, now: float) -> list[str]:
-        return await self.redis.zrangebyscore(self._key(room), f"({now}", "+inf")
+        # decode_responses: str, which redis-py's annotations do not follow.
+        return await self.redis.zrangebyscore(self._key(room), f"({now}", "+inf")  # type: ignore[return-value]
 
     async def claim_publish(
         self, room: RoomRef, digest: str, force: bool = False
@@ -194,9 +196,9 @@ class Presence:
         self.store: MemoryStore | RedisStore = (
             RedisStore() if settings.REDIS_URL else _shared_memory_store()
         )
-        self.users: dict[str, Counter[str]] = defaultdict(Counter)
-        self.anonymous: dict[str, set[str]] = defaultdict(set)
-        self.dirty: set[str] = set()
+        self.users: dict[RoomRef, Counter[str]] = defaultdict(Counter)
+        self.anonymous: dict[RoomRef, set[str]] = defaultdict(set)
+        self.dirty: set[RoomRef] = set()
         self.task: asyncio.Task[None] | None = None
         # The store failed (Redis unreachable): frames are this process's
         # view, marked unavailable, until a full refresh succeeds.

@@ -7,6 +7,7 @@ is tested on its own. Business rules (access, rates, dedup) live in services.
 import json
 import re
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, NotRequired, TypedDict
@@ -118,13 +119,14 @@ def _parse_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        largest = 10 ** sys.get_int_max_str_digits() - 1
+        largest: int = 10 ** sys.get_int_max_str_digits() - 1
         return -largest if text.startswith("-") else largest
 
 
 def _depth_exceeds(value: object, limit: int) -> bool:
     """True if ``value`` nests arrays/objects deeper than ``limit``."""
     stack = [(value, 1)]
+    children: Iterable[object]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
@@ -299,7 +301,7 @@ def _parse_history(data: dict[str, object]) -> HistoryFrame:
     )
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, object]], ClientFrame]] = {
     "send": _parse_send,
     "edit": _parse_edit,
     "delete": _parse_delete,

@@ -20,7 +20,7 @@ import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
@@ -32,12 +32,17 @@ from rest_framework.authtoken.models import Token
 from core import db
 from core.models import Membership, Room
 
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+
 logger = logging.getLogger(__name__)
 
 # Connections that ask within this window share one batch of queries.
 BATCH_WINDOW_SECONDS = 0.01
 # Rows per IN (...) list.
 CHUNK = 500
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +67,7 @@ class Guarded(Protocol):
         """Its access was read again and holds."""
 
 
-def _chunks(values: Iterable, size: int = CHUNK) -> Iterable[list]:
+def _chunks(values: Iterable[_T], size: int = CHUNK) -> Iterable[list[_T]]:
     values = list(values)
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -77,7 +82,7 @@ def lost(grants: Iterable[Grant]) -> set[Grant]:
     for chunk in _chunks({g.room_id for g in grants}):
         rooms.update(Room.objects.filter(pk__in=chunk).values_list("pk", "is_private"))
     user_ids = {g.user_id for g in grants if g.user_id is not None}
-    users: dict[int, tuple[bool, object]] = {}
+    users: dict[int, tuple[bool, AbstractBaseUser]] = {}
     for chunk in _chunks(user_ids):
         for user in get_user_model().objects.filter(pk__in=chunk):
             users[user.pk] = (user.is_active, user)
@@ -91,8 +96,8 @@ def lost(grants: Iterable[Grant]) -> set[Grant]:
                 ).values_list("room_id", "user_id")
             )
     tokens: dict[str, int] = {}
-    for chunk in _chunks({g.token_key for g in grants if g.token_key}):
-        tokens.update(Token.objects.filter(key__in=chunk).values_list("key", "user_id"))
+    for keys in _chunks({g.token_key for g in grants if g.token_key}):
+        tokens.update(Token.objects.filter(key__in=keys).values_list("key", "user_id"))
     sessions = _valid_sessions({g.session_key for g in grants if g.session_key}, users)
 
     def holds(grant: Grant) -> bool:
@@ -115,7 +120,7 @@ def lost(grants: Iterable[Grant]) -> set[Grant]:
 
 
 def _valid_sessions(
-    keys: set[str], users: dict[int, tuple[bool, object]]
+    keys: set[str], users: "dict[int, tuple[bool, AbstractBaseUser]]"
 ) -> dict[str, int]:
     """session key -> the user it still signs in, for the valid ones."""
     valid: dict[str, int] = {}
@@ -126,7 +131,8 @@ def _valid_sessions(
         ):
             data = session.get_decoded()
             try:
-                user_id = int(data.get(SESSION_KEY))
+                # A session without a user: int(None) raises TypeError.
+                user_id = int(data.get(SESSION_KEY))  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 continue
             user = users.get(user_id, (False, None))[1]
