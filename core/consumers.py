@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core import (
+    access,
     admission,
     clientaddr,
     db,
@@ -576,7 +577,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         """A write (send, edit, delete) needs a signed-in user with a token
         of the send budget: one per user, shared by their sockets on every
         instance and the HTTP API."""
-        if not self.user.is_authenticated:
+        if not access.is_signed_in(self.user):
             raise ProtocolError(protocol.UNAUTHENTICATED, refusal, client_id=client_id)
         await self.check_rate(
             "send", settings.SEND_RATE_PER_SECOND, settings.SEND_BURST, client_id
@@ -660,7 +661,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         )
 
     async def handle_typing(self) -> None:
-        if not self.user.is_authenticated:
+        if not access.is_signed_in(self.user):
             raise ProtocolError(
                 protocol.UNAUTHENTICATED, "Sign in to send typing notices."
             )

@@ -53,14 +53,6 @@ NOT_RULES = {
     ("core/middleware.py", "_annotate_log", "is_authenticated"): (
         "the user id for the access log"
     ),
-    # Pending: core/consumers.py belongs to the delivery path's owner, who
-    # replaces these two with ``access.is_signed_in(self.user)``.
-    ("core/consumers.py", "RoomConsumer.check_writer", "is_authenticated"): (
-        "PENDING: to become access.is_signed_in"
-    ),
-    ("core/consumers.py", "RoomConsumer.handle_typing", "is_authenticated"): (
-        "PENDING: to become access.is_signed_in"
-    ),
 }
 
 
