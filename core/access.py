@@ -6,16 +6,26 @@ else (tests/unit/test_one_writer.py keeps it so). Unknown and invisible
 rooms look the same to callers.
 """
 
+from typing import TYPE_CHECKING, TypeAlias
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection
 from django.db.models import Q, QuerySet
 
 from core.models import Membership, Message, Room
 
-User = AbstractBaseUser | AnonymousUser
+if TYPE_CHECKING:
+    # The stubs resolve AUTH_USER_MODEL to auth's User, which model fields
+    # and lookups expect; at run time the alias stays as it was.
+    from django.contrib.auth.models import User as AuthUser
+    from typing_extensions import TypeIs
+
+    User: TypeAlias = AuthUser | AnonymousUser
+else:
+    User = AbstractBaseUser | AnonymousUser
 
 
-def is_signed_in(user: User | None) -> bool:
+def is_signed_in(user: User | None) -> "TypeIs[AuthUser]":
     """True for a signed-in user; False for an anonymous visitor (or None).
 
     Every write (send, edit, delete, typing, token revocation) needs it;
@@ -79,7 +89,7 @@ POST_RIGHT_SQL = """(%(system)s OR EXISTS (
         ))"""
 
 
-def post_right_params(user: User | None, room: Room) -> dict[str, object]:
+def post_right_params(user: User | None, room: Room) -> dict[str, bool | int | None]:
     """The parameters of ``POST_RIGHT_SQL`` for ``user`` (None: system) in
     ``room`` as this copy of the room has it."""
     return {
@@ -142,7 +152,7 @@ def can_end_membership(membership: Membership) -> bool:
     return membership.user_id != room.owner_id
 
 
-def can_be_member(user: AbstractBaseUser, room: Room) -> bool:
+def can_be_member(user: "AuthUser", room: Room) -> bool:
     """Only private rooms have members to add (a public room admits
     everyone), and only active users join."""
     return room.is_private and bool(user.is_active)

@@ -14,13 +14,12 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import IntegrityError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -30,9 +29,12 @@ from rest_framework.authtoken.models import Token
 from core import access, db, metrics, protocol
 from core.models import SLUG_PATTERN, Membership, Message, Room
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as AuthUser
+
 logger = logging.getLogger(__name__)
 
-User = AbstractBaseUser | AnonymousUser
+User: TypeAlias = access.User
 
 # Rooms per query when reading many rooms' last_seq.
 LAST_SEQS_CHUNK = 1000
@@ -168,7 +170,7 @@ def store_message(
         now = timezone.now()
         seq = room.last_seq + 1
         Room.objects.filter(pk=room.pk).update(last_seq=seq, last_message_at=now)
-        message = Message.objects.create(
+        message = Message.objects.create(  # type: ignore[misc]  # anonymous refused above
             room=room,
             seq=seq,
             author=author,
@@ -208,7 +210,7 @@ def _original(room: Room, author: User, client_id: str) -> Message | None:
     # No ordering: Message's default one joins Room and sorts, which costs
     # more than the unique-index lookup itself.
     return (
-        Message.objects.filter(room=room, author=author, client_id=client_id)
+        Message.objects.filter(room=room, author=author, client_id=client_id)  # type: ignore[misc]  # callers refused anonymous authors
         .order_by()
         .first()
     )
@@ -299,7 +301,7 @@ def _insert_with_next_seq(
         return PostResult(frame_for(original, room.slug), created=False)
     if row is None:
         return None
-    message = Message(
+    message = Message(  # type: ignore[misc]  # anonymous authors refused before
         id=row[0],
         room=room,
         seq=row[1],
@@ -382,11 +384,11 @@ def store_change(
         room = Room.objects.select_for_update().get(pk=room.pk)
         # Read again: the caller's copy may predate a deactivation or the
         # loss of staff status.
-        actor = get_user_model().objects.filter(pk=actor.pk).first()
-        if actor is None or not access.can_post(actor, room):
+        current = get_user_model().objects.filter(pk=actor.pk).first()  # type: ignore[misc]  # signed in (checked above): pk is set
+        if current is None or not access.can_post(current, room):
             raise AccessDenied
         if client_id is not None:
-            original = _original(room, actor, client_id)
+            original = _original(room, current, client_id)
             if original is not None:
                 return PostResult(frame_for(original, room.slug), created=False)
         target = (
@@ -402,7 +404,7 @@ def store_change(
             room=room, target_seq=seq, kind=Message.Kind.EDIT
         )
         if body is not None:
-            if not access.can_edit(actor, target):
+            if not access.can_edit(current, target):
                 raise AccessDenied
             kind = Message.Kind.EDIT
             target.body, target.edited_at = body, now
@@ -411,7 +413,7 @@ def store_change(
             # text everywhere, and applying them in order still ends here.
             earlier_edits.update(body=body)
         else:
-            if not access.can_delete(actor, room, target):
+            if not access.can_delete(current, room, target):
                 raise AccessDenied
             kind = Message.Kind.DELETE
             target.body, target.deleted, target.edited_at = "", True, None
@@ -422,8 +424,8 @@ def store_change(
         event = Message.objects.create(
             room=room,
             seq=event_seq,
-            author=actor,
-            author_name=actor.get_username(),
+            author=current,
+            author_name=current.get_username(),
             body=body or "",
             client_id=client_id,
             sent_at=now,
@@ -502,7 +504,8 @@ async def publish(group: str, event: dict[str, Any]) -> bool:
     The event carries its group, so a process that listens to many groups
     on one channel (``core.fanout``) knows whom it is for.
     """
-    layer = get_channel_layer()
+    # CHANNEL_LAYERS is always set (backend/settings.py): never None.
+    layer: BaseChannelLayer = get_channel_layer()  # type: ignore[assignment]  # see above
     started = time.perf_counter()
     try:
         await asyncio.wait_for(
@@ -532,7 +535,7 @@ async def publish_message(room_id: int, message: protocol.MessageFrame) -> bool:
     )
 
 
-def _page(queryset: Any, limit: int, *, descending: bool) -> tuple[list, bool]:
+def _page(queryset: Any, limit: int, *, descending: bool) -> tuple[list[Any], bool]:
     rows = list(queryset.order_by("-seq" if descending else "seq")[: limit + 1])
     has_more = len(rows) > limit
     rows = rows[:limit]
@@ -677,7 +680,7 @@ def slug_from_name(name: str) -> str:
 
 
 def create_room(
-    *, owner: AbstractBaseUser, name: str, slug: str | None, is_private: bool
+    *, owner: "AuthUser", name: str, slug: str | None, is_private: bool
 ) -> Room:
     """Create a room owned by ``owner`` (who becomes its first member).
 
@@ -730,7 +733,7 @@ def add_member(*, room: Room, actor: User, username: str) -> Membership:
     return admit_member(room=room, user=user)
 
 
-def check_admission(*, room: Room, user: AbstractBaseUser) -> None:
+def check_admission(*, room: Room, user: "AuthUser") -> None:
     """Raise unless ``user`` may be made a member of ``room``
     (``access.can_be_member``).
 
@@ -743,7 +746,7 @@ def check_admission(*, room: Room, user: AbstractBaseUser) -> None:
         raise AccessDenied
 
 
-def admit_member(*, room: Room, user: AbstractBaseUser) -> Membership:
+def admit_member(*, room: Room, user: "AuthUser") -> Membership:
     """Make ``user`` a member of the private ``room`` (idempotent).
 
     Whoever asks: ``add_member`` checks that the owner asks, and the admin
@@ -785,16 +788,17 @@ def end_membership(*, membership: Membership) -> None:
 # --- accounts -------------------------------------------------------------------
 
 
-def sign_up(*, username: str, password: str) -> AbstractBaseUser:
+def sign_up(*, username: str, password: str) -> "AuthUser":
     """Create the account ``username`` (the sign-up page; its form has
     validated both). Hashes the password: callers hold a hashing slot."""
     return get_user_model().objects.create_user(username=username, password=password)
 
 
-def issue_token(user: AbstractBaseUser) -> str:
+def issue_token(user: "AuthUser") -> str:
     """The user's API token key, made on first use (one token per user)."""
     token, _ = Token.objects.get_or_create(user=user)
-    return token.key
+    key: str = token.key
+    return key
 
 
 def revoke_tokens(*, user_id: int) -> None:
@@ -810,7 +814,7 @@ def delete_tokens(tokens: QuerySet[Token]) -> None:
 
 def ensure_user(
     *, username: str, password: str, is_staff: bool = False
-) -> tuple[AbstractBaseUser, bool]:
+) -> tuple["AuthUser", bool]:
     """Create ``username`` with ``password`` if it does not exist; (user, created).
 
     An existing user keeps their password; ``is_staff`` only ever raises
