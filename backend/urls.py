@@ -22,9 +22,7 @@ urlpatterns = [
     path(
         "accounts/login/",
         views.credential_page(
-            # credential_page's parameter is typed HttpResponse, narrower than
-            # the views it wraps: widened when core/views.py is typed.
-            auth_views.LoginView.as_view(authentication_form=forms.LoginForm)  # type: ignore[arg-type]
+            auth_views.LoginView.as_view(authentication_form=forms.LoginForm)
         ),
         name="login",
     ),

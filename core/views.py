@@ -5,6 +5,7 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -15,7 +16,13 @@ from django.contrib.auth.decorators import user_passes_test
 from django.core.paginator import Page, Paginator
 from django.db import connection
 from django.db.models import F
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+)
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.timesince import timesince
@@ -25,6 +32,17 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from core import access, logs, metrics, services, throttling
 from core.forms import RoomForm, SignupForm
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as AuthUser
+
+    from core.models import Room
+
+    class SignedInRequest(HttpRequest):
+        """A request that ``signed_in_required`` let through."""
+
+        user: AuthUser
+
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +68,7 @@ async def _channel_layer_round_trip() -> None:
     # nothing behind. (A receive would need a subscription of its own per
     # request on the pub/sub layer; whether subscriptions deliver is what
     # core.fanout's hub probes.)
-    await get_channel_layer().group_send(READY_GROUP, {"type": "readyz.ping"})
+    await get_channel_layer().group_send(READY_GROUP, {"type": "readyz.ping"})  # type: ignore[union-attr]  # CHANNEL_LAYERS always set
 
 
 async def readyz(request: HttpRequest) -> JsonResponse:
@@ -108,7 +126,7 @@ def _activity(moment: datetime | None) -> str:
     return f"{timesince(moment, depth=1)} ago"
 
 
-def _rooms_for(user: access.User, page_number: object = 1) -> Page:
+def _rooms_for(user: access.User, page_number: int | str = 1) -> "Page[Room]":
     """A page of visible rooms, most recently active first, then the silent
     ones; a page number out of range gives the nearest page.
 
@@ -120,7 +138,7 @@ def _rooms_for(user: access.User, page_number: object = 1) -> Page:
     )
     page = Paginator(rooms, HOME_PAGE_ROOMS).get_page(page_number)
     for room in page:
-        room.activity = _activity(room.last_message_at)
+        room.activity = _activity(room.last_message_at)  # type: ignore[attr-defined]  # for the template only
     return page
 
 
@@ -140,7 +158,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @signed_in_required
 @require_http_methods(["POST"])
-def create_room(request: HttpRequest) -> HttpResponse:
+def create_room(request: "SignedInRequest") -> HttpResponse:
     """Create a room from the home page's form, then open it."""
     form = RoomForm(request.POST)
     if not form.is_valid():
@@ -219,19 +237,23 @@ def signup(request: HttpRequest) -> HttpResponse:
     return refusal.apply(render(request, "registration/signup.html", context))
 
 
-def _signed_up(request: HttpRequest, user: access.User) -> HttpResponse:
+def _signed_up(request: HttpRequest, user: "AuthUser") -> HttpResponse:
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     messages.success(request, f"Welcome to Switchboard, {user.get_username()}.")
     return redirect("home")
 
 
-def credential_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def credential_page(
+    view: Callable[..., HttpResponseBase],
+) -> Callable[..., HttpResponseBase]:
     """Wrap a sign-in view whose form is ``forms.CredentialLimitsMixin``: a
     refused submission answers 429 (or 503) with ``Retry-After``, the page
     and its form as usual."""
 
     @functools.wraps(view)
-    def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+    def wrapped(
+        request: HttpRequest, *args: object, **kwargs: object
+    ) -> HttpResponseBase:
         response = view(request, *args, **kwargs)
         form = (getattr(response, "context_data", None) or {}).get("form")
         refusal = getattr(form, "refusal", None)
