@@ -9,7 +9,8 @@ Sign-in attempts, password hashing and writes per user are throttled by
 import logging
 import math
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -36,6 +37,15 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from core import access, clientaddr, limits, protocol, services, throttling
 from core.models import SLUG_PATTERN, Room
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as AuthUser
+
+    class SignedInRequest(Request):
+        """A request that the ``SignedIn`` permission let through."""
+
+        user: AuthUser
+
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +90,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return None
     if not (isinstance(response.data, dict) and "detail" in response.data):
         response.data = {"detail": "Invalid input.", "errors": response.data}
-    if isinstance(exc, Throttled) and exc.wait is not None:
-        response.data["retry_after_ms"] = max(1, math.ceil(exc.wait * 1000))
+    if isinstance(exc, Throttled) and exc.wait is not None:  # type: ignore[attr-defined]  # set in __init__, not in drf-stubs
+        response.data["retry_after_ms"] = max(1, math.ceil(exc.wait * 1000))  # type: ignore[attr-defined]  # as above
     return response
 
 
@@ -94,7 +104,7 @@ def refusal_response(refusal: throttling.Refusal) -> Response:
 
 
 @extend_schema_field(OpenApiTypes.STR)
-class BodyField(serializers.Field):
+class BodyField(serializers.Field[str, object, str, str]):
     """A message body under the WebSocket ``send`` rules (never trimmed)."""
 
     def to_internal_value(self, data: object) -> str:
@@ -110,7 +120,7 @@ class BodyField(serializers.Field):
 @extend_schema_field(
     {"type": "string", "nullable": True, "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 )
-class ClientIdField(serializers.Field):
+class ClientIdField(serializers.Field[str | None, object, str | None, str | None]):
     """Optional 1-64 of ``[A-Za-z0-9_-]``."""
 
     def to_internal_value(self, data: object) -> str | None:
@@ -132,7 +142,13 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
-class StringOnly:
+if TYPE_CHECKING:
+    _StringOnlyBase = serializers.CharField
+else:
+    _StringOnlyBase = object
+
+
+class StringOnly(_StringOnlyBase):
     """JSON strings only, as the document says (DRF's CharField also takes
     numbers and turns them into text)."""
 
@@ -150,33 +166,33 @@ class StrictRegexField(StringOnly, serializers.RegexField):
     pass
 
 
-class TokenRequestSerializer(serializers.Serializer):
+class TokenRequestSerializer(serializers.Serializer[Any]):
     username = StrictCharField(max_length=150)
     password = StrictCharField(max_length=4096, trim_whitespace=False)
 
 
-class TokenSerializer(serializers.Serializer):
+class TokenSerializer(serializers.Serializer[Any]):
     token = serializers.CharField()
 
 
-class RoomSerializer(serializers.ModelSerializer):
+class RoomSerializer(serializers.ModelSerializer[Room]):
     class Meta:
         model = Room
         fields = ["slug", "name", "is_private", "last_seq", "last_message_at"]
 
 
-class RoomCreateSerializer(serializers.Serializer):
+class RoomCreateSerializer(serializers.Serializer[Any]):
     name = StrictCharField(min_length=1, max_length=100)
     # Absent: None, and services.create_room derives it from the name.
     slug = StrictRegexField(rf"^{SLUG_PATTERN}\Z", required=False, default=None)
     is_private = StrictBooleanField(required=False, default=False)
 
 
-class MemberSerializer(serializers.Serializer):
+class MemberSerializer(serializers.Serializer[Any]):
     username = StrictCharField(max_length=150)
 
 
-class MessageSerializer(serializers.Serializer):
+class MessageSerializer(serializers.Serializer[Any]):
     type = serializers.CharField()
     room = serializers.CharField()
     seq = serializers.IntegerField()
@@ -191,43 +207,45 @@ class MessageSerializer(serializers.Serializer):
     target = serializers.IntegerField(required=False)
 
 
-class MessageCreateSerializer(serializers.Serializer):
+class MessageCreateSerializer(serializers.Serializer[Any]):
     body = BodyField()
     client_id = ClientIdField(required=False, default=None, allow_null=True)
 
 
-class MessageDeleteSerializer(serializers.Serializer):
+class MessageDeleteSerializer(serializers.Serializer[Any]):
     client_id = ClientIdField(required=False, default=None, allow_null=True)
 
 
-class DeletionSerializer(serializers.Serializer):
+class DeletionSerializer(serializers.Serializer[Any]):
     seq = serializers.IntegerField()
     target = serializers.IntegerField()
     deleted_by = serializers.CharField(allow_null=True)
     deleted_at = serializers.CharField()
 
 
-class DeletionPageSerializer(serializers.Serializer):
+class DeletionPageSerializer(serializers.Serializer[Any]):
     deletions = DeletionSerializer(many=True)
     has_more = serializers.BooleanField()
 
 
-class MessagePageSerializer(serializers.Serializer):
+class MessagePageSerializer(serializers.Serializer[Any]):
     messages = MessageSerializer(many=True)
     has_more = serializers.BooleanField()
 
 
-class ErrorSerializer(serializers.Serializer):
+class ErrorSerializer(serializers.Serializer[Any]):
     """An error: ``detail`` says what is wrong; invalid input adds ``errors``,
     each field's messages."""
 
     detail = serializers.CharField()
-    errors = serializers.DictField(
+    # DRF's metaclass takes declared fields off the class, so
+    # Serializer.errors is left alone; the stubs see the class attribute.
+    errors = serializers.DictField(  # type: ignore[assignment]  # see above
         child=serializers.ListField(child=serializers.CharField()), required=False
     )
 
 
-class RefusalSerializer(serializers.Serializer):
+class RefusalSerializer(serializers.Serializer[Any]):
     """A refusal (429, 503): try again in ``retry_after_ms``, which
     ``Retry-After`` says in whole seconds."""
 
@@ -238,7 +256,9 @@ class RefusalSerializer(serializers.Serializer):
 # --- what the OpenAPI document says besides the serializers ---------------------
 
 # Security requirements, named as drf-spectacular names the two authenticators.
-SIGNED_IN = [{"tokenAuth": []}, {"cookieAuth": []}]
+# extend_schema(auth=...) puts them in the document as they are (they replace
+# AutoSchema.get_auth's list of requirements); its hint says Sequence[str].
+SIGNED_IN = cast("Sequence[str]", [{"tokenAuth": []}, {"cookieAuth": []}])
 
 
 def _error(description: str) -> OpenApiResponse:
@@ -449,7 +469,7 @@ class RoomListView(APIView):
             **BODY_ERRORS,
         },
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: "SignedInRequest") -> Response:
         data = RoomCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         # Every valid attempt counts, refused ones too: a taken slug answers
@@ -486,7 +506,7 @@ class MemberListView(APIView):
             **BODY_ERRORS,
         },
     )
-    def post(self, request: Request, slug: str) -> Response:
+    def post(self, request: "SignedInRequest", slug: str) -> Response:
         room = _visible_room_or_404(request, slug)
         data = MemberSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -619,7 +639,7 @@ MESSAGE_SEQ = OpenApiParameter(
 
 
 def _change(
-    request: Request, slug: str, seq: int, serializer: type[serializers.Serializer]
+    request: Request, slug: str, seq: int, serializer: type[serializers.Serializer[Any]]
 ) -> Response:
     """Edit or delete message ``seq`` (``serializer`` has a body for an
     edit, none for a deletion): 200 with the change."""

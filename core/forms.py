@@ -1,6 +1,6 @@
 """Forms for the pages."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -13,6 +13,17 @@ from core.models import slug_validator
 # core.models.SLUG_PATTERN as an HTML pattern: browsers compile it with the
 # "v" flag, where a literal hyphen in a class must be escaped.
 HTML_SLUG_PATTERN = r"[a-z0-9][a-z0-9\-]{0,49}"
+
+# Bases for the checker only: Django's form classes take no type arguments at
+# run time, and the mixin's super() is AuthenticationForm's.
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as AuthUser
+
+    _SignupFormBase = UserCreationForm[AuthUser]
+    _CredentialFormBase = AuthenticationForm
+else:
+    _SignupFormBase = UserCreationForm
+    _CredentialFormBase = object
 
 
 class RoomForm(forms.Form):
@@ -41,7 +52,7 @@ class RoomForm(forms.Form):
     is_private = forms.BooleanField(required=False, label="Private (members only)")
 
 
-class SignupForm(UserCreationForm):
+class SignupForm(_SignupFormBase):
     """Django's account form, with the username field focused first.
 
     It validates only: ``services.sign_up`` creates the account.
@@ -52,7 +63,7 @@ class SignupForm(UserCreationForm):
         self.fields["username"].widget.attrs["autofocus"] = True
 
 
-class CredentialLimitsMixin:
+class CredentialLimitsMixin(_CredentialFormBase):
     """A sign-in form behind ``core.throttling``'s limits and hashing bound.
 
     Every submission counts against the client's address; one with a
@@ -72,16 +83,16 @@ class CredentialLimitsMixin:
         )
         self.refusal = throttling.check_attempt(self.request)
         if self.refusal is None and checks_password:
-            self.refusal = throttling.check_password_check(self.request, username)
+            self.refusal = throttling.check_password_check(self.request, username)  # type: ignore[arg-type]  # checks_password: not None
             if self.refusal is None:
                 try:
                     with throttling.password_hashing():
-                        return super().clean()  # type: ignore[misc]
+                        return super().clean()
                 except throttling.Busy as exc:
                     self.refusal = exc.refusal
         if self.refusal is not None:
             raise ValidationError(self.refusal.detail, code="throttled")
-        return super().clean()  # type: ignore[misc]
+        return super().clean()
 
 
 class LoginForm(CredentialLimitsMixin, AuthenticationForm):
