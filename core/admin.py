@@ -11,7 +11,7 @@ staff what they can do here and how to create the first staff account.
 """
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -24,6 +24,21 @@ from rest_framework.authtoken.models import TokenProxy
 from core import access, services
 from core.models import ApiToken, Deletion, Membership, Message, Room
 
+# Django's admin and form classes take no type arguments at run time; the
+# checker gets the model-typed bases.
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
+
+    _RoomForm = forms.ModelForm[Room]
+    _MembershipForm = forms.ModelForm[Membership]
+    _RoomAdmin = admin.ModelAdmin[Room]
+    _MembershipAdmin = admin.ModelAdmin[Membership]
+    # Shared by Message's admin and its Deletion proxy's.
+    _ReadOnlyAdmin = admin.ModelAdmin[Any]
+else:
+    _RoomForm = _MembershipForm = forms.ModelForm
+    _RoomAdmin = _MembershipAdmin = _ReadOnlyAdmin = admin.ModelAdmin
+
 # What ``ModelAdmin.get_deleted_objects`` returns: the rows to list, counts
 # by model, what the user may not delete, what is protected.
 DeletedObjects = tuple[list[Any], dict[str, int], set[str], list[Any]]
@@ -31,7 +46,7 @@ DeletedObjects = tuple[list[Any], dict[str, int], set[str], list[Any]]
 # --- rooms ----------------------------------------------------------------------
 
 
-class RoomAdminForm(forms.ModelForm):
+class RoomAdminForm(_RoomForm):
     """A room under the API's rules: the model's validators check the slug
     and the name; a slug left empty is made from the name, as the API does.
     """
@@ -50,7 +65,7 @@ class RoomAdminForm(forms.ModelForm):
             )
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned: dict[str, Any] = super().clean()  # type: ignore[assignment]  # ModelForm's returns cleaned_data
         if "slug" in self.fields and not cleaned.get("slug") and cleaned.get("name"):
             try:
                 cleaned["slug"] = services.slug_from_name(cleaned["name"])
@@ -63,7 +78,7 @@ class RoomAdminForm(forms.ModelForm):
 
 
 @admin.register(Room)
-class RoomAdmin(admin.ModelAdmin):
+class RoomAdmin(_RoomAdmin):
     """Rooms: create, rename, change privacy or owner, delete."""
 
     form = RoomAdminForm
@@ -73,7 +88,9 @@ class RoomAdmin(admin.ModelAdmin):
     search_fields = ["slug", "name", "owner__username"]
     raw_id_fields = ["owner"]
 
-    def get_fields(self, request: HttpRequest, obj: Room | None = None) -> list[str]:
+    def get_fields(
+        self, request: HttpRequest, obj: Room | None = None
+    ) -> "_FieldGroups":
         if obj is None:
             return ["name", "slug", "is_private", "owner"]
         return [*self.get_readonly_fields(request, obj), "name", "is_private", "owner"]
@@ -89,7 +106,7 @@ class RoomAdmin(admin.ModelAdmin):
         return ["slug", "last_seq", "last_message_at", "created_at"]
 
     def save_model(
-        self, request: HttpRequest, obj: Room, form: forms.ModelForm, change: bool
+        self, request: HttpRequest, obj: Room, form: "_RoomForm", change: bool
     ) -> None:
         """Save through ``services.save_room``: the owner stays a member."""
         services.save_room(obj)
@@ -155,7 +172,7 @@ class RoomAdmin(admin.ModelAdmin):
 # --- memberships ----------------------------------------------------------------
 
 
-class MembershipForm(forms.ModelForm):
+class MembershipForm(_MembershipForm):
     """A new member, under ``services.check_admission``'s rules."""
 
     class Meta:
@@ -163,7 +180,7 @@ class MembershipForm(forms.ModelForm):
         fields = ["room", "user"]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned: dict[str, Any] = super().clean()  # type: ignore[assignment]  # ModelForm's returns cleaned_data
         room, user = cleaned.get("room"), cleaned.get("user")
         if room is None or user is None:
             return cleaned
@@ -180,7 +197,7 @@ class MembershipForm(forms.ModelForm):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(_MembershipAdmin):
     """Members of private rooms: add and remove; nothing to change.
 
     Moving a membership to another room or user would be a removal and an
@@ -201,7 +218,11 @@ class MembershipAdmin(admin.ModelAdmin):
         return False
 
     def save_model(
-        self, request: HttpRequest, obj: Membership, form: forms.ModelForm, change: bool
+        self,
+        request: HttpRequest,
+        obj: Membership,
+        form: "_MembershipForm",
+        change: bool,
     ) -> None:
         """Admit through ``services.admit_member``, as the API's add does."""
         # The admin goes on with ``obj``: its log entry, the redirect.
@@ -239,7 +260,7 @@ class MembershipAdmin(admin.ModelAdmin):
 # --- messages -------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(_ReadOnlyAdmin):
     """Rows to read: no adding, changing or deleting in the admin."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from core import db, delivery, layer_watch, logs, metrics, services
@@ -70,7 +70,8 @@ class Hub:
     """The groups this process listens to, and who listens locally."""
 
     def __init__(self) -> None:
-        self.layer = get_channel_layer()
+        # CHANNEL_LAYERS is always set (backend/settings.py): never None.
+        self.layer: BaseChannelLayer = get_channel_layer()  # type: ignore[assignment]  # see above
         self.channel: str | None = None
         self.members: dict[str, set[Listener]] = defaultdict(set)
         self.tasks: list[asyncio.Task[None]] = []
@@ -127,7 +128,7 @@ class Hub:
     async def _ensure_channel(self) -> None:
         if self.channel is None:
             self.channel = await _twice(layer_watch.new_channel, self.layer, "hub.")
-            self._watch_reconnects()
+            self._watch_reconnects(self.channel)
 
     async def unsubscribe(self, group: str, listener: Listener) -> None:
         """Stop delivering ``group`` to ``listener``; leave it if unused."""
@@ -151,11 +152,11 @@ class Hub:
                 self.tasks = []
                 self.channel = None
 
-    def _watch_reconnects(self) -> None:
+    def _watch_reconnects(self, channel: str) -> None:
         # The probes notice an outage only if it spans one; a reconnect of
         # the subscription is the outage itself, however short.
         if not layer_watch.on_reconnect(
-            self.layer, self.channel, self._layer_reconnected
+            self.layer, channel, self._layer_reconnected
         ) and not isinstance(self.layer, InMemoryChannelLayer):
             logger.warning(
                 "cannot watch %s's reconnects; outages shorter than %.1f s "
@@ -251,7 +252,8 @@ class Hub:
                     async with self.lock, asyncio.timeout(interval):
                         await self._ensure_channel()
                 await asyncio.wait_for(
-                    self.layer.send(self.channel, probe),
+                    # Not None: _ensure_channel set it or raised.
+                    self.layer.send(self.channel, probe),  # type: ignore[arg-type]  # see above
                     settings.HUB_PROBE_TIMEOUT_SECONDS,
                 )
             except asyncio.CancelledError:
@@ -281,7 +283,9 @@ class Hub:
 
     async def _rejoin(self) -> None:
         for group in list(self.members):
-            await self.layer.group_add(group, self.channel)
+            # None before the first channel (Redis was down): the layer
+            # raises, and both callers retry later.
+            await self.layer.group_add(group, self.channel)  # type: ignore[arg-type]  # see above
 
     async def _refresh_forever(self) -> None:
         # channels_redis's list-based layer (and the in-memory one) forget
