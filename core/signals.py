@@ -13,7 +13,7 @@ periodically for that (docs/protocol.md section 12).
 
 from collections.abc import Callable
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
@@ -30,6 +30,9 @@ from rest_framework.authtoken.models import Token
 
 from core import services
 from core.models import Membership, Room
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as AuthUser
 
 User = get_user_model()
 
@@ -186,7 +189,7 @@ def is_password_hash_upgrade(
     """
     if update_fields != frozenset({"password"}):
         return False
-    if "_password" not in vars(user) or user._password is not None:
+    if "_password" not in vars(user) or user._password is not None:  # type: ignore[attr-defined]  # Django's private attribute, on purpose
         return False
     new_hash = user.password
     if not (is_password_usable(old_hash) and is_password_usable(new_hash)):
@@ -205,7 +208,7 @@ def is_password_hash_upgrade(
 
 @receiver(pre_save, sender=User)
 def notice_lost_password_or_activation(
-    sender: type,
+    sender: "type[AuthUser]",
     instance: AbstractBaseUser,
     raw: bool = False,
     update_fields: frozenset[str] | None = None,
@@ -262,7 +265,7 @@ def _sessions_are_rows() -> bool:
 
 @receiver(user_logged_out)
 def close_sockets_of_session(
-    sender: object, request: HttpRequest, user: object, **kwargs: Any
+    sender: object, request: HttpRequest, user: "AuthUser | None", **kwargs: Any
 ) -> None:
     """Logging out closes the connections that this session signed in.
 

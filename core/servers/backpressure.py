@@ -26,9 +26,29 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.servers import verified
+
+if TYPE_CHECKING:
+    from socket import socket as Socket
+    from typing import Protocol
+
+    class _TwistedTransport(Protocol):
+        """What ``_twisted`` reads and calls of a Twisted TCP transport
+        (twisted.internet.abstract.FileDescriptor and tcp.Connection)."""
+
+        dataBuffer: bytes
+        offset: int
+        _tempDataLen: int
+        TLS: bool
+        disconnecting: bool
+        socket: Socket
+
+        def write(self, data: bytes) -> None: ...
+
+        def abortConnection(self) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +112,7 @@ def _unwrap(send: Any) -> Any:
 
 
 def _twisted(protocol: Any, limit_bytes: int) -> WriteBuffer:
-    transport = protocol.transport
+    transport: _TwistedTransport = protocol.transport
     open_state = protocol.STATE_OPEN
 
     def queued_bytes() -> int:

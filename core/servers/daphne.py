@@ -254,7 +254,7 @@ def _lazy_option_dump(autobahn: Any) -> None:
     autobahn.pformat = _LazyPformat
 
 
-def _protocol_with_options(base: type, options: tuple[Any, ...]) -> type:
+def _protocol_with_options(base: type[Any], options: tuple[Any, ...]) -> type:
     attributes = {
         # staticmethod: a function option (perMessageCompressionAccept) would
         # otherwise become a method of the protocol.

@@ -23,7 +23,7 @@ class Command(BaseCommand):
             raise CommandError(f"Invalid slug {slug!r}: {exc.messages[0]}") from None
         # SQLite stores an overlong name; PostgreSQL fails with a traceback.
         max_length = Room._meta.get_field("name").max_length
-        if name is not None and len(name) > max_length:
+        if name is not None and len(name) > max_length:  # type: ignore[operator]  # a CharField: set
             raise CommandError(f"The name is over {max_length} characters.")
         room, created = services.ensure_room(slug=slug, name=name or slug)
         self.stdout.write(f"Room {room.slug} {'created' if created else 'exists'}.")
