@@ -29,6 +29,8 @@ Scope = dict[str, Any]
 
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of a handshake header, decoded as Latin-1."""
+    key: bytes
+    value: bytes
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return value.decode("latin-1")
@@ -68,7 +70,7 @@ class OriginPolicyMiddleware:
                 "WebSocket refused: origin %r is not in DJANGO_ALLOWED_HOSTS",
                 origin[:200],
             )
-            await WebsocketDenier()(scope, receive, send)
+            await WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]  # a plain dict scope, as Channels passes it
             return
         await self.app(scope, receive, send)
 
@@ -103,7 +105,12 @@ class TokenAuthMiddleware(BaseMiddleware):
     refused (403), never treated as anonymous.
     """
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    # An ASGI 3 application; the stubs' type also admits ASGI 2's.
+    inner: Any
+
+    # Scopes are plain dicts here, as Channels passes them (its stubs type
+    # them as asgiref's TypedDicts; see core/accesslog.py).
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:  # type: ignore[override]  # see above
         authorization = header(scope, b"authorization")
         if authorization is None:
             session = scope.get("session")
@@ -125,7 +132,7 @@ class TokenAuthMiddleware(BaseMiddleware):
                 "ws.bad_authorization",
                 "WebSocket refused: invalid Authorization header",
             )
-            await WebsocketDenier()(scope, receive, send)
+            await WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]  # a plain dict scope
             return
         # The key itself too: the warden checks that it still exists.
         scope = dict(scope, user=user, credential=credential_id(key), token_key=key)
@@ -143,7 +150,8 @@ class TokenAuthMiddlewareStack:
 
     def __init__(self, inner: Any) -> None:
         self.token = TokenAuthMiddleware(inner)
-        self.session = AuthMiddlewareStack(TokenAuthMiddleware(inner))
+        # An ASGI 3 application; the stubs' type also admits ASGI 2's.
+        self.session: Any = AuthMiddlewareStack(TokenAuthMiddleware(inner))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if header(scope, b"authorization") is not None:
