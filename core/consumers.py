@@ -156,6 +156,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # everyone (core.fanout). An unknown alias makes Channels skip its own.
     channel_layer_alias = "per-process-hub-only"
 
+    # Scopes are plain dicts here, as Channels passes them (its stubs type
+    # them as asgiref's TypedDicts; see core/auth.py and core/accesslog.py).
+    scope: dict[str, Any]  # type: ignore[assignment]  # see above
+    user: access.User  # scope["user"], read once at connect
     room: Room
     slug: str
     grant: Grant
@@ -676,7 +680,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         ):
             return
         await services.broadcast_typing(
-            room_id=self.room.pk, user=self.username, sender=self.connection_id
+            room_id=self.room.pk,
+            user=self.username,  # type: ignore[arg-type]  # signed in: a username
+            sender=self.connection_id,
         )
 
     async def check_rate(
@@ -714,7 +720,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
         elif type(event) is Presence:
             await self.send_frame(event.frame)
 
-    async def send(
+    # Channels' own send takes a close code too (it hands ``close`` to
+    # ``close(code)``); its stubs say bool only. The override of
+    # AsyncConsumer.send is AsyncWebsocketConsumer's (its stubs ignore it too).
+    async def send(  # type: ignore[override]  # see above
         self,
         text_data: str | None = None,
         bytes_data: bytes | None = None,
@@ -727,7 +736,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         is sent.
         """
         try:
-            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)  # type: ignore[arg-type]  # a close code: see above
         except CLIENT_GONE:
             self.closing = True
 
@@ -755,7 +764,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _close_too_slow(self) -> None:
         with contextlib.suppress(Exception):
-            await self.base_send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})
+            await self.base_send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})  # type: ignore[arg-type]  # a plain dict event
         await asyncio.sleep(CLOSE_GRACE_SECONDS)
         if self.delivery.wire is not None:
             with contextlib.suppress(Exception):
