@@ -797,6 +797,9 @@ def _search_postgresql(
         stop_sel=MATCH_STOP,
         max_words=20,
         min_words=8,
+        # Keep a snippet's short first and last words ("a", "is"): chat
+        # messages are short, and are shown as they were written.
+        short_word=0,
         max_fragments=2,
         fragment_delimiter=" … ",
     )
