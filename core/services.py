@@ -28,7 +28,9 @@ from django.contrib.postgres.search import (
     SearchVector,
 )
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Func, QuerySet, TextField, Value
+from django.db.models import Case, F, Func, QuerySet, TextField, Value, When
+from django.db.models.functions import Length
+from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
@@ -689,7 +691,8 @@ SEARCH_MAX_PAGE = 20
 # A word of a query or a body, as both backends cut it (PostgreSQL's parser
 # also splits at "_").
 SEARCH_WORD = re.compile(r"[^\W_]+")
-# Around a SQLite snippet's first match; PostgreSQL's headline takes words.
+# A body up to this long is its own snippet; a longer one is cut around its
+# matches (SQLite: around the first, to about this long).
 SNIPPET_CHARS = 160
 # Rare control characters around a headline's matches, split out in Python:
 # the server never sends HTML. Bodies may hold them, so they are taken out
@@ -784,24 +787,30 @@ def _search_postgresql(
         .order_by("-rank", "-sent_at", "-pk")
         .values(*HIT_FIELDS)[offset : offset + count]
     )
-    # Headlines for this page only: ts_headline parses each body again.
+    # Headlines for this page only: ts_headline parses each body again. A
+    # short body (most chat) is shown whole; a long one as fragments around
+    # its matches, which drop the punctuation at their edges.
     text = Func(
         F("body"), Value(MATCH_START + MATCH_STOP), Value(""),
         function="translate", output_field=TextField(),
     )  # fmt: skip
-    headline = SearchHeadline(
-        text,
-        query,
-        config=SEARCH_CONFIG,
-        start_sel=MATCH_START,
-        stop_sel=MATCH_STOP,
-        max_words=20,
-        min_words=8,
-        # Keep a snippet's short first and last words ("a", "is"): chat
-        # messages are short, and are shown as they were written.
-        short_word=0,
-        max_fragments=2,
-        fragment_delimiter=" … ",
+    marks = {"config": SEARCH_CONFIG, "start_sel": MATCH_START, "stop_sel": MATCH_STOP}
+    headline = Case(
+        When(
+            LessThanOrEqual(Length("body"), SNIPPET_CHARS),
+            then=SearchHeadline(text, query, highlight_all=True, **marks),
+        ),
+        default=SearchHeadline(
+            text,
+            query,
+            max_words=20,
+            min_words=8,
+            # Keep a fragment's short first and last words ("a", "is").
+            short_word=0,
+            max_fragments=2,
+            fragment_delimiter=" … ",
+            **marks,
+        ),
     )
     snippets = dict(
         Message.objects.filter(pk__in=[row["pk"] for row in rows])

@@ -69,6 +69,8 @@ services.store_message(room=room, author=None, client_id=None,
     body="a much newer note that mentions zanzibars \\x02once\\x03")
 services.store_message(room=room, author=None, client_id=None,
     body="unrelated")
+services.store_message(room=room, author=None, client_id=None,
+    body="start " + "filler " * 60 + "the marmalade is here. " + "tail " * 60)
 with connection.cursor() as cursor:
     cursor.execute("ANALYZE core_message")
     cursor.execute(
@@ -84,7 +86,11 @@ ranked = queries.captured_queries[0]["sql"]
 with connection.cursor() as cursor:
     cursor.execute("EXPLAIN " + ranked)
     plan = "\\n".join(row[0] for row in cursor.fetchall())
-print(json.dumps({"hits": hits, "more": more, "indexdef": indexdef, "plan": plan}))
+(long,), _ = services.search(
+    user=AnonymousUser(), words=["marmalade"], room=None, page=1, limit=10
+)
+print(json.dumps({"hits": hits, "more": more, "indexdef": indexdef, "plan": plan,
+    "long": long["snippet"]}))
 """
 
 
@@ -110,6 +116,10 @@ def test_postgresql_ranks_highlights_and_uses_the_gin_index(database_url: str) -
         ],
     ]
     assert report["more"] is False
+    # A long body: a fragment around the match, not the whole text.
+    long = report["long"]
+    assert [segment["text"] for segment in long if segment["match"]] == ["marmalade"]
+    assert len("".join(segment["text"] for segment in long)) < 200
     indexdef = report["indexdef"]
     assert "USING gin (to_tsvector('simple'::regconfig" in indexdef
     assert "WHERE ((NOT deleted) AND ((kind)::text = 'message'::text))" in indexdef

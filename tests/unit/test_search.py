@@ -336,3 +336,41 @@ def test_the_index_is_over_the_expression_search_uses():
     where = str(services.access.readable_messages(UserFactory()).query)
     assert '"core_message"."kind" = message' in where
     assert 'NOT "core_message"."deleted"' in where
+
+
+# --- the room page opened at a result --------------------------------------------
+
+
+def initial_of(response) -> dict:
+    assert response.status_code == 200, response.content[:300]
+    return response.context["initial"]
+
+
+def test_the_room_page_opens_around_the_message_a_result_names(client):
+    room = RoomFactory(slug="lobby")
+    for n in range(1, 101):
+        post(room, f"m{n}")
+    initial = initial_of(client.get("/rooms/lobby/", {"at": "30"}))
+    assert initial["at"] == 30
+    assert [m["seq"] for m in initial["messages"]] == list(range(6, 56))
+    assert initial["has_more"] is True
+    # Near the start, the page starts at the room's first message.
+    initial = initial_of(client.get("/rooms/lobby/", {"at": "3"}))
+    assert [m["seq"] for m in initial["messages"]] == list(range(1, 29))
+    assert initial["has_more"] is False
+
+
+@pytest.mark.parametrize("at", ["", "x", "0", "-1", "101", str(2**63 - 1), "9" * 30])
+def test_a_bad_or_unknown_at_opens_the_latest_messages(client, at):
+    room = RoomFactory(slug="lobby")
+    for n in range(1, 101):
+        post(room, f"m{n}")
+    initial = initial_of(client.get("/rooms/lobby/", {"at": at}))
+    assert initial["at"] is None
+    assert [m["seq"] for m in initial["messages"]] == list(range(51, 101))
+
+
+def test_at_opens_no_room_the_visitor_may_not_read(client):
+    room = private_room(UserFactory(username="olive"), slug="ops")
+    post(room, "secret")
+    assert client.get("/rooms/ops/", {"at": "1"}).status_code == 404
