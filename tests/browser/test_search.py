@@ -120,3 +120,22 @@ def test_on_a_phone_by_keyboard_alone(
     expect(panel).to_be_visible()
     field.press("Escape")
     expect(panel).to_be_hidden()
+
+
+def test_markup_in_a_result_is_text_and_runs_nothing(
+    deployment: Deployment, browsing: Browsing, slug: str
+) -> None:
+    word = f"quince{secrets.token_hex(3)}"
+    deployment.create_room(slug)
+    hostile = f'<img src=x onerror="window.__pwned=1"><b>{word}</b>'
+    deployment.post(slug, hostile, user="alice")
+    page = browsing.new_page()
+    page.goto(f"{deployment.url(0)}/")
+    page.locator("#search-q").fill(word)
+    page.locator("#search-q").press("Enter")
+    expect(results(page)).to_have_count(1)
+    snippet = results(page).first.locator(".search-snippet")
+    expect(snippet).to_have_text(hostile)
+    expect(snippet.locator("mark")).to_have_text(word)
+    assert snippet.locator("img, b").count() == 0
+    assert page.evaluate("window.__pwned") is None
