@@ -867,6 +867,11 @@ def snippet(body: str, words: list[str]) -> list[Segment]:
         first = found.start() if found else 0
         start = max(0, first - SNIPPET_CHARS // 3)
         end = min(len(body), start + SNIPPET_CHARS)
+        # Cut between words where there is a space to cut at.
+        if start > 0 and (space := body.find(" ", start, first)) >= 0:
+            start = space + 1
+        if end < len(body) and (space := body.rfind(" ", first, end)) > first:
+            end = space
     segments: list[Segment] = []
     if start > 0:
         _add_segment(segments, "…", False)

@@ -165,6 +165,9 @@ def test_a_long_body_is_cut_around_its_first_match_with_ellipses():
     assert text.endswith("…")
     assert len(text) <= services.SNIPPET_CHARS + 2
     assert [s["text"] for s in segments if s["match"]] == ["needle"]
+    # Cut between words, not inside one.
+    assert text.startswith("…filler ")
+    assert text.endswith(" tail…")
 
 
 def test_snippet_segments_are_plain_text_and_adjacent_ones_merge():
