@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import time
+import unicodedata
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC
@@ -725,6 +726,8 @@ def search_words(text: str) -> list[str]:
     more than ``SEARCH_MAX_WORDS``, or over ``SEARCH_MAX_CHARS``."""
     if len(text) > SEARCH_MAX_CHARS:
         raise InvalidSearch(f"Search at most {SEARCH_MAX_CHARS} characters.")
+    # Composed ("é", not "e" and an accent), as keyboards type and bodies hold.
+    text = unicodedata.normalize("NFC", text)
     words = list(dict.fromkeys(word.lower() for word in SEARCH_WORD.findall(text)))
     if not words:
         raise InvalidSearch("Search for at least one word (letters or digits).")

@@ -196,6 +196,7 @@ def test_a_postgresql_headline_splits_into_segments():
         ("  what's up?! ", ["what", "s", "up"]),
         ("über straße 42", ["über", "straße", "42"]),
         ("a_b", ["a", "b"]),
+        ("cafe\u0301", ["café"]),  # decomposed, as some keyboards send it
     ],
 )
 def test_search_words(text, words):
