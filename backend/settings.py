@@ -461,6 +461,12 @@ MEMBER_ADD_BURST = env_int("SWITCHBOARD_MEMBER_ADD_BURST", 50, minimum=1)
 MEMBER_ADD_RATE_PER_SECOND = env_float(
     "SWITCHBOARD_MEMBER_ADD_RATE_PER_SECOND", 0.2, minimum=0.0001
 )
+# Searches per user (per client address when anonymous): the most expensive
+# read, since every search ranks every message it matches.
+SEARCH_BURST = env_int("SWITCHBOARD_SEARCH_BURST", 10, minimum=1)
+SEARCH_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_SEARCH_RATE_PER_SECOND", 0.5, minimum=0.0001
+)
 # Lines a client can cause (refusals) per call site and interval (core.logs).
 LOG_LIMIT_LINES = env_int("SWITCHBOARD_LOG_LIMIT_LINES", 10, minimum=1)
 LOG_LIMIT_INTERVAL_SECONDS = env_float(

@@ -57,5 +57,6 @@ urlpatterns = [
         api.DeletionListView.as_view(),
         name="api-deletions",
     ),
+    path("api/search/", api.SearchView.as_view(), name="api-search"),
     path("api/schema/", api.SchemaView.as_view(), name="api-schema"),
 ]

@@ -233,6 +233,27 @@ class MessagePageSerializer(serializers.Serializer[Any]):
     has_more = serializers.BooleanField()
 
 
+class SegmentSerializer(serializers.Serializer[Any]):
+    """A piece of a snippet, as text (never HTML); ``match``: it matched."""
+
+    text = serializers.CharField()
+    match = serializers.BooleanField()
+
+
+class SearchHitSerializer(serializers.Serializer[Any]):
+    room = serializers.CharField()
+    room_name = serializers.CharField()
+    seq = serializers.IntegerField()
+    author = serializers.CharField(allow_null=True)
+    sent_at = serializers.CharField()
+    snippet = SegmentSerializer(many=True)
+
+
+class SearchPageSerializer(serializers.Serializer[Any]):
+    results = SearchHitSerializer(many=True)
+    has_more = serializers.BooleanField()
+
+
 class ErrorSerializer(serializers.Serializer[Any]):
     """An error: ``detail`` says what is wrong; invalid input adds ``errors``,
     each field's messages."""
@@ -759,3 +780,109 @@ class DeletionListView(APIView):
             limit=_limit_param(request),
         )
         return Response({"deletions": page, "has_more": has_more})
+
+
+def _search_params(request: Request) -> tuple[list[str], str | None, int, int]:
+    """The words, room slug, page and limit of a search request; 400 for
+    any that is bad (before the search spends the caller's budget)."""
+    errors = {}
+    words: list[str] = []
+    try:
+        words = services.search_words(request.query_params.get("q") or "")
+    except services.InvalidSearch as exc:
+        errors["q"] = [str(exc)]
+    room = request.query_params.get("room") or None
+    if room is not None and not re.fullmatch(SLUG_PATTERN, room):
+        errors["room"] = ["'room' must be a room slug."]
+    numbers = {}
+    for name, default, most in (
+        ("page", 1, services.SEARCH_MAX_PAGE),
+        ("limit", services.SEARCH_PAGE_DEFAULT, services.SEARCH_PAGE_MAX),
+    ):
+        text = request.query_params.get(name) or ""
+        numbers[name] = default
+        if text:
+            if text.isascii() and text.isdigit() and 1 <= int(text) <= most:
+                numbers[name] = int(text)
+            else:
+                errors[name] = [f"'{name}' must be a whole number in 1..{most}."]
+    if errors:
+        raise ValidationError(errors)
+    return words, room, numbers["page"], numbers["limit"]
+
+
+class SearchView(APIView):
+    """Messages of the rooms the caller may read, best match first."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "q",
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": services.SEARCH_MAX_CHARS,
+                },
+                required=True,
+                description=(
+                    f"1-{services.SEARCH_MAX_WORDS} words; a message matches "
+                    "when each is the start of one of its words"
+                ),
+            ),
+            OpenApiParameter(
+                "room",
+                _or_empty({"type": "string", "pattern": f"^{SLUG_PATTERN}$"}),
+                description="Only this room's messages",
+            ),
+            OpenApiParameter(
+                "page",
+                _or_empty(
+                    {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": services.SEARCH_MAX_PAGE,
+                    }
+                ),
+                description=f"1-{services.SEARCH_MAX_PAGE}, default 1",
+            ),
+            OpenApiParameter(
+                "limit",
+                _or_empty(
+                    {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": services.SEARCH_PAGE_MAX,
+                    }
+                ),
+                description=f"1-{services.SEARCH_PAGE_MAX}, default 20",
+            ),
+            RETRY_AFTER,
+        ],
+        responses={
+            200: SearchPageSerializer,
+            400: _error(
+                "No word to search for, too many, or a bad room, page or limit."
+            ),
+            401: UNAUTHORIZED,
+            404: NO_SUCH_ROOM,
+            429: _refusal("Too many searches."),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        """A page of matches; a ``Link`` header names the next one."""
+        words, slug, page, limit = _search_params(request)
+        refusal = throttling.check_search(request._request, request.user)
+        if refusal is not None:
+            return refusal_response(refusal)
+        room = _visible_room_or_404(request, slug) if slug is not None else None
+        hits, has_more = services.search(
+            user=request.user, words=words, room=room, page=page, limit=limit
+        )
+        response = Response({"results": hits, "has_more": has_more})
+        if has_more:
+            query = {"q": request.query_params["q"], "page": page + 1, "limit": limit}
+            if slug is not None:
+                query["room"] = slug
+            url = request.build_absolute_uri(request.path)
+            response["Link"] = f'<{url}?{urlencode(query)}>; rel="next"'
+        return response

@@ -11,17 +11,26 @@ import hashlib
 import logging
 import re
 import time
+import unicodedata
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.postgres.search import (
+    SearchHeadline,
+    SearchQuery,
+    SearchRank,
+    SearchVector,
+)
 from django.db import IntegrityError, connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Case, F, Func, QuerySet, TextField, Value, When
+from django.db.models.functions import Length
+from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
@@ -664,6 +673,231 @@ def replay_page(
         ) in rows[:limit]
     ]  # fmt: skip
     return frames, len(rows) > limit
+
+
+# --- search ----------------------------------------------------------------------
+
+# PostgreSQL's text-search configuration for message bodies. 'simple' only
+# lowercases: chat is multilingual, and a language's stemmer and stop words
+# ('english') would mangle every other language, names and code, and drop
+# words people do search for. Each query word matches the start of a word
+# ("deploy" finds "deployed"), which recovers most of what stemming gives,
+# in every language. The GIN index of migration 0004 is over exactly
+# ``search_vector()``: change one, change the other
+# (tests/unit/test_search.py compares them).
+SEARCH_CONFIG = "simple"
+SEARCH_MAX_CHARS = 200
+SEARCH_MAX_WORDS = 8
+SEARCH_PAGE_DEFAULT = 20
+SEARCH_PAGE_MAX = 50
+# The deepest page: each page ranks every match again.
+SEARCH_MAX_PAGE = 20
+# A word of a query or a body, as both backends cut it (PostgreSQL's parser
+# also splits at "_").
+SEARCH_WORD = re.compile(r"[^\W_]+")
+# A body up to this long is its own snippet; a longer one is cut around its
+# matches (SQLite: around the first, to about this long).
+SNIPPET_CHARS = 160
+# Rare control characters around a headline's matches, split out in Python:
+# the server never sends HTML. Bodies may hold them, so they are taken out
+# of the text the headline is made from.
+MATCH_START, MATCH_STOP = "\x02", "\x03"
+
+
+class InvalidSearch(Exception):
+    """The search text has no word, or too many, or is too long."""
+
+
+class Segment(TypedDict):
+    """A piece of a snippet; ``match``: it matched the query."""
+
+    text: str
+    match: bool
+
+
+class SearchHit(TypedDict):
+    room: str
+    room_name: str
+    seq: int
+    author: str | None
+    sent_at: str
+    snippet: list[Segment]
+
+
+def search_words(text: str) -> list[str]:
+    """The lowercased words of a search, each once; InvalidSearch if none,
+    more than ``SEARCH_MAX_WORDS``, or over ``SEARCH_MAX_CHARS``."""
+    if len(text) > SEARCH_MAX_CHARS:
+        raise InvalidSearch(f"Search at most {SEARCH_MAX_CHARS} characters.")
+    # Composed ("é", not "e" and an accent), as keyboards type and bodies hold.
+    text = unicodedata.normalize("NFC", text)
+    words = list(dict.fromkeys(word.lower() for word in SEARCH_WORD.findall(text)))
+    if not words:
+        raise InvalidSearch("Search for at least one word (letters or digits).")
+    if len(words) > SEARCH_MAX_WORDS:
+        raise InvalidSearch(f"Search at most {SEARCH_MAX_WORDS} words.")
+    return words
+
+
+def search_vector() -> SearchVector:
+    """A message body as PostgreSQL searches it; the index is over this."""
+    return SearchVector("body", config=SEARCH_CONFIG)
+
+
+def search(
+    *, user: User, words: list[str], room: Room | None, page: int, limit: int
+) -> tuple[list[SearchHit], bool]:
+    """Page ``page`` (from 1) of the messages ``user`` may read that hold
+    every word (as a word's start), best first, and whether more follow.
+
+    PostgreSQL ranks by ``ts_rank`` (newest first among equals) and
+    highlights with ``ts_headline``; SQLite, for laptops, matches in Python
+    and ranks by recency alone.
+    """
+    messages = access.readable_messages(user)
+    if room is not None:
+        messages = messages.filter(room=room)
+    offset = (page - 1) * limit
+    if connection.vendor == "postgresql":
+        hits = _search_postgresql(messages, words, offset, limit + 1)
+    else:
+        hits = _search_python(messages, words, offset, limit + 1)
+    # No page past the deepest: a search that matches more is refined.
+    return hits[:limit], len(hits) > limit and page < SEARCH_MAX_PAGE
+
+
+HIT_FIELDS = ("pk", "room__slug", "room__name", "seq", "author_name", "sent_at")
+
+
+def _hit(row: dict[str, Any], snippet: list[Segment]) -> SearchHit:
+    return {
+        "room": row["room__slug"],
+        "room_name": row["room__name"],
+        "seq": row["seq"],
+        "author": row["author_name"] or None,
+        "sent_at": protocol.format_timestamp(row["sent_at"]),
+        "snippet": snippet,
+    }
+
+
+def _search_postgresql(
+    messages: QuerySet[Message], words: list[str], offset: int, count: int
+) -> list[SearchHit]:
+    # Quoted prefix terms; the words hold letters and digits only.
+    terms = " & ".join(f"'{word}':*" for word in words)
+    query = SearchQuery(terms, config=SEARCH_CONFIG, search_type="raw")
+    rows = list(
+        messages.annotate(document=search_vector())
+        .filter(document=query)
+        .annotate(rank=SearchRank(F("document"), query))
+        .order_by("-rank", "-sent_at", "-pk")
+        .values(*HIT_FIELDS)[offset : offset + count]
+    )
+    # Headlines for this page only: ts_headline parses each body again. A
+    # short body (most chat) is shown whole; a long one as fragments around
+    # its matches, which drop the punctuation at their edges.
+    text = Func(
+        F("body"), Value(MATCH_START + MATCH_STOP), Value(""),
+        function="translate", output_field=TextField(),
+    )  # fmt: skip
+    headline = Case(
+        When(
+            LessThanOrEqual(Length("body"), SNIPPET_CHARS),
+            then=SearchHeadline(
+                text,
+                query,
+                highlight_all=True,
+                config=SEARCH_CONFIG,
+                start_sel=MATCH_START,
+                stop_sel=MATCH_STOP,
+            ),
+        ),
+        default=SearchHeadline(
+            text,
+            query,
+            max_words=20,
+            min_words=8,
+            # Keep a fragment's short first and last words ("a", "is").
+            short_word=0,  # type: ignore[arg-type]  # an int in Django; the stub says str
+            max_fragments=2,
+            fragment_delimiter=" … ",
+            config=SEARCH_CONFIG,
+            start_sel=MATCH_START,
+            stop_sel=MATCH_STOP,
+        ),
+    )
+    snippets = dict(
+        Message.objects.filter(pk__in=[row["pk"] for row in rows])
+        .annotate(snippet=headline)
+        .values_list("pk", "snippet")
+    )
+    return [_hit(row, _split_headline(snippets[row["pk"]])) for row in rows]
+
+
+def _split_headline(text: str) -> list[Segment]:
+    segments: list[Segment] = []
+    match = False
+    for part in re.split(f"([{MATCH_START}{MATCH_STOP}])", text):
+        if part in (MATCH_START, MATCH_STOP):
+            match = part == MATCH_START
+        elif part:
+            _add_segment(segments, part, match)
+    return segments
+
+
+def _add_segment(segments: list[Segment], text: str, match: bool) -> None:
+    if segments and segments[-1]["match"] == match:
+        segments[-1]["text"] += text
+    else:
+        segments.append({"text": text, "match": match})
+
+
+def _word_pattern(words: list[str]) -> str:
+    """A regular expression for any of ``words`` at the start of a word."""
+    return r"(?<![^\W_])(?:" + "|".join(re.escape(word) for word in words) + ")"
+
+
+def _search_python(
+    messages: QuerySet[Message], words: list[str], offset: int, count: int
+) -> list[SearchHit]:
+    # SQLite runs REGEXP with Python's re (case-insensitive with iregex).
+    for word in words:
+        messages = messages.filter(body__iregex=_word_pattern([word]))
+    rows = list(
+        messages.order_by("-sent_at", "-pk").values(*HIT_FIELDS, "body")[
+            offset : offset + count
+        ]
+    )
+    return [_hit(row, snippet(row["body"], words)) for row in rows]
+
+
+def snippet(body: str, words: list[str]) -> list[Segment]:
+    """``body`` around its first match, cut to about ``SNIPPET_CHARS``, with
+    each word that starts with one of ``words`` marked (SQLite's headline)."""
+    pattern = re.compile(_word_pattern(words) + r"[^\W_]*", re.IGNORECASE)
+    found = pattern.search(body)
+    start, end = 0, len(body)
+    if end > SNIPPET_CHARS:
+        first = found.start() if found else 0
+        start = max(0, first - SNIPPET_CHARS // 3)
+        end = min(len(body), start + SNIPPET_CHARS)
+        # Cut between words where there is a space to cut at.
+        if start > 0 and (space := body.find(" ", start, first)) >= 0:
+            start = space + 1
+        if end < len(body) and (space := body.rfind(" ", first, end)) > first:
+            end = space
+    segments: list[Segment] = []
+    if start > 0:
+        _add_segment(segments, "…", False)
+    at = start
+    for match in pattern.finditer(body, start, end):
+        _add_segment(segments, body[at : match.start()], False)
+        _add_segment(segments, match.group(), True)
+        at = match.end()
+    _add_segment(segments, body[at:end], False)
+    if end < len(body):
+        _add_segment(segments, "…", False)
+    return [segment for segment in segments if segment["text"]]
 
 
 # --- rooms and members ---------------------------------------------------------

@@ -148,6 +148,16 @@ def check_write(name: str, user: AbstractBaseUser) -> Refusal | None:
     )
 
 
+# --- searches -------------------------------------------------------------------
+
+
+def check_search(request: HttpRequest, user: object) -> Refusal | None:
+    """Count one search by ``user``, per client address when anonymous
+    (``limits.owner``); None if allowed."""
+    who = limits.owner(user, clientaddr.from_request(request))
+    return _spend("search", who, "SEARCH", who, TOO_MANY_WRITES, what="searches")
+
+
 # --- password hashing ------------------------------------------------------------
 
 _semaphore: threading.BoundedSemaphore | None = None

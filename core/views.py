@@ -30,7 +30,7 @@ from django.views import defaults
 from django.views.decorators.http import require_http_methods
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from core import access, logs, metrics, services, throttling
+from core import access, logs, metrics, protocol, services, throttling
 from core.forms import RoomForm, SignupForm
 
 if TYPE_CHECKING:
@@ -187,9 +187,24 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     found = access.readable_room(request.user, slug)
     if found is None:
         raise Http404("No such room.")
-    latest, has_more = services.history(
-        room=found, before=None, after=None, limit=ROOM_PAGE_MESSAGES
-    )
+    at = _seq_or_none(request.GET.get("at"))
+    if at is not None and not 1 <= at <= found.last_seq:
+        at = None  # no such message: the latest, as without ``at``
+    if at is None:
+        latest, has_more = services.history(
+            room=found, before=None, after=None, limit=ROOM_PAGE_MESSAGES
+        )
+    else:
+        # Opened at a message (a search result): the page holds the messages
+        # around it, and the socket resumes after them as usual, bringing
+        # the rest up to the latest.
+        latest, has_more = services.history(
+            room=found, before=at + 1, after=None, limit=ROOM_PAGE_MESSAGES // 2
+        )
+        later, _ = services.history(
+            room=found, before=None, after=at, limit=ROOM_PAGE_MESSAGES // 2
+        )
+        latest += later
     can_post = access.can_post(request.user, found)
     return render(
         request,
@@ -200,9 +215,17 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             # The owner and staff get a Delete button on every message; the
             # server decides again for each deletion.
             "can_moderate": can_post and access.can_audit(request.user, found),
-            "initial": {"messages": latest, "has_more": has_more},
+            "initial": {"messages": latest, "has_more": has_more, "at": at},
         },
     )
+
+
+def _seq_or_none(text: str | None) -> int | None:
+    """``?at=``: a seq; anything else is ignored (the latest messages)."""
+    try:
+        return protocol.parse_seq_text("at", text or "")
+    except protocol.ProtocolError:
+        return None
 
 
 def signup(request: HttpRequest) -> HttpResponse:

@@ -160,6 +160,8 @@ SIGN_IN = "401 sign in"
 BAD_TOKEN = "401 invalid token"
 FORBIDDEN = "403"
 NO_ROOM = "404 no such room"
+FOUND = "200, the room's message found"
+UNFOUND = "200, nothing from the room"
 
 # fmt: off
 API = {
@@ -201,6 +203,26 @@ API = {
         "removed-member":      (CREATED,   NO_ROOM,   NO_ROOM),
         "deactivated-token":   (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
         "deactivated-session": (SIGN_IN,   NO_ROOM,   NO_ROOM),
+        "deleted-token":       (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
+    },
+    "GET /api/search/ (every room)": {
+        "anonymous":           (FOUND,     UNFOUND,   UNFOUND),
+        "non-member":          (FOUND,     UNFOUND,   UNFOUND),
+        "member":              (FOUND,     FOUND,     UNFOUND),
+        "owner":               (FOUND,     FOUND,     UNFOUND),
+        "removed-member":      (FOUND,     UNFOUND,   UNFOUND),
+        "deactivated-token":   (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
+        "deactivated-session": (FOUND,     UNFOUND,   UNFOUND),
+        "deleted-token":       (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
+    },
+    "GET /api/search/?room=<slug>": {
+        "anonymous":           (FOUND,     NO_ROOM,   NO_ROOM),
+        "non-member":          (FOUND,     NO_ROOM,   NO_ROOM),
+        "member":              (FOUND,     FOUND,     NO_ROOM),
+        "owner":               (FOUND,     FOUND,     NO_ROOM),
+        "removed-member":      (FOUND,     NO_ROOM,   NO_ROOM),
+        "deactivated-token":   (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
+        "deactivated-session": (FOUND,     NO_ROOM,   NO_ROOM),
         "deleted-token":       (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
     },
     "POST members (add grace)": {
@@ -568,6 +590,10 @@ def call_api(client: APIClient, action: str, slug: str, who: Actor) -> Any:
         return client.get(messages)
     if action == "POST messages":
         return client.post(messages, {"body": "hi", "client_id": "h-1"}, format="json")
+    if action == "GET /api/search/ (every room)":
+        return client.get("/api/search/", {"q": FIRST_WORDS})
+    if action == "GET /api/search/?room=<slug>":
+        return client.get("/api/search/", {"q": FIRST_WORDS, "room": slug})
     if action == "POST members (add grace)":
         return client.post(members, {"username": "grace"}, format="json")
     if action == "DELETE members/heidi":
@@ -593,6 +619,9 @@ def check_api(response: Any, outcome: str, room: str) -> None:
         if outcome in (LISTED, UNLISTED):
             slugs = [listed["slug"] for listed in response.json()]
             assert (SLUG[room] in slugs) == (outcome == LISTED), slugs
+        if outcome in (FOUND, UNFOUND):
+            found = [hit["room"] for hit in response.json()["results"]]
+            assert (SLUG[room] in found) == (outcome == FOUND), found
         return
     # Every refusal is a JSON object with a ``detail`` (section 15), on
     # every route (the schema's too, though its answers are YAML).

@@ -78,6 +78,8 @@ let resumeTimer = null;
 let retryAt = 0;
 let closedReason = null; // "forbidden" or "signed-out" once access is gone
 let reloadAfterReplay = false; // historyWentBack: fetch the latest page once live
+// ?at=<seq> (a search result): the page holds the messages around it.
+const jumpedTo = Number.isSafeInteger(initial.at) ? initial.at : null;
 
 // --- incoming messages ------------------------------------------------------
 
@@ -106,7 +108,8 @@ function receiveMessage(frame, source) {
   if (author === me) return;
   if (source === "live" || source === "fill") {
     announcer.say(`${author ?? "Announcement"}: ${frame.body}`);
-  } else if (source === "replay") {
+  } else if (source === "replay" && (everLive || jumpedTo === null)) {
+    // Opened at a message, the first replay is the rest of the room, not news.
     missedWhileAway += 1;
   }
 }
@@ -662,9 +665,20 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+/** Show the message the page was opened at, marked, with the keyboard on it. */
+function showTarget(seq) {
+  const item = messages.find(seq);
+  if (!item) return false;
+  item.classList.add("msg-target");
+  item.tabIndex = -1;
+  item.scrollIntoView({ block: "center" });
+  item.focus({ preventScroll: true });
+  return true;
+}
+
 for (const frame of initial.messages) receiveMessage(frame, "initial");
 messages.updateEmpty();
 updateHistoryEdge();
-messages.scrollToBottom();
+if (jumpedTo === null || !showTarget(jumpedTo)) messages.scrollToBottom();
 status.set("connecting");
 connection.start();
