@@ -39,7 +39,7 @@ lint: $(VENV)/.dev
 	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 
 stack: $(VENV)/.dev
-	$(BIN)/python -m tests.support.stack --instances $(N)
+	$(BIN)/python -m harness.stack --instances $(N)
 
 $(VENV)/.bench: $(VENV)/.dev
 	$(BIN)/pip install -q -e '.[dev,uvicorn,bench]'

@@ -36,7 +36,7 @@ from bench.targets import (
     create_room_via_api,
     redis_connections_per_process,
 )
-from tests.support.services import AppProcess, ServiceFailed
+from harness.process import AppProcess, ServiceFailed
 
 
 @dataclass

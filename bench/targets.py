@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from bench.driver import HarnessError
-from tests.support.services import (
+from harness.process import (
     LOOPBACK,
     AppProcess,
     PostgresCluster,

@@ -1,6 +1,6 @@
 """The processes under soak: Redis, PostgreSQL and two Daphne instances.
 
-All three come from the project's harness (tests/support/services.py), as
+All three come from the project's harness (harness/process.py), as
 they do for the integration tier and the bench: ``RedisServer``,
 ``PostgresCluster`` (migrated with ``manage.py migrate``) and ``AppProcess``
 running exactly ``daphne backend.asgi:application``. Users get API tokens
@@ -21,15 +21,15 @@ from typing import Any
 
 import psycopg
 
-from soak import config
-from soak.checks import Stored
-from tests.support.services import (
+from harness.process import (
     LOOPBACK,
     AppProcess,
     PostgresCluster,
     RedisServer,
     manage,
 )
+from soak import config
+from soak.checks import Stored
 
 DATABASE = "switchboard_soak"
 CHANNEL_PREFIX = "soak"

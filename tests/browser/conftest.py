@@ -1,6 +1,6 @@
 """Browser tier: Playwright's sync API drives headless Chromium at real Daphne.
 
-Servers are real processes (``tests.support.services.AppProcess``) on a
+Servers are real processes (``harness.process.AppProcess``) on a
 temporary SQLite database; see ``deployment.py``. Pages are opened per user
 and per server URL, so a test can put each user on a different instance.
 Every page's console errors and uncaught exceptions fail the test unless
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
+from harness.process import PostgresCluster, RedisServer, ServiceUnavailable
 from tests.browser.browsing import Browsing
 from tests.browser.deployment import Deployment, make_sqlite_template, prepare_database
-from tests.support.services import PostgresCluster, RedisServer, ServiceUnavailable
 
 CHROMIUM_ARGS = [
     "--no-sandbox",  # as root in a container; the page is our own app

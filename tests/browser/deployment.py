@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.support.services import AppProcess, manage
+from harness.process import AppProcess, manage
 
 PASSWORD = "browser-test-password-7"
 USERS = ("alice", "bob", "carol")

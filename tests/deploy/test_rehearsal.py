@@ -25,14 +25,14 @@ import pytest
 import websockets
 import yaml
 
-from tests.support.services import (
+from harness.process import (
     PostgresCluster,
     RedisServer,
     ServiceUnavailable,
     free_port,
     wait_until,
 )
-from tests.support.tls import make_tls_files
+from harness.tls import make_tls_files
 
 pytestmark = pytest.mark.integration
 

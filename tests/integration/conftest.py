@@ -30,7 +30,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support.services import (
+from harness.process import (
     LOOPBACK,
     AppProcess,
     PostgresCluster,

@@ -19,6 +19,7 @@ import pytest
 import schemathesis
 from schemathesis.core.transport import Response
 
+from harness.process import AppProcess
 from tests.integration.conftest import (
     PASSWORD,
     Deployment,
@@ -26,7 +27,6 @@ from tests.integration.conftest import (
     create_room,
     http_json,
 )
-from tests.support.services import AppProcess
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from harness.process import AppProcess, manage
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -25,7 +26,6 @@ from tests.integration.conftest import (
     report,
     unique_slug,
 )
-from tests.support.services import AppProcess, manage
 
 pytestmark = pytest.mark.integration
 

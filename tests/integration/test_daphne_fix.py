@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import websockets
 
+from harness.process import AppProcess
 from tests.integration.conftest import (
     PASSWORD,
     Clients,
@@ -27,7 +28,6 @@ from tests.integration.conftest import (
     provision_laptop,
 )
 from tests.integration.daphne_probe import CLOSED_PATH, PROBE_PATH
-from tests.support.services import AppProcess
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from harness.process import (
+    AppProcess,
+    PostgresCluster,
+    async_wait_until,
+    wait_until,
+)
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -19,12 +25,6 @@ from tests.integration.conftest import (
     create_room,
     http_json,
     unique_slug,
-)
-from tests.support.services import (
-    AppProcess,
-    PostgresCluster,
-    async_wait_until,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration

@@ -23,6 +23,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from harness.process import (
+    AppProcess,
+    PostgresCluster,
+    RedisServer,
+    async_wait_until,
+)
 from soak.checks import scan_log
 from tests.integration.conftest import (
     Clients,
@@ -39,12 +45,6 @@ from tests.integration.conftest import (
     wait_for_readyz,
 )
 from tests.support.faults import DIE_BEFORE_PUBLISH
-from tests.support.services import (
-    AppProcess,
-    PostgresCluster,
-    RedisServer,
-    async_wait_until,
-)
 
 pytestmark = pytest.mark.integration
 

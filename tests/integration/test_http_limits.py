@@ -18,14 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
-    HTTP_TIMEOUT_SECONDS,
-    PASSWORD,
-    Deployment,
-    Launcher,
-    http_json,
-)
-from tests.support.services import (
+from harness.process import (
     LOOPBACK,
     AppProcess,
     PostgresCluster,
@@ -35,7 +28,14 @@ from tests.support.services import (
     manage,
     wait_until,
 )
-from tests.support.tls import make_tls_files
+from harness.tls import make_tls_files
+from tests.integration.conftest import (
+    HTTP_TIMEOUT_SECONDS,
+    PASSWORD,
+    Deployment,
+    Launcher,
+    http_json,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from core import limits
+from harness.process import async_wait_until
 from tests.integration.conftest import throwaway_redis
-from tests.support.services import async_wait_until
 
 pytestmark = pytest.mark.integration
 

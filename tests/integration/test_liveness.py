@@ -28,6 +28,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from core.liveness import HEARTBEAT_INTERVAL_SECONDS, LIVENESS_PATH
+from harness.process import AppProcess, async_wait_until, wait_until
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -37,7 +38,6 @@ from tests.integration.conftest import (
     report,
     unique_slug,
 )
-from tests.support.services import AppProcess, async_wait_until, wait_until
 from tests.support.stalls import BLOCK_LOOP_PATH
 
 pytestmark = pytest.mark.integration

@@ -10,6 +10,7 @@ import http.client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.process import LOOPBACK, AppProcess, async_wait_until
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -17,7 +18,6 @@ from tests.integration.conftest import (
     create_room,
     unique_slug,
 )
-from tests.support.services import LOOPBACK, AppProcess, async_wait_until
 
 pytestmark = pytest.mark.integration
 

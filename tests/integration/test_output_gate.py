@@ -14,8 +14,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from core.daphne_fix import CLOSE_GRACE_SECONDS
+from harness.process import AppProcess, ServiceUnavailable, manage
 from tests.integration.conftest import report
-from tests.support.services import AppProcess, ServiceUnavailable, manage
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,8 @@ import pytest
 import trustme
 
 from core import limits, presence
+from harness.process import RedisServer, ServiceUnavailable
+from harness.tls import TlsFiles, make_tls_files
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -28,8 +30,6 @@ from tests.integration.conftest import (
     unique_slug,
     wait_for_readyz,
 )
-from tests.support.services import RedisServer, ServiceUnavailable
-from tests.support.tls import TlsFiles, make_tls_files
 
 pytestmark = pytest.mark.integration
 

@@ -16,6 +16,7 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from harness.process import AppProcess, RedisServer, manage
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -28,7 +29,6 @@ from tests.integration.conftest import (
     unique_slug,
     wait_for_readyz,
 )
-from tests.support.services import AppProcess, RedisServer, manage
 
 pytestmark = pytest.mark.integration
 

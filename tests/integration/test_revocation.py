@@ -14,6 +14,7 @@ import asyncio
 import psycopg
 import pytest
 
+from harness.process import AppProcess, RedisServer
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -25,7 +26,6 @@ from tests.integration.conftest import (
     unique_slug,
     wait_for_readyz,
 )
-from tests.support.services import AppProcess, RedisServer
 
 pytestmark = pytest.mark.integration
 

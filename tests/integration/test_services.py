@@ -14,8 +14,8 @@ import psycopg
 import pytest
 import redis
 
-from tests.support import stack
-from tests.support.services import (
+from harness import stack
+from harness.process import (
     PostgresCluster,
     RedisServer,
     ServiceFailed,
@@ -26,7 +26,7 @@ from tests.support.services import (
     manage,
     wait_until,
 )
-from tests.support.tls import TlsFiles, make_tls_files
+from harness.tls import TlsFiles, make_tls_files
 
 pytestmark = pytest.mark.integration
 

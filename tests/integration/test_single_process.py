@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.process import LOOPBACK, AppProcess
 from tests.integration.conftest import (
     PASSWORD,
     Clients,
@@ -20,7 +21,6 @@ from tests.integration.conftest import (
     http_json,
     provision_laptop,
 )
-from tests.support.services import LOOPBACK, AppProcess
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import socket
 import pytest
 import websockets
 
-from tests.support.services import AppProcess, ServiceUnavailable, manage, wait_until
+from harness.process import AppProcess, ServiceUnavailable, manage, wait_until
 
 pytestmark = pytest.mark.integration
 

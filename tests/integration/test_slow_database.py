@@ -19,6 +19,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from harness.process import (
+    LOOPBACK,
+    AppProcess,
+    PostgresCluster,
+    async_wait_until,
+)
 from soak.checks import scan_log
 from tests.integration.conftest import (
     Clients,
@@ -29,12 +35,6 @@ from tests.integration.conftest import (
     create_room,
     report,
     unique_slug,
-)
-from tests.support.services import (
-    LOOPBACK,
-    AppProcess,
-    PostgresCluster,
-    async_wait_until,
 )
 
 pytestmark = pytest.mark.integration

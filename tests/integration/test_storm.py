@@ -23,6 +23,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from harness.process import AppProcess, async_wait_until
 from tests.integration.conftest import (
     Clients,
     Deployment,
@@ -31,7 +32,6 @@ from tests.integration.conftest import (
     report,
     unique_slug,
 )
-from tests.support.services import AppProcess, async_wait_until
 
 pytestmark = pytest.mark.integration
 

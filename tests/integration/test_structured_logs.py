@@ -23,8 +23,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from harness.process import LOOPBACK, AppProcess, async_wait_until, manage
 from tests.integration.conftest import Launcher
-from tests.support.services import LOOPBACK, AppProcess, async_wait_until, manage
 
 pytestmark = pytest.mark.integration
 

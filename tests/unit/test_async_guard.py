@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import SynchronousOnlyOperation
 
-from tests.support import services
+from harness import process as services
 
 
 @pytest.mark.django_db

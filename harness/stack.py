@@ -6,7 +6,7 @@ database is migrated once, before any instance starts.  Ctrl-C or SIGTERM
 stops the instances first, then Redis, then PostgreSQL, and removes every
 temporary directory.
 
-    python -m tests.support.stack --instances 2 [--port 8001] [--tls]
+    python -m harness.stack --instances 2 [--port 8001] [--tls]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from tests.support.services import (
+from harness.process import (
     AppProcess,
     PostgresCluster,
     RedisServer,
@@ -30,7 +30,7 @@ from tests.support.services import (
     ServiceUnavailable,
     manage,
 )
-from tests.support.tls import make_tls_files
+from harness.tls import make_tls_files
 
 MAX_INSTANCES = 16
 WATCH_INTERVAL_SECONDS = 1.0
@@ -78,7 +78,7 @@ def _port(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; exit with a usage message when it is wrong."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.stack",
+        prog="python -m harness.stack",
         description="Run Redis, PostgreSQL and N instances of Switchboard "
         "sharing them, as on App Platform. Ctrl-C stops everything.",
     )
