@@ -19,14 +19,10 @@ import pytest
 import schemathesis
 from schemathesis.core.transport import Response
 
-from harness.process import AppProcess
-from tests.integration.conftest import (
-    PASSWORD,
-    Deployment,
-    Launcher,
-    create_room,
-    http_json,
-)
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import create_room, http_json
+from tests.integration.common import PASSWORD
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from core import limits
-from harness.process import async_wait_until
-from tests.integration.conftest import throwaway_redis
+from harness.waiting import async_wait_until
+from tests.integration.common import throwaway_redis
 
 pytestmark = pytest.mark.integration
 

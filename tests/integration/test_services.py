@@ -15,18 +15,12 @@ import pytest
 import redis
 
 from harness import stack
-from harness.process import (
-    PostgresCluster,
-    RedisServer,
-    ServiceFailed,
-    ServiceUnavailable,
-    async_wait_until,
-    find_redis_server,
-    free_port,
-    manage,
-    wait_until,
-)
+from harness.app import manage
+from harness.postgres import PostgresCluster
+from harness.process import ServiceFailed, ServiceUnavailable, free_port
+from harness.redis_server import RedisServer, find_redis_server
 from harness.tls import TlsFiles, make_tls_files
+from harness.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.integration
 

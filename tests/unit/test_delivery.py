@@ -21,7 +21,7 @@ from core.backpressure import text_frame
 from core.fanout import get_hub
 from core.logcontext import ContextFilter
 from core.models import Message
-from harness.process import async_wait_until, wait_until
+from harness.waiting import async_wait_until, wait_until
 from tests.factories import RoomFactory
 from tests.support.fake_transport import (
     Client,
