@@ -96,7 +96,11 @@ class Instance:
 
 
 @dataclass
-class Deployment:
+class Rehearsal:
+    """What the rehearsed build left: not harness.deployment.Deployment, which
+    runs this checkout; these instances run the built copy's own virtualenv
+    with the app spec's run command, as the platform would."""
+
     app_dir: Path
     venv_bin: Path
     build_output: str
@@ -153,7 +157,7 @@ PASSWORD = "rehearsal-password-1"
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory) -> Iterator[Deployment]:
+def deployment(tmp_path_factory) -> Iterator[Rehearsal]:
     base = tmp_path_factory.mktemp("platform")
     try:
         postgres = PostgresCluster().start()
@@ -209,7 +213,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
                 timeout=30, message=f"instance on {instance.port} healthy",
                 ignore=(OSError,),
             )  # fmt: skip
-        yield Deployment(
+        yield Rehearsal(
             app_dir, venv_bin, build.stdout, migrate.stdout, run_env, instances
         )
     finally:
