@@ -44,7 +44,7 @@ lint: $(VENV)/.dev
 	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 
 stack: $(VENV)/.dev
-	$(BIN)/python -m tests.support.stack --instances $(N)
+	$(BIN)/python -m harness.stack --instances $(N)
 
 $(VENV)/.bench: $(VENV)/.dev
 	$(PIP_INSTALL) -e '.[dev,uvicorn,bench]'

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.services import PROJECT_ROOT, child_env
+from harness.app import child_env
+from harness.process import PROJECT_ROOT
 
 
 class HarnessError(RuntimeError):

@@ -26,7 +26,7 @@ from bench import config, environment, plots, report, scenarios
 from bench.config import Plan
 from bench.driver import HarnessError, LoadGenerator
 from bench.targets import Infrastructure, start_stack
-from tests.support.services import ServiceFailed, ServiceUnavailable
+from harness.process import ServiceFailed, ServiceUnavailable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OPEN_FILES_WANTED = 65536

@@ -36,7 +36,8 @@ from bench.targets import (
     create_room_via_api,
     redis_connections_per_process,
 )
-from tests.support.services import AppProcess, ServiceFailed
+from harness.app import AppProcess
+from harness.process import ServiceFailed
 
 
 @dataclass

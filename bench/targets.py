@@ -9,11 +9,9 @@ A stack is one target on one server, two instances sharing the bench's Redis
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import secrets
 import sys
-import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,12 @@ from typing import Any
 import psutil
 
 from bench.driver import HarnessError
-from tests.support.services import (
-    LOOPBACK,
-    AppProcess,
-    PostgresCluster,
-    RedisServer,
-    manage,
-)
+from harness.app import AppProcess
+from harness.deployment import Deployment, prepare_database
+from harness.http import HTTP_ERRORS, ApiError, create_room
+from harness.postgres import PostgresCluster
+from harness.process import LOOPBACK
+from harness.redis_server import RedisServer
 
 INSTANCES = 2
 BENCH_USERS = 50
@@ -82,52 +79,17 @@ class UvicornAsyncioProcess(AppProcess):
         return [*super().argv(), "--loop", "asyncio"]
 
 
-PROVISION = textwrap.dedent(
-    """
-    import json
-    from django.contrib.auth import get_user_model
-    from django.db import transaction
-    from django.utils import timezone
-    from rest_framework.authtoken.models import Token
-    from core.models import Membership, Message, Room
-    User = get_user_model()
-    tokens = {}
-    users = []
-    for number in range(%(users)d):
-        user, _ = User.objects.get_or_create(username="bench-%%02d" %% number)
-        user.set_unusable_password()
-        user.save()
-        users.append(user)
-        tokens[user.username] = Token.objects.get_or_create(user=user)[0].key
-    rooms = [
-        Room(slug=%(slug)r.format(n), name="Bench %%d" %% n) for n in range(%(rooms)d)
-    ]
-    Room.objects.bulk_create(rooms, ignore_conflicts=True)
-    owner = users[0]
-    private, _ = Room.objects.get_or_create(
-        slug=%(handshake_slug)r,
-        defaults={"name": "Bench handshake", "is_private": True, "owner": owner},
-    )
-    Membership.objects.bulk_create(
-        [Membership(room=private, user=user) for user in users],
-        ignore_conflicts=True,
-    )
-    with transaction.atomic():
-        if not private.messages.exists():
-            now = timezone.now()
-            Message.objects.bulk_create(
-                Message(
-                    room=private, seq=seq, author=owner, author_name=owner.username,
-                    body="Stored message %%d" %% seq, sent_at=now,
-                )
-                for seq in range(1, %(messages)d + 1)
-            )
-            private.last_seq = %(messages)d
-            private.last_message_at = now
-            private.save(update_fields=["last_seq", "last_message_at"])
-    print("TOKENS=" + json.dumps(tokens))
-    """
-)
+BENCH_USERNAMES = [f"bench-{number:02d}" for number in range(BENCH_USERS)]
+# Hashed once per user by ensure_user and once per sign-in, before timing.
+BENCH_PASSWORD = "bench-Password-1"  # noqa: S105 (throwaway users)
+# Only the provisioning instance: 50 sign-ins from one address and 1,000
+# rooms from one owner, at once.
+PROVISION_LIMITS = {
+    # Every bench user signs in from 127.0.0.1 once, for its token.
+    "SWITCHBOARD_CREDENTIAL_ADDRESS_BURST": "1000000",
+    "SWITCHBOARD_ROOM_CREATE_BURST": "1000000",
+    "SWITCHBOARD_ROOM_CREATE_RATE_PER_SECOND": "1000000",
+}
 
 
 @dataclass
@@ -174,32 +136,61 @@ class Infrastructure:
     def provision_switchboard(self, rooms: int) -> None:
         """Start PostgreSQL, migrate, create bench users, tokens and rooms.
 
-        Users get no password (token auth only), so hashing costs nothing.
-        The many small rooms of the ``rooms`` scenario and the handshake
-        scenario's private room (members and stored messages too; made
-        once) are created here; the rooms the other scenarios use are
-        created through the API.
+        Users are made with ``manage.py ensure_user``; everything else goes
+        through the HTTP API of one provisioning instance, closed before any
+        stack starts: tokens, the many small rooms of the ``rooms`` scenario
+        and the handshake scenario's private room (members and stored
+        messages too; made once). The rooms the other scenarios use are
+        created through the API by the scenarios.
         """
         if self.postgres is None:
             self.postgres = PostgresCluster().start()
             self.database_url = self.postgres.create_database("switchboard_bench")
         env = self.switchboard_env("bench-provision")
-        manage("migrate", "--noinput", env=env, timeout=300)
-        code = PROVISION % {
-            "users": BENCH_USERS,
-            "slug": ROOMS_SLUG,
-            "rooms": rooms,
-            "handshake_slug": HANDSHAKE_SLUG,
-            "messages": HANDSHAKE_MESSAGES,
-        }
-        result = manage("shell", "-c", code, env=env, timeout=300)
-        line = next(
-            (x for x in result.stdout.splitlines() if x.startswith("TOKENS=")), None
+        prepare_database(env, usernames=BENCH_USERNAMES, password=BENCH_PASSWORD)
+        provisioner = Deployment(
+            {**env, **PROVISION_LIMITS},
+            usernames=BENCH_USERNAMES,
+            password=BENCH_PASSWORD,
+            name="provision",
+            count=1,
+            log_dir=self.log_dir,
         )
-        if line is None:
-            raise HarnessError(f"provisioning printed no tokens:\n{result.stdout}")
-        self.tokens = list(json.loads(line.removeprefix("TOKENS=")).values())
+        try:
+            provisioner.start()
+            tokens = provisioner.fetch_tokens()
+            self._provision_rooms(provisioner, rooms)
+        except (ApiError, *HTTP_ERRORS) as exc:
+            raise HarnessError(f"provisioning through the API failed: {exc}") from exc
+        finally:
+            provisioner.close()
+        self.tokens = [tokens[name] for name in BENCH_USERNAMES]
         self.rooms = rooms
+
+    @staticmethod
+    def _provision_rooms(provisioner: Deployment, rooms: int) -> None:
+        app = provisioner.instances[0]
+        owner = BENCH_USERNAMES[0]
+        token = provisioner.token(owner)
+
+        def small_room(number: int) -> None:
+            slug = ROOMS_SLUG.format(number)
+            create_room(app, token, slug, name=f"Bench {number}", exist_ok=True)
+
+        # A few at a time: Django serves sync views on one thread.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(small_room, range(rooms)))
+        made = create_room(
+            app, token, HANDSHAKE_SLUG, name="Bench handshake", private=True,
+            exist_ok=True,
+        )  # fmt: skip
+        if made is None:
+            return  # an earlier run's: members and messages are there
+        for user in BENCH_USERNAMES[1:]:
+            path = f"/api/rooms/{HANDSHAKE_SLUG}/members/"
+            provisioner.api("POST", path, {"username": user}, user=owner)
+        for seq in range(1, HANDSHAKE_MESSAGES + 1):
+            provisioner.post(HANDSHAKE_SLUG, f"Stored message {seq}", user=owner)
 
     def flush_redis(self) -> None:
         client = self.start_redis().client()
@@ -305,27 +296,10 @@ def start_stack(
 
 def create_room_via_api(stack: Stack, token: str, slug: str, name: str) -> None:
     """``POST /api/rooms/`` as a bench user; an existing slug is fine."""
-    process = stack.processes[0]
-    conn = http.client.HTTPConnection(LOOPBACK, process.port, timeout=30)
     try:
-        conn.request(
-            "POST",
-            "/api/rooms/",
-            body=json.dumps({"name": name, "slug": slug}),
-            headers={
-                "Authorization": f"Token {token}",
-                "Content-Type": "application/json",
-            },
-        )
-        response = conn.getresponse()
-        body = response.read().decode(errors="replace")
-    finally:
-        conn.close()
-    if response.status == 201:
-        return
-    if response.status == 400 and "slug" in body:
-        return  # made by an earlier stack of this run
-    raise HarnessError(f"POST /api/rooms/ answered {response.status}: {body[:300]}")
+        create_room(stack.processes[0], token, slug, name=name, exist_ok=True)
+    except ApiError as exc:  # refused for another reason than the slug
+        raise HarnessError(str(exc)) from None
 
 
 def listening_pid(port: int) -> int | None:

@@ -9,6 +9,10 @@ pings, and masks its own frames with ``websockets``' C ``apply_mask``. It
 speaks RFC 6455 as a client must (masked frames, close handshake) and can
 offer ``permessage-deflate`` (RFC 7692) as browsers do, to measure what
 compression costs a server.
+
+It is a separate tool from the tests' client (``harness.ws.WsClient``), not a
+second copy of it: that one speaks the room protocol and keeps every frame
+for assertions; this one keeps timings for thousands of sockets at once.
 """
 
 from __future__ import annotations

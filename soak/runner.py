@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import environment
+from harness.process import ServiceFailed, ServiceUnavailable
 from soak import checks, config, plots, report
 from soak.checks import ClientView
 from soak.monitor import Sampler
 from soak.stack import Stack, StackError
 from soak.traffic import Traffic
-from tests.support.services import ServiceFailed, ServiceUnavailable
 
 OPEN_FILES_WANTED = 65536
 SETTLE_DEADLINE_SECONDS = 10.0

@@ -1,35 +1,30 @@
 """The processes under soak: Redis, PostgreSQL and two Daphne instances.
 
-All three come from the project's harness (tests/support/services.py), as
+All three come from the project's harness (the ``harness`` package), as
 they do for the integration tier and the bench: ``RedisServer``,
 ``PostgresCluster`` (migrated with ``manage.py migrate``) and ``AppProcess``
-running exactly ``daphne backend.asgi:application``. Users get API tokens
-and no password (nothing to hash), as the bench's do.
+running exactly ``daphne backend.asgi:application``, as a ``Deployment``.
+Users are made with ``manage.py ensure_user``; their tokens, the rooms and the
+private room's members come through the HTTP API, as a user's would.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
-import os
 import secrets
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from harness.app import AppProcess
+from harness.deployment import Deployment, prepare_database
+from harness.http import http_json
+from harness.postgres import PostgresCluster, connect_url
+from harness.redis_server import RedisServer
 from soak import config
 from soak.checks import Stored
-from tests.support.services import (
-    LOOPBACK,
-    AppProcess,
-    PostgresCluster,
-    RedisServer,
-    manage,
-)
 
 DATABASE = "switchboard_soak"
 CHANNEL_PREFIX = "soak"
@@ -43,34 +38,8 @@ def room_slug(number: int) -> str:
     return f"soak-r{number:02d}"
 
 
-PROVISION = textwrap.dedent(
-    """
-    import json
-    from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
-    from core.models import Membership, Room
-    User = get_user_model()
-    tokens = {}
-    users = []
-    for name in %(users)r:
-        user, _ = User.objects.get_or_create(username=name)
-        user.set_unusable_password()
-        user.save()
-        users.append(user)
-        tokens[name] = Token.objects.get_or_create(user=user)[0].key
-    for slug in %(rooms)r:
-        Room.objects.get_or_create(slug=slug, defaults={"name": slug})
-    private, _ = Room.objects.get_or_create(
-        slug=%(private)r,
-        defaults={"name": "Soak private", "is_private": True, "owner": users[0]},
-    )
-    Membership.objects.bulk_create(
-        [Membership(room=private, user=user) for user in users[:%(members)d]],
-        ignore_conflicts=True,
-    )
-    print("TOKENS=" + json.dumps(tokens))
-    """
-)
+# Hashed once per user by ensure_user and once per sign-in; nothing else.
+PASSWORD = "soak-Password-1"  # noqa: S105 (throwaway users of a throwaway database)
 
 
 class StackError(RuntimeError):
@@ -85,9 +54,13 @@ class Stack:
     redis: RedisServer | None = None
     postgres: PostgresCluster | None = None
     database_url: str = ""
-    instances: list[AppProcess] = field(default_factory=list)
+    deployment: Deployment | None = None
     tokens: dict[str, str] = field(default_factory=dict)
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(40))
+
+    @property
+    def instances(self) -> list[AppProcess]:
+        return self.deployment.instances if self.deployment else []
 
     @property
     def usernames(self) -> list[str]:
@@ -101,57 +74,67 @@ class Stack:
         """An instance's whole configuration (README, "Configuration")."""
         if self.redis is None:
             raise StackError("Redis is not running")
-        env = {
+        return {
             "DJANGO_SECRET_KEY": self.secret_key,
             "DJANGO_DEBUG": "0",
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis.url,
             "SWITCHBOARD_CHANNEL_PREFIX": CHANNEL_PREFIX,
+            # Every soak user signs in from 127.0.0.1 once, for its token;
+            # the traffic itself never signs in.
+            "SWITCHBOARD_CREDENTIAL_ADDRESS_BURST": str(2 * config.USERS),
             **config.SOAK_LIMITS,
         }
-        # Limits from the shell must not leak in: every value an instance
-        # sees is set here or is the default (as tests/integration does).
-        for key in os.environ:
-            if key.startswith("SWITCHBOARD_") and key not in env:
-                env[key] = ""
-        return env
 
     def start(self) -> None:
-        """Redis, PostgreSQL (migrated, provisioned), then the instances."""
+        """Redis, PostgreSQL (migrated, with users), the instances, then the
+        tokens, rooms and members through the API."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(password=secrets.token_hex(12)).start()
         self.postgres = PostgresCluster().start()
         self.database_url = self.postgres.create_database(DATABASE)
-        env = {"DJANGO_SECRET_KEY": "migrate-only", "DATABASE_URL": self.database_url}
-        manage("migrate", "--noinput", env=env, timeout=300)
-        code = PROVISION % {
-            "users": self.usernames,
-            "rooms": [*self.public_rooms, config.HOT_ROOM],
-            "private": config.PRIVATE_ROOM,
-            "members": config.PRIVATE_MEMBERS,
-        }
-        result = manage("shell", "-c", code, env=env, timeout=300)
-        line = next(
-            (x for x in result.stdout.splitlines() if x.startswith("TOKENS=")), None
+        prepare_database(
+            {"DJANGO_SECRET_KEY": "migrate-only", "DATABASE_URL": self.database_url},
+            usernames=self.usernames,
+            password=PASSWORD,
         )
-        if line is None:
-            raise StackError(f"provisioning printed no tokens:\n{result.stdout}")
-        self.tokens = json.loads(line.removeprefix("TOKENS="))
+        # Shell limits must not leak in (isolate): every value an instance
+        # sees is set here or is the default, as in tests/integration.
+        self.deployment = Deployment(
+            self.env(), usernames=self.usernames, password=PASSWORD,
+            log_dir=self.log_dir,
+        )  # fmt: skip
         for index in range(config.INSTANCES):
-            name = f"instance-{'ab'[index]}"
-            self.instances.append(
-                AppProcess(self.env(), name=name, log_path=self.log_dir / f"{name}.log")
+            self.deployment.add(f"instance-{'ab'[index]}")
+        self.deployment.start()
+        self._provision()
+
+    def _provision(self) -> None:
+        """Tokens, the public rooms and the private room with its members."""
+        if self.deployment is None:
+            raise StackError("the instances are not running")
+        self.tokens = dict(self.deployment.fetch_tokens())
+        owner = self.usernames[0]
+        # One room per user in turn: each user's room creations are limited.
+        for number, slug in enumerate([*self.public_rooms, config.HOT_ROOM]):
+            creator = self.usernames[number % len(self.usernames)]
+            self.deployment.create_room(slug, owner=creator, name=slug)
+        self.deployment.create_room(
+            config.PRIVATE_ROOM, owner=owner, name="Soak private", private=True
+        )
+        for user in self.usernames[1 : config.PRIVATE_MEMBERS]:
+            self.deployment.api(
+                "POST",
+                f"/api/rooms/{config.PRIVATE_ROOM}/members/",
+                {"username": user},
+                user=owner,
             )
-        for app in self.instances:  # launched together, so they boot in parallel
-            app.start(wait=False)
-        for app in self.instances:
-            app.wait_ready()
 
     def stop_instances(self) -> None:
         """SIGTERM every instance (Daphne's graceful shutdown)."""
-        for app in self.instances:
+        if self.deployment is not None:
             with contextlib.suppress(Exception):
-                app.close()
+                self.deployment.close()
 
     def close(self) -> None:
         self.stop_instances()
@@ -173,26 +156,14 @@ class Stack:
     ) -> tuple[int, Any]:
         """One request to an instance; (status, decoded JSON or text)."""
         app = self.instances[instance % len(self.instances)]
-        headers = {"Accept": "application/json"}
-        if token is not None:
-            headers["Authorization"] = f"Token {token}"
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPConnection(
-            LOOPBACK, app.port, timeout=config.HTTP_TIMEOUT_SECONDS
+        return http_json(
+            app,
+            method,
+            path,
+            token=token,
+            body=body,
+            timeout=config.HTTP_TIMEOUT_SECONDS,
         )
-        try:
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            raw = response.read().decode("utf-8", "replace")
-        finally:
-            conn.close()
-        try:
-            return response.status, json.loads(raw) if raw else None
-        except ValueError:
-            return response.status, raw
 
     # --- PostgreSQL, read directly ---------------------------------------------
 
@@ -201,17 +172,7 @@ class Stack:
         in ``pg_stat_activity`` can leave the soak's own out."""
         if self.postgres is None:
             raise StackError("PostgreSQL is not running")
-        pg = self.postgres
-        return psycopg.connect(
-            host=LOOPBACK,
-            port=pg.port,
-            user=pg.user,
-            password=pg.password,
-            dbname=database,
-            autocommit=True,
-            connect_timeout=5,
-            application_name="soak",
-        )
+        return connect_url(self.postgres.url(database), application_name="soak")
 
     def read_rooms(self) -> tuple[dict[str, int], dict[str, list[Stored]]]:
         """(slug -> last_seq, slug -> stored messages in seq order)."""

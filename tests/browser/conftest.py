@@ -1,6 +1,6 @@
 """Browser tier: Playwright's sync API drives headless Chromium at real Daphne.
 
-Servers are real processes (``tests.support.services.AppProcess``) on a
+Servers are real processes (``harness.app.AppProcess``) on a
 temporary SQLite database; see ``deployment.py``. Pages are opened per user
 and per server URL, so a test can put each user on a different instance.
 Every page's console errors and uncaught exceptions fail the test unless
@@ -19,9 +19,17 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
+from harness.deployment import Deployment
+from harness.postgres import PostgresCluster
+from harness.process import ServiceUnavailable
+from harness.redis_server import RedisServer
 from tests.browser.browsing import Browsing
-from tests.browser.deployment import Deployment, make_sqlite_template, prepare_database
-from tests.support.services import PostgresCluster, RedisServer, ServiceUnavailable
+from tests.browser.deployment import (
+    make_sqlite_template,
+    on_sqlite,
+    prepare_database,
+    shared_database,
+)
 
 CHROMIUM_ARGS = [
     "--no-sandbox",  # as root in a container; the page is our own app
@@ -117,7 +125,7 @@ def deployment(
     """
     directory = tmp_path_factory.mktemp(request.param)
     if request.param == "sqlite-inmemory":
-        app = Deployment.on_sqlite(directory, sqlite_template, count=1)
+        app = on_sqlite(directory, sqlite_template, count=1)
     else:
         database_url, redis_url = request.getfixturevalue("shared_services")
         env = {
@@ -125,7 +133,7 @@ def deployment(
             "REDIS_URL": redis_url,
             "SWITCHBOARD_CHANNEL_PREFIX": f"browser-{uuid.uuid4().hex[:8]}",
         }
-        app = Deployment(directory, env, count=2)
+        app = shared_database(directory, env, count=2)
     try:
         yield app.start()
     finally:
@@ -137,7 +145,7 @@ def _pair(
     tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
 ) -> Iterator[Deployment]:
     directory = tmp_path_factory.mktemp("pair")
-    app = Deployment.on_sqlite(directory, sqlite_template, count=2, name="pair")
+    app = on_sqlite(directory, sqlite_template, count=2, name="pair")
     try:
         yield app.start()
     finally:

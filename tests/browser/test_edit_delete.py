@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from playwright.sync_api import Page, WebSocket, WebSocketRoute, expect
 
+from harness.deployment import Deployment
 from tests.browser.browsing import NETWORK_ERRORS, Browsing
-from tests.browser.deployment import Deployment
 
 pytestmark = pytest.mark.browser
 

@@ -6,9 +6,9 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect
 
+from harness.app import manage
+from harness.deployment import Deployment
 from tests.browser.browsing import ARTIFACTS, DESKTOP, PHONE, PROJECT_ROOT, Browsing
-from tests.browser.deployment import Deployment
-from tests.support.services import manage
 
 pytestmark = pytest.mark.browser
 

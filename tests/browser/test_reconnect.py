@@ -9,9 +9,9 @@ import time
 import pytest
 from playwright.sync_api import WebSocketRoute, expect
 
+from harness.deployment import Deployment
+from harness.waiting import wait_until
 from tests.browser.browsing import NETWORK_ERRORS, Browsing
-from tests.browser.deployment import Deployment
-from tests.support.services import wait_until
 
 pytestmark = pytest.mark.browser
 

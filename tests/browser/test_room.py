@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from harness.deployment import Deployment
 from tests.browser.browsing import Browsing
-from tests.browser.deployment import Deployment
+from tests.browser.deployment import on_sqlite
 
 pytestmark = pytest.mark.browser
 
@@ -142,7 +143,7 @@ def strict_limits(tmp_path: Path, sqlite_template: Path) -> Iterator[Deployment]
     pages close before the server does and log no refused reconnects.
     """
     limits = {"SWITCHBOARD_SEND_BURST": "3", "SWITCHBOARD_SEND_RATE_PER_SECOND": "10"}
-    app = Deployment.on_sqlite(tmp_path, sqlite_template, name="limited", env=limits)
+    app = on_sqlite(tmp_path, sqlite_template, name="limited", env=limits)
     try:
         yield app.start()
     finally:

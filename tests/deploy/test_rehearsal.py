@@ -16,23 +16,22 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import websockets
 import yaml
 
-from tests.support.services import (
-    PostgresCluster,
-    RedisServer,
-    ServiceUnavailable,
-    free_port,
-    wait_until,
-)
-from tests.support.tls import make_tls_files
+from harness.app import ENSURE_USER_PASSWORD
+from harness.http import request
+from harness.postgres import PostgresCluster
+from harness.process import ServiceUnavailable, free_port
+from harness.redis_server import RedisServer
+from harness.tls import make_tls_files
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +96,11 @@ class Instance:
 
 
 @dataclass
-class Deployment:
+class Rehearsal:
+    """What the rehearsed build left: not harness.deployment.Deployment, which
+    runs this checkout; these instances run the built copy's own virtualenv
+    with the app spec's run command, as the platform would."""
+
     app_dir: Path
     venv_bin: Path
     build_output: str
@@ -137,21 +140,15 @@ def start_instance(deploy_dir: Path, venv_bin: Path, env: dict, port: int, n: in
 
 
 def http(url: str, host: str, headers: dict[str, str] | None = None, data=None):
-    """(status, headers, body) without following redirects."""
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            return None
-
-    request = urllib.request.Request(  # noqa: S310 - loopback URLs only
-        url, data=data, headers={"Host": host, **(headers or {})}
-    )
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+    """(status, headers, body) as the platform's router asks: ``Host`` set,
+    redirects not followed."""
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    response = request(
+        f"{parts.scheme}://{parts.netloc}", "POST" if data is not None else "GET",
+        path, body=data, headers={"Host": host, **(headers or {})},
+    )  # fmt: skip
+    return response.status, dict(response.headers.items()), response.body
 
 
 EDGE = {"X-Forwarded-Proto": "https"}  # what App Platform's edge adds
@@ -160,7 +157,7 @@ PASSWORD = "rehearsal-password-1"
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory) -> Iterator[Deployment]:
+def deployment(tmp_path_factory) -> Iterator[Rehearsal]:
     base = tmp_path_factory.mktemp("platform")
     try:
         postgres = PostgresCluster().start()
@@ -216,7 +213,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
                 timeout=30, message=f"instance on {instance.port} healthy",
                 ignore=(OSError,),
             )  # fmt: skip
-        yield Deployment(
+        yield Rehearsal(
             app_dir, venv_bin, build.stdout, migrate.stdout, run_env, instances
         )
     finally:
@@ -306,14 +303,13 @@ def test_static_files_are_served_by_daphne_with_long_caching(deployment):
 
 def test_a_message_crosses_instances(deployment):
     first, second = deployment.instances
-    create_user = (
-        "from django.contrib.auth.models import User; "
-        f"User.objects.create_user('rehearsal', password='{PASSWORD}')"
-    )
+    # As an operator would on the platform's console: the built app's own
+    # manage.py, the password in the environment.
     run(
-        [str(deployment.venv_bin / "python"), "manage.py", "shell", "-c", create_user],
-        deployment.app_dir, deployment.run_env,
-    )  # fmt: skip
+        [str(deployment.venv_bin / "python"), "manage.py", "ensure_user", "rehearsal"],
+        deployment.app_dir,
+        {**deployment.run_env, ENSURE_USER_PASSWORD: PASSWORD},
+    )
     status, _, body = http(
         f"{second.url}/api/auth/token/", APP_DOMAIN,
         {**EDGE, "Content-Type": "application/json"},

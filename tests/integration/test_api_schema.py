@@ -19,14 +19,10 @@ import pytest
 import schemathesis
 from schemathesis.core.transport import Response
 
-from tests.integration.conftest import (
-    PASSWORD,
-    Deployment,
-    Launcher,
-    create_room,
-    http_json,
-)
-from tests.support.services import AppProcess
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import create_room, http_json
+from tests.integration.common import PASSWORD
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +45,7 @@ UNLIMITED = {
         "ROOM_CREATE_BURST",
         "MEMBER_ADD_BURST",
         "SEND_BURST",
+        "SEARCH_BURST",
     )
 }
 

@@ -20,14 +20,11 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.integration.conftest import (
-    PASSWORD,
-    Clients,
-    http_json,
-    provision_laptop,
-)
+from harness.app import AppProcess
+from harness.http import http_json
+from harness.ws import Clients
+from tests.integration.common import PASSWORD, provision_laptop
 from tests.integration.daphne_probe import CLOSED_PATH, PROBE_PATH
-from tests.support.services import AppProcess
 
 pytestmark = pytest.mark.integration
 

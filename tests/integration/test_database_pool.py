@@ -11,21 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    ahttp_json,
-    create_room,
-    http_json,
-    unique_slug,
-)
-from tests.support.services import (
-    AppProcess,
-    PostgresCluster,
-    async_wait_until,
-    wait_until,
-)
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import ahttp_json, create_room, http_json
+from harness.postgres import PostgresCluster
+from harness.waiting import async_wait_until, wait_until
+from harness.ws import Clients
+from tests.integration.common import unique_slug
 
 pytestmark = pytest.mark.integration
 

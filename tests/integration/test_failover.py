@@ -14,17 +14,10 @@ import time
 
 import pytest
 
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    WsClient,
-    create_room,
-    is_type,
-    report,
-    timeline,
-    unique_slug,
-)
+from harness.deployment import Deployment, Launcher
+from harness.http import create_room
+from harness.ws import Clients, WsClient, is_type, timeline
+from tests.integration.common import report, unique_slug
 
 pytestmark = pytest.mark.integration
 

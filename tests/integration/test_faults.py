@@ -23,28 +23,21 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import ahttp_json, create_room
+from harness.postgres import PostgresCluster
+from harness.redis_server import RedisServer
+from harness.waiting import async_wait_until
+from harness.ws import Clients, WsClient, is_type, wait_for_readyz
 from soak.checks import scan_log
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    WsClient,
-    ahttp_json,
-    create_room,
-    is_type,
+from tests.integration.common import (
     report,
     throwaway_postgres,
     throwaway_redis,
     unique_slug,
-    wait_for_readyz,
 )
 from tests.support.faults import DIE_BEFORE_PUBLISH
-from tests.support.services import (
-    AppProcess,
-    PostgresCluster,
-    RedisServer,
-    async_wait_until,
-)
 
 pytestmark = pytest.mark.integration
 

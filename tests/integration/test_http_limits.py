@@ -10,32 +10,20 @@ prefix of their own, so tests do not share buckets.
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
-    HTTP_TIMEOUT_SECONDS,
-    PASSWORD,
-    Deployment,
-    Launcher,
-    http_json,
-)
-from tests.support.services import (
-    LOOPBACK,
-    AppProcess,
-    PostgresCluster,
-    ServiceFailed,
-    ServiceUnavailable,
-    _give_to,
-    manage,
-    wait_until,
-)
-from tests.support.tls import make_tls_files
+from harness.app import AppProcess, manage
+from harness.deployment import Deployment, Launcher
+from harness.http import HTTP_TIMEOUT_SECONDS, JSON, http_json, request
+from harness.postgres import PostgresCluster, give_to
+from harness.process import LOOPBACK, ServiceFailed, ServiceUnavailable
+from harness.tls import make_tls_files
+from harness.waiting import wait_until
+from tests.integration.common import PASSWORD
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +44,11 @@ def post(
     app: AppProcess, path: str, body: object, token: str | None = None
 ) -> tuple[int, dict[str, str], Any]:
     """POST JSON to ``app``; return (status, headers, decoded body)."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Token {token}"
-    conn = http.client.HTTPConnection(LOOPBACK, app.port, timeout=HTTP_TIMEOUT_SECONDS)
-    try:
-        conn.request("POST", path, body=json.dumps(body), headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-    finally:
-        conn.close()
-    return response.status, dict(response.getheaders()), json.loads(raw)
+    response = request(
+        app, "POST", path, json_body=body, token=token, headers=JSON,
+        timeout=HTTP_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    return response.status, dict(response.headers.items()), response.json()
 
 
 def sign_in(app: AppProcess, username: str, password: str) -> tuple[int, dict, Any]:
@@ -138,7 +120,7 @@ def test_room_creations_on_one_instance_count_on_the_other(
     )
     assert status == 200, body
     token = body["token"]
-    tag = deployment.tag[:20]
+    tag = deployment.name[:20]
 
     made = [
         post(app, "/api/rooms/", {"name": f"{tag}-{n}"}, token)[0]
@@ -178,7 +160,7 @@ def tls_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPostgr
         wrong = make_tls_files(tmp_path_factory.mktemp("other-ca"))
         if cluster.os_user:
             for path in (tls.server_cert, tls.server_key, tls.server_key.parent):
-                _give_to(path, cluster.os_user)
+                give_to(path, cluster.os_user)
         with cluster.connect() as conn:
             conn.execute(f"ALTER SYSTEM SET ssl_cert_file = '{tls.server_cert}'")
             conn.execute(f"ALTER SYSTEM SET ssl_key_file = '{tls.server_key}'")

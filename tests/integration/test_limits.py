@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from core import limits
-from tests.integration.conftest import throwaway_redis
-from tests.support.services import async_wait_until
+from harness.waiting import async_wait_until
+from tests.integration.common import throwaway_redis
 
 pytestmark = pytest.mark.integration
 

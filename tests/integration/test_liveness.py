@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import threading
 import time
@@ -28,16 +27,12 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from core.liveness import HEARTBEAT_INTERVAL_SECONDS, LIVENESS_PATH
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    create_room,
-    http_json,
-    report,
-    unique_slug,
-)
-from tests.support.services import AppProcess, async_wait_until, wait_until
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import HTTP_ERRORS, create_room, http_json
+from harness.waiting import async_wait_until, wait_until
+from harness.ws import Clients
+from tests.integration.common import report, unique_slug
 from tests.support.stalls import BLOCK_LOOP_PATH
 
 pytestmark = pytest.mark.integration
@@ -69,7 +64,7 @@ def probe(app: AppProcess, path: str = LIVENESS_PATH, timeout: float = 1.0) -> P
     sent_at = time.monotonic()
     try:
         status, body = http_json(app, "GET", path, timeout=timeout)
-    except (OSError, http.client.HTTPException):  # TimeoutError is an OSError
+    except HTTP_ERRORS:  # TimeoutError is an OSError
         return Probe(sent_at, None, None, None)
     return Probe(sent_at, time.monotonic(), status, body)
 
@@ -274,7 +269,7 @@ def hammer(app: AppProcess, path: str, token: str, stop: threading.Event) -> Cou
     while not stop.is_set():
         try:
             status, _ = http_json(app, "GET", path, token=token, timeout=10)
-        except (OSError, http.client.HTTPException):
+        except HTTP_ERRORS:
             status = "no answer"
         statuses[status] += 1
     return statuses

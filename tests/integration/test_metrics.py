@@ -5,19 +5,16 @@ moved by traffic on the other instance show up there."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    create_room,
-    unique_slug,
-)
-from tests.support.services import LOOPBACK, AppProcess, async_wait_until
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import create_room, request
+from harness.waiting import async_wait_until
+from harness.ws import Clients
+from tests.integration.common import unique_slug
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +31,10 @@ def pair(module_launcher: Launcher, deployment: Deployment) -> tuple[AppProcess,
 
 def scrape(app: AppProcess, token: str = TOKEN) -> tuple[int, dict]:
     """(status, {(name, instance, labels): value})."""
-    conn = http.client.HTTPConnection(LOOPBACK, app.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
-        response = conn.getresponse()
-        text = response.read().decode()
-    finally:
-        conn.close()
+    response = request(
+        app, "GET", "/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    text = response.text
     if response.status != 200:
         return response.status, {}
     samples = {}

@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,11 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from core.servers.daphne import CLOSE_GRACE_SECONDS
-from tests.integration.conftest import report
-from tests.support.services import AppProcess, ServiceUnavailable, manage
+from harness.app import AppProcess
+from harness.deployment import prepare_database
+from harness.http import api, sign_in
+from harness.process import ServiceUnavailable
+from tests.integration.common import report
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +33,18 @@ STALLED = 24
 UNGUARDED_BYTES = STALLED * MESSAGES * 24_000
 RSS_GROWTH_LIMIT = 96 * 1024 * 1024
 
+PASSWORD = "output-gate-Password-1"
+
 
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+def store_heavy(app: AppProcess, token: str) -> None:
+    api(app, "POST", "/api/rooms/heavy/messages/", {"body": HEAVY_BODY}, token=token)
 
 
 @pytest.fixture
@@ -48,24 +58,22 @@ def heavy_room(tmp_path):
         # Every history request is served: the gate alone must hold.
         "SWITCHBOARD_HISTORY_RATE_PER_SECOND": "1000",
         "SWITCHBOARD_HISTORY_BURST": "1000",
+        # The fixture stores MESSAGES through the API before any test runs.
+        "SWITCHBOARD_SEND_RATE_PER_SECOND": "100000",
+        "SWITCHBOARD_SEND_BURST": "100000",
     }
-    manage("migrate", "--noinput", env=env)
-    token = manage(
-        "shell", "-c",
-        "from django.contrib.auth.models import User;"
-        "from rest_framework.authtoken.models import Token;"
-        "from core import services;"
-        "room, _ = services.ensure_room(slug='heavy', name='Heavy');"
-        f"[services.store_message(room=room, author=None, body={HEAVY_BODY!r},"
-        f" client_id=None) for _ in range({MESSAGES})];"
-        "u = User.objects.create_user('sender', password='x');"
-        "print(Token.objects.create(user=u).key)",
-        env=env, timeout=300,
-    ).stdout.split()[-1]  # fmt: skip
+    prepare_database(
+        env, usernames=["sender"], password=PASSWORD, rooms={"heavy": "Heavy"}
+    )
     try:
         app = AppProcess(env).start()
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
+    token = sign_in(app, "sender", PASSWORD)
+    # Stored through the API, as a user sends them; a few at a time, as
+    # Django serves sync views on one thread.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda _: store_heavy(app, token), range(MESSAGES)))
     yield app, token
     app.close()
 

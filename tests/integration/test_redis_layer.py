@@ -17,19 +17,13 @@ import pytest
 import trustme
 
 from core import limits, presence
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    ahttp_json,
-    create_room,
-    first_to_close,
-    report,
-    unique_slug,
-    wait_for_readyz,
-)
-from tests.support.services import RedisServer, ServiceUnavailable
-from tests.support.tls import TlsFiles, make_tls_files
+from harness.deployment import Deployment, Launcher
+from harness.http import ahttp_json, create_room
+from harness.process import ServiceUnavailable
+from harness.redis_server import RedisServer
+from harness.tls import TlsFiles, make_tls_files
+from harness.ws import Clients, first_to_close, wait_for_readyz
+from tests.integration.common import report, unique_slug
 
 pytestmark = pytest.mark.integration
 

@@ -16,19 +16,12 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    WsClient,
-    ahttp_json,
-    create_room,
-    is_type,
-    report,
-    unique_slug,
-    wait_for_readyz,
-)
-from tests.support.services import AppProcess, RedisServer, manage
+from harness.app import AppProcess, manage
+from harness.deployment import Deployment, Launcher
+from harness.http import ahttp_json, create_room
+from harness.redis_server import RedisServer
+from harness.ws import Clients, WsClient, is_type, wait_for_readyz
+from tests.integration.common import report, unique_slug
 
 pytestmark = pytest.mark.integration
 

@@ -14,18 +14,12 @@ import asyncio
 import psycopg
 import pytest
 
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    WsClient,
-    ahttp_json,
-    create_room,
-    handshake_status,
-    unique_slug,
-    wait_for_readyz,
-)
-from tests.support.services import AppProcess, RedisServer
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import ahttp_json, create_room
+from harness.redis_server import RedisServer
+from harness.ws import Clients, WsClient, handshake_status, wait_for_readyz
+from tests.integration.common import unique_slug
 
 pytestmark = pytest.mark.integration
 

@@ -14,19 +14,13 @@ import psycopg
 import pytest
 import redis
 
-from tests.support import stack
-from tests.support.services import (
-    PostgresCluster,
-    RedisServer,
-    ServiceFailed,
-    ServiceUnavailable,
-    async_wait_until,
-    find_redis_server,
-    free_port,
-    manage,
-    wait_until,
-)
-from tests.support.tls import TlsFiles, make_tls_files
+from harness import stack
+from harness.app import ensure_users, manage
+from harness.postgres import PostgresCluster
+from harness.process import ServiceFailed, ServiceUnavailable, free_port
+from harness.redis_server import RedisServer, find_redis_server
+from harness.tls import TlsFiles, make_tls_files
+from harness.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -240,23 +234,24 @@ def test_closing_postgres_stops_it_and_removes_the_cluster() -> None:
 
 # --- storing a message on PostgreSQL ----------------------------------------
 
-# Run by ``manage.py shell`` against the module's PostgreSQL database: a
+# Run by ``manage.py shell`` against the module's PostgreSQL database, as it
+# must replace a function of core.services inside one Django process: a
 # caller checks access (as the API and the consumer do), then, before the
 # store statement runs, another connection commits ``change``. Prints what
-# the store did and what the room holds afterwards.
+# the store did and what the room holds afterwards. The users are made
+# beforehand with manage.py ensure_user; the room through core.services.
 STORE_RACE_SCRIPT = """
-import json, secrets
+import json
 import psycopg
 from django.contrib.auth import get_user_model
 from core import access, services
 from core.models import Membership, Message
 
-tag = secrets.token_hex(4)
 users = get_user_model().objects
-owner = users.create_user(f"owner-{tag}")
-author = users.create_user(f"author-{tag}")
+owner = users.get(username=f"owner-{TAG}")
+author = users.get(username=f"author-{TAG}")
 room = services.create_room(
-    owner=owner, name=tag, slug=f"race-{tag}", is_private=IS_PRIVATE
+    owner=owner, name=TAG, slug=f"race-{TAG}", is_private=IS_PRIVATE
 )
 Membership.objects.create(room=room, user=author)
 services.store_message(room=room, author=author, body="before", client_id=None)
@@ -311,12 +306,15 @@ def test_the_store_statement_refuses_an_author_who_lost_access_after_the_check(
     """Access removed in another connection after the caller's check but
     before the store: the statement that takes the seq refuses the post, and
     takes no seq; a system message still follows with the next one."""
+    tag = secrets.token_hex(4)
     script = (
         f"DATABASE_URL = {database_url!r}\n"
+        f"TAG = {tag!r}\n"
         f"IS_PRIVATE = {is_private!r}\n"
         f"CHANGE = {change!r}\n" + STORE_RACE_SCRIPT
     )
     env = {"DJANGO_SECRET_KEY": secrets.token_urlsafe(40), "DATABASE_URL": database_url}
+    ensure_users(env, [f"owner-{tag}", f"author-{tag}"], secrets.token_urlsafe(16))
     result = manage("shell", "-c", script, env=env)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     if outcome == "stored":

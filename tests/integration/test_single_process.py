@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
-    PASSWORD,
-    Clients,
-    ahttp_json,
-    http_json,
-    provision_laptop,
-)
-from tests.support.services import LOOPBACK, AppProcess
+from harness.app import AppProcess
+from harness.http import ahttp_json, http_json
+from harness.process import LOOPBACK
+from harness.ws import Clients
+from tests.integration.common import PASSWORD, provision_laptop
 
 pytestmark = pytest.mark.integration
 

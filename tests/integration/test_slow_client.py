@@ -12,7 +12,11 @@ import socket
 import pytest
 import websockets
 
-from tests.support.services import AppProcess, ServiceUnavailable, manage, wait_until
+from harness.app import AppProcess
+from harness.deployment import prepare_database
+from harness.http import sign_in
+from harness.process import ServiceUnavailable
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +25,8 @@ BUFFER_LIMIT = 256 * 1024
 # so one frame is ~24 KB and a few hundred overflow every socket buffer.
 HEAVY_BODY = "\x01" * 4000
 MESSAGES = 400
+
+PASSWORD = "slow-client-Password-1"
 
 
 @pytest.fixture(params=["daphne", "uvicorn"])
@@ -33,20 +39,14 @@ def server(request, tmp_path):
         "SWITCHBOARD_SEND_RATE_PER_SECOND": "10000",
         "SWITCHBOARD_SEND_BURST": "10000",
     }
-    manage("migrate", "--noinput", env=env)
-    manage("ensure_room", "lobby", env=env)
-    token = manage(
-        "shell", "-c",
-        "from django.contrib.auth.models import User;"
-        "from rest_framework.authtoken.models import Token;"
-        "u = User.objects.create_user('sender', password='x');"
-        "print(Token.objects.create(user=u).key)",
-        env=env,
-    ).stdout.split()[-1]  # fmt: skip
+    prepare_database(
+        env, usernames=["sender"], password=PASSWORD, rooms={"lobby": "lobby"}
+    )
     try:
         app = AppProcess(env, server=request.param).start()
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
+    token = sign_in(app, "sender", PASSWORD)
     yield app, token
     app.close()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -19,23 +18,14 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import ahttp_json, create_room, request
+from harness.postgres import PostgresCluster
+from harness.waiting import async_wait_until
+from harness.ws import Clients, WsClient
 from soak.checks import scan_log
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    WsClient,
-    ahttp_json,
-    create_room,
-    report,
-    unique_slug,
-)
-from tests.support.services import (
-    LOOPBACK,
-    AppProcess,
-    PostgresCluster,
-    async_wait_until,
-)
+from tests.integration.common import report, unique_slug
 
 pytestmark = pytest.mark.integration
 
@@ -171,16 +161,11 @@ def get(
     body: bytes | None = None,
 ) -> tuple[int, dict[str, str], float, bytes]:  # fmt: skip
     """One request: status, headers, seconds taken and the body."""
-    started = time.monotonic()
-    conn = http.client.HTTPConnection(LOOPBACK, app.port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        content = response.read()
-        elapsed = time.monotonic() - started
-        return response.status, dict(response.getheaders()), elapsed, content
-    finally:
-        conn.close()
+    response = request(app, method, path, body=body, headers=headers or {})
+    return (
+        response.status, dict(response.headers.items()), response.elapsed,
+        response.body,
+    )  # fmt: skip
 
 
 async def test_http_requests_past_the_bound_wait_briefly_then_get_503(

@@ -23,15 +23,12 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    create_room,
-    report,
-    unique_slug,
-)
-from tests.support.services import AppProcess, async_wait_until
+from harness.app import AppProcess
+from harness.deployment import Deployment, Launcher
+from harness.http import create_room
+from harness.waiting import async_wait_until
+from harness.ws import Clients
+from tests.integration.common import report, unique_slug
 
 pytestmark = pytest.mark.integration
 

@@ -12,19 +12,20 @@ of the session's secrets (passwords, tokens, cookies, message bodies).
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import re
 import secrets
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.integration.conftest import Launcher
-from tests.support.services import LOOPBACK, AppProcess, async_wait_until, manage
+from harness.app import AppProcess, manage
+from harness.deployment import Launcher
+from harness.http import request
+from harness.process import LOOPBACK
+from harness.waiting import async_wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -75,29 +76,17 @@ class Browser:
             "DO-Connecting-IP": CLIENT,
             "Origin": self.origin,
         }
-        payload = None
-        if json_body is not None:
-            payload = json.dumps(json_body).encode()
-            headers["Content-Type"] = "application/json"
-        if form is not None:
-            payload = urlencode(form).encode()
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        if token is not None:
-            headers["Authorization"] = f"Token {token}"
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        conn = http.client.HTTPConnection(LOOPBACK, self.app.port, timeout=10)
-        try:
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            text = response.read().decode("utf-8", "replace")
-        finally:
-            conn.close()
+        response = request(
+            self.app, method, path, json_body=json_body, form=form, token=token,
+            headers=headers,
+        )  # fmt: skip
         for cookie in response.headers.get_all("Set-Cookie") or []:
             name, _, rest = cookie.partition("=")
             self.cookies[name] = rest.split(";", 1)[0]
         self.request_ids.append(response.headers["X-Request-ID"])
-        return response.status, text
+        return response.status, response.text
 
     async def csrf_form(self, path: str) -> str:
         """GET a page; the CSRF token of its form."""

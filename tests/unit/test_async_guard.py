@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import SynchronousOnlyOperation
 
-from tests.support import services
+from harness import app
 
 
 @pytest.mark.django_db
@@ -17,6 +17,6 @@ async def test_a_sync_orm_call_in_async_code_is_refused():
 
 def test_processes_the_tests_start_keep_the_guard(monkeypatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # as a shell might
-    env = services.child_env({"PORT": "8000"})
+    env = app.child_env({"PORT": "8000"})
     assert "DJANGO_ALLOW_ASYNC_UNSAFE" not in env
     assert env["PORT"] == "8000"

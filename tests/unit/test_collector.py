@@ -9,7 +9,7 @@ import gc
 import pytest
 
 from core import admission, collector
-from tests.support.services import async_wait_until
+from harness.waiting import async_wait_until
 
 DEFAULTS = (700, 10, 10)
 

@@ -20,8 +20,8 @@ from backend.asgi import application
 from core import consumers, services
 from core.fanout import get_hub
 from core.models import Membership, Room
+from harness.waiting import async_wait_until
 from tests.factories import RoomFactory, UserFactory, private_room
-from tests.support.services import async_wait_until
 from tests.unit.conftest import connected, receive_until, send_json, token_for, ws_path
 
 pytestmark = pytest.mark.django_db(transaction=True)

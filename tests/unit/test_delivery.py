@@ -23,13 +23,13 @@ from core.logcontext import ContextFilter
 from core.models import Message
 from core.servers import backpressure
 from core.servers.backpressure import text_frame
+from harness.waiting import async_wait_until, wait_until
 from tests.factories import RoomFactory
 from tests.support.fake_transport import (
     Client,
     MemoryTransport,
     fake_transport_client,
 )
-from tests.support.services import async_wait_until, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,7 +19,7 @@ from channels.testing import HttpCommunicator
 from backend.asgi import application
 from core import liveness
 from core.liveness import HEARTBEAT_INTERVAL_SECONDS, Heartbeat
-from tests.support.services import async_wait_until
+from harness.waiting import async_wait_until
 
 BOUND = 2.0
 INTERVAL = HEARTBEAT_INTERVAL_SECONDS

@@ -9,7 +9,7 @@ import pytest
 
 from core import output
 from core.servers.backpressure import WriteBuffer
-from tests.support.services import async_wait_until
+from harness.waiting import async_wait_until
 
 
 class Buffer:

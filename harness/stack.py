@@ -6,7 +6,7 @@ database is migrated once, before any instance starts.  Ctrl-C or SIGTERM
 stops the instances first, then Redis, then PostgreSQL, and removes every
 temporary directory.
 
-    python -m tests.support.stack --instances 2 [--port 8001] [--tls]
+    python -m harness.stack --instances 2 [--port 8001] [--tls]
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from tests.support.services import (
-    AppProcess,
-    PostgresCluster,
-    RedisServer,
-    ServiceFailed,
-    ServiceUnavailable,
-    manage,
-)
-from tests.support.tls import make_tls_files
+from harness.app import AppProcess, manage
+from harness.deployment import Deployment, prepare_database
+from harness.postgres import PostgresCluster
+from harness.process import ServiceFailed, ServiceUnavailable
+from harness.redis_server import RedisServer
+from harness.tls import make_tls_files
 
 MAX_INSTANCES = 16
 WATCH_INTERVAL_SECONDS = 1.0
@@ -78,7 +75,7 @@ def _port(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; exit with a usage message when it is wrong."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.stack",
+        prog="python -m harness.stack",
         description="Run Redis, PostgreSQL and N instances of Switchboard "
         "sharing them, as on App Platform. Ctrl-C stops everything.",
     )
@@ -114,18 +111,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _prepare_database(env: dict[str, str]) -> list[str]:
-    """Migrate, collect static files and ensure the lobby; return notes."""
-    manage("migrate", "--noinput", env=env)
+def _prepare_database(env: dict[str, str]) -> None:
+    """Migrate, collect static files and ensure the lobby."""
     # DJANGO_DEBUG=0 serves static files from STATIC_ROOT, as the App
     # Platform build leaves it.
     manage("collectstatic", "--noinput", env=env)
-    result = manage("ensure_room", "lobby", "--name", "Lobby", env=env, check=False)
-    if result.returncode == 0:
-        return []
-    if "Unknown command" in result.stderr:
-        return ["manage.py ensure_room does not exist yet: no lobby room created"]
-    raise ServiceFailed(f"manage.py ensure_room failed:\n{result.stderr}")
+    prepare_database(env, rooms={"lobby": "Lobby"})
 
 
 def _print_summary(
@@ -133,7 +124,6 @@ def _print_summary(
     redis: RedisServer,
     apps: list[AppProcess],
     database_url: str,
-    notes: list[str],
 ) -> None:
     lines = [
         "",
@@ -146,7 +136,6 @@ def _print_summary(
             f"  instance {number:<2} {app.url}/  {app.ws_url('/ws/rooms/lobby/')}"
             f"  ({app.server}, pid {app.pid}, log {app.log_path})"
         )
-    lines += [f"  note: {note}" for note in notes]
     lines += [
         "Every instance shares Redis and PostgreSQL; there is no load balancer,",
         "so open any of them. Ctrl-C stops everything.",
@@ -173,22 +162,21 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     }
     if tls is not None:
         env["REDIS_CA_CERT"] = tls.ca_pem  # PEM text, as App Platform binds it
-    notes = _prepare_database(env)
+    _prepare_database(env)
 
-    apps = []
-    for number in range(1, args.instances + 1):
-        app = AppProcess(
-            env,
-            port=args.port + number - 1 if args.port else None,
+    # A shell's SWITCHBOARD_* variables reach the instances, as make run's do.
+    deployment = Deployment(env, log_dir=workdir, isolate=False)
+    stack.callback(deployment.close)
+    apps = [
+        deployment.add(
+            f"instance-{number}",
             server=args.server,
-            name=f"instance-{number}",
-            log_path=workdir / f"instance-{number}.log",
+            port=args.port + number - 1 if args.port else None,
         )
-        stack.callback(app.close)
-        apps.append(app.start(wait=False))
-    for app in apps:  # launched together above, so they boot in parallel
-        app.wait_ready()
-    _print_summary(pg, redis, apps, database_url, notes)
+        for number in range(1, args.instances + 1)
+    ]
+    deployment.start()
+    _print_summary(pg, redis, apps, database_url)
 
     while True:
         for app in apps:
