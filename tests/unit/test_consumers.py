@@ -598,6 +598,27 @@ async def test_typing_is_relayed_again_once_the_interval_has_passed(
             await asyncio.sleep(settings.TYPING_INTERVAL_SECONDS + 0.05)
 
 
+async def test_typing_in_one_room_does_not_hold_back_typing_in_another(
+    lobby, alice, bob
+):
+    """The interval is per user and room: alice types in the lobby, then at
+    once in another room, and bob hears both."""
+    await database_sync_to_async(RoomFactory)(slug="side")
+    alice_token, bob_token = await token_for(alice), await token_for(bob)
+    async with (
+        connected("lobby", token=alice_token) as alice_lobby,
+        connected("side", token=alice_token) as alice_side,
+        connected("lobby", token=bob_token) as bob_lobby,
+        connected("side", token=bob_token) as bob_side,
+    ):
+        await send_json(alice_lobby, {"type": "typing"})
+        frame, _ = await receive_until(bob_lobby, lambda f: f["type"] == "typing")
+        assert frame == {"type": "typing", "user": "alice"}
+        await send_json(alice_side, {"type": "typing"})
+        frame, _ = await receive_until(bob_side, lambda f: f["type"] == "typing")
+        assert frame == {"type": "typing", "user": "alice"}
+
+
 async def test_presence_lists_users_and_updates_when_someone_joins(lobby, alice, bob):
     async with connected("lobby", token=await token_for(alice)) as alice_ws:
         async with connected(
