@@ -1068,7 +1068,7 @@ def change_password(
         try:
             user.save(update_fields=["password"])
         finally:
-            user.__dict__.pop(KEEPS_SESSION_ATTR, None)
+            delattr(user, KEEPS_SESSION_ATTR)  # request.user: a lazy proxy
         keep_session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         keep_session.save()
         others = _session_keys_of(user.pk, besides=keep_session.session_key)
