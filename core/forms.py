@@ -4,7 +4,11 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+from django.contrib.auth.forms import (
+    AuthenticationForm,
+    PasswordChangeForm,
+    UserCreationForm,
+)
 from django.core.exceptions import ValidationError
 
 from core import throttling
@@ -101,3 +105,25 @@ class LoginForm(CredentialLimitsMixin, AuthenticationForm):
 
 class AdminLoginForm(CredentialLimitsMixin, AdminAuthenticationForm):
     """The admin's sign-in form (staff only), throttled."""
+
+
+class PasswordForm(PasswordChangeForm):
+    """The account page's password change: the current password, the new
+    one twice, Django's password validators.
+
+    It validates only: ``services.change_password`` saves, and the view
+    counts the attempt and holds a hashing slot (checking the current
+    password hashes it).
+    """
+
+    error_messages = {
+        **PasswordChangeForm.error_messages,
+        "password_incorrect": "Your current password was entered incorrectly. "
+        "Please enter it again.",
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["old_password"].label = "Current password"
+        self.fields["old_password"].widget.attrs.pop("autofocus", None)
+        self.fields["new_password2"].label = "New password again"

@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.postgres.search import (
     SearchHeadline,
     SearchQuery,
     SearchRank,
     SearchVector,
 )
+from django.contrib.sessions.backends.base import SessionBase
+from django.contrib.sessions.models import Session
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Func, QuerySet, TextField, Value, When
 from django.db.models.functions import Length
@@ -1033,6 +1035,61 @@ def issue_token(user: "AuthUser") -> str:
     token, _ = Token.objects.get_or_create(user=user)
     key: str = token.key
     return key
+
+
+# Set on a user while ``change_password`` saves it: ``core.signals`` then
+# leaves the user's API token and the kept session's connections alone
+# (this function ends the other sessions itself).
+KEEPS_SESSION_ATTR = "_switchboard_keeps_session"
+# Session rows read per query while looking for a user's sessions.
+SESSIONS_CHUNK = 500
+
+
+def change_password(
+    *, user: "AuthUser", new_password: str, keep_session: SessionBase
+) -> int:
+    """Set ``user``'s password from the account page; how many other
+    sessions ended.
+
+    ``keep_session`` (the browser that asked) stays signed in: it gets the
+    new session hash, in the same transaction, under the same key, so the
+    connections it opened keep their access (a rotated key would be a
+    session the warden no longer finds). Every other session of the user
+    is deleted, and ``core.signals`` closes each one's connections with
+    4403 once this commits. The API token is kept (docs/security.md says
+    why); the account page revokes it separately. Once committed, the
+    user's connections re-check their access too, which closes any signed
+    in by a session this missed (their session hash is the old one).
+    Hashes the new password: callers hold a hashing slot.
+    """
+    with transaction.atomic():
+        user.set_password(new_password)
+        setattr(user, KEEPS_SESSION_ATTR, True)
+        try:
+            user.save(update_fields=["password"])
+        finally:
+            delattr(user, KEEPS_SESSION_ATTR)  # request.user: a lazy proxy
+        keep_session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        keep_session.save()
+        others = _session_keys_of(user.pk, besides=keep_session.session_key)
+        for start in range(0, len(others), SESSIONS_CHUNK):
+            chunk = others[start : start + SESSIONS_CHUNK]
+            Session.objects.filter(session_key__in=chunk).delete()
+    user_id = user.pk
+    transaction.on_commit(lambda: recheck_access(user_id=user_id))
+    return len(others)
+
+
+def _session_keys_of(user_id: int, *, besides: str | None) -> list[str]:
+    """The keys of the unexpired sessions signed in as ``user_id``, but
+    ``besides``. Sessions are not indexed by user: this decodes every
+    unexpired session, one pass."""
+    keys = []
+    sessions = Session.objects.filter(expire_date__gt=timezone.now())
+    for session in sessions.exclude(session_key=besides).iterator(SESSIONS_CHUNK):
+        if str(session.get_decoded().get(SESSION_KEY)) == str(user_id):
+            keys.append(session.session_key)
+    return keys
 
 
 def revoke_tokens(*, user_id: int) -> None:

@@ -217,7 +217,9 @@ def notice_lost_password_or_activation(
     """Mark a save that changes the password or deactivates the user.
 
     A password-hash upgrade on login is not a change
-    (``is_password_hash_upgrade``).
+    (``is_password_hash_upgrade``), and neither is a change the account page
+    makes through ``services.change_password``, which closes what it must
+    itself.
     """
     instance.__dict__.pop(LOST_ACCESS_ATTR, None)  # left by a failed save
     if raw or instance.pk is None or not _saves(update_fields, "password", "is_active"):
@@ -235,7 +237,12 @@ def notice_lost_password_or_activation(
         and old["password"] != instance.password
         and not is_password_hash_upgrade(instance, old["password"], update_fields)
     )
-    setattr(instance, LOST_ACCESS_ATTR, deactivated or new_password)
+    # services.change_password (the account page) keeps the token and the
+    # asking session, and ends the other sessions itself.
+    keeps_session = getattr(instance, services.KEEPS_SESSION_ATTR, False)
+    setattr(
+        instance, LOST_ACCESS_ATTR, deactivated or (new_password and not keeps_session)
+    )
 
 
 @receiver(post_save, sender=User)

@@ -29,9 +29,10 @@ from django.utils.timesince import timesince
 from django.views import defaults
 from django.views.decorators.http import require_http_methods
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from rest_framework.authtoken.models import Token
 
 from core import access, logs, metrics, protocol, services, throttling
-from core.forms import RoomForm, SignupForm
+from core.forms import PasswordForm, RoomForm, SignupForm
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User as AuthUser
@@ -285,3 +286,87 @@ def credential_page(
         return response
 
     return wrapped
+
+
+# --- the account page ------------------------------------------------------------
+
+# How much of the API token's key the account page shows.
+TOKEN_TAIL = 4
+
+
+def _account(
+    request: "SignedInRequest",
+    form: PasswordForm,
+    status: int = 200,
+    refusal: str = "",
+) -> HttpResponse:
+    token = Token.objects.filter(user=request.user).first()
+    context = {
+        "form": form,
+        "refusal": refusal,
+        # Never the whole key: its last characters tell tokens apart.
+        "token": None
+        if token is None
+        else {"created": token.created, "tail": token.key[-TOKEN_TAIL:]},
+    }
+    return render(request, "core/account.html", context, status=status)
+
+
+@signed_in_required
+def account(request: "SignedInRequest") -> HttpResponse:
+    """The signed-in user's account: change the password, see and revoke
+    the API token."""
+    return _account(request, PasswordForm(request.user))
+
+
+@signed_in_required
+@require_http_methods(["POST"])
+def change_password(request: "SignedInRequest") -> HttpResponse:
+    """Change the password; this browser stays signed in, every other
+    session of the user ends and its sockets close (4403).
+
+    Counted like a sign-in attempt (the address, and a password check of
+    the username when a current password is given, before it is checked);
+    checking the current password and hashing the new one hold a hashing
+    slot.
+    """
+    form = PasswordForm(request.user, request.POST)
+    refusal = throttling.check_attempt(request)
+    if refusal is None and request.POST.get("old_password"):
+        refusal = throttling.check_password_check(request, request.user.get_username())
+    if refusal is None:
+        try:
+            with throttling.password_hashing():
+                if form.is_valid():
+                    ended = services.change_password(
+                        user=request.user,
+                        new_password=form.cleaned_data["new_password1"],
+                        keep_session=request.session,
+                    )
+                    messages.success(request, _changed(ended))
+                    return redirect("account")
+        except throttling.Busy as exc:
+            refusal = exc.refusal
+    if refusal is None:
+        return _account(request, form, status=400)
+    # The passwords are not sent back: an empty form, ready for the next try.
+    response = _account(request, PasswordForm(request.user), refusal=refusal.detail)
+    return refusal.apply(response)
+
+
+def _changed(ended: int) -> str:
+    others = (
+        "No other session was signed in."
+        if ended == 0
+        else f"Signed out {ended} other session{'s' if ended != 1 else ''}."
+    )
+    return f"Your password was changed. {others}"
+
+
+@signed_in_required
+@require_http_methods(["POST"])
+def revoke_token(request: "SignedInRequest") -> HttpResponse:
+    """Delete the user's API token; the sockets it opened close (4403)."""
+    services.revoke_tokens(user_id=request.user.pk)
+    messages.success(request, "Your API token was revoked.")
+    return redirect("account")

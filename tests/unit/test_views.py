@@ -450,6 +450,7 @@ def pages(client):
             "room": client.get("/rooms/lobby/"),
             "private-room": client.get("/rooms/secret/"),
             "admin": client.get("/admin/"),
+            "account": client.get("/account/"),
         }
         return guest | member
 
