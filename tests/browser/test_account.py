@@ -12,8 +12,9 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from harness.http import api, sign_in
 from tests.browser.browsing import PHONE, Browsing
-from tests.browser.deployment import Deployment, _request
+from tests.browser.deployment import Deployment
 from tests.browser.room_page import RoomPage
 
 pytestmark = pytest.mark.browser
@@ -105,10 +106,7 @@ def test_the_api_token_is_shown_masked_and_revoked(
     page.goto(f"{base}/account/")
     expect(page.locator("#no-token")).to_be_visible()
 
-    key = _request(
-        base, "POST", "/api/auth/token/",
-        {"username": username, "password": FIRST}, {}, (200,),
-    )["token"]  # fmt: skip
+    key = sign_in(base, username, FIRST)
     page.reload()
     token = page.locator("#api-token")
     expect(token).to_contain_text(f"A token ending in {key[-4:]}")
@@ -119,5 +117,4 @@ def test_the_api_token_is_shown_masked_and_revoked(
     page.get_by_role("button", name="Revoke token").click()
     expect(page.locator(".notice")).to_contain_text("Your API token was revoked.")
     expect(page.locator("#no-token")).to_be_visible()
-    headers = {"Authorization": f"Token {key}"}
-    _request(base, "GET", "/api/rooms/", None, headers, (401,))
+    api(base, "GET", "/api/rooms/", token=key, expect=(401,))

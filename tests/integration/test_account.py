@@ -19,18 +19,11 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.integration.conftest import (
-    FRAME_TIMEOUT_SECONDS,
-    PASSWORD,
-    Clients,
-    Deployment,
-    Launcher,
-    WsClient,
-    create_room,
-    is_type,
-    manage,
-    unique_slug,
-)
+from harness.app import manage
+from harness.deployment import Deployment, Launcher
+from harness.http import create_room
+from harness.ws import FRAME_TIMEOUT_SECONDS, Clients, WsClient, is_type
+from tests.integration.common import PASSWORD, unique_slug
 
 pytestmark = pytest.mark.integration
 
