@@ -14,7 +14,7 @@ from core import consumers, services
 from core.models import Message, Room
 from core.servers import backpressure
 from core.servers.backpressure import DECLINED, TOO_FULL, WriteBuffer
-from tests.factories import private_room
+from tests.factories import RoomFactory, private_room
 from tests.unit.conftest import connected, send_json, token_for
 from tests.unit.sse_client import Stream
 
@@ -399,3 +399,37 @@ async def test_messages_are_stored_once_and_streamed_once(lobby):
         seen.append(frame["seq"])
     assert seen == [1, 2, 3]
     assert await database_sync_to_async(Message.objects.count)() == 3
+
+
+# --- typing over HTTP ----------------------------------------------------------------
+
+
+async def post_typing(slug: str, token: str | None) -> int:
+    headers = [(b"host", b"testserver")]
+    if token is not None:
+        headers.append((b"authorization", f"Token {token}".encode()))
+    communicator = HttpCommunicator(
+        application, "POST", f"/api/rooms/{slug}/typing/", headers=headers
+    )
+    return (await communicator.get_response(timeout=5))["status"]
+
+
+async def test_typing_over_http_reaches_readers_once_per_interval(alice, bob, lobby):
+    async with streaming("lobby", token=await token_for(bob)) as stream:
+        await stream.until("presence")
+        alice_token = await token_for(alice)
+        assert await post_typing("lobby", alice_token) == 202
+        assert await post_typing("lobby", alice_token) == 202  # dropped: too soon
+        typing, _ = await stream.until("typing")
+        assert typing["user"] == "alice"
+        await post("lobby", "next")
+        _, between = await stream.until("message")
+        assert [f for f in between if f["type"] == "typing"] == []
+
+
+async def test_typing_over_http_needs_a_signed_in_reader(alice, bob):
+    await database_sync_to_async(private_room)(alice, slug="secret")
+    assert await post_typing("secret", None) == 404
+    assert await post_typing("secret", await token_for(bob)) == 404
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    assert await post_typing("lobby", None) == 401
