@@ -944,8 +944,9 @@ class RoomConsumer(RoomSession, AsyncWebsocketConsumer):
 
 # --- Server-Sent Events ---------------------------------------------------------
 
-# A comment line this often keeps proxies from closing a quiet stream (App
-# Platform's edge cuts a response idle for 100 s: docs/protocol.md, 16).
+# A comment line this often keeps proxies from closing a quiet stream: App
+# Platform documents a 100 s request timeout (for uploads), and proxies
+# commonly close a response silent for ~100 s (docs/protocol.md, 17).
 SSE_HEARTBEAT_SECONDS = 15.0
 # The browser's reconnect delay after a stream ends, in ms, drawn per stream
 # so that a crowd does not come back in step.
@@ -964,7 +965,7 @@ class RoomStreamConsumer(RoomSession, AsyncHttpConsumer):  # type: ignore[misc] 
     """The room's frames as Server-Sent Events at ``/sse/rooms/<slug>/``.
 
     A read-only twin of ``RoomConsumer`` for networks that block WebSockets
-    (docs/protocol.md, section 16): each frame is one ``data:`` line, a
+    (docs/protocol.md, section 17): each frame is one ``data:`` line, a
     message's event id is its seq (the welcome's, the seq the client had
     read through), so the browser's ``Last-Event-ID`` resumes like
     ``?after=``. Writes go through the HTTP API. The stream is a hub

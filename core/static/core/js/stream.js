@@ -1,5 +1,5 @@
 // The room over Server-Sent Events, for networks that block WebSockets
-// (docs/protocol.md, section 16). A StreamLink looks like the WebSocket that
+// (docs/protocol.md, section 17). A StreamLink looks like the WebSocket that
 // RoomConnection drives: "open", "message" and "close" events, readyState,
 // send() and close(). Frames are read from /sse/rooms/<slug>/; what a socket
 // would send goes to the HTTP API instead, and its answer comes back as the
