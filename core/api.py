@@ -668,12 +668,14 @@ class TypingView(APIView):
         },
     )
     def post(self, request: Request, slug: str) -> Response:
-        room = _visible_room_or_404(request, slug)
+        # Anonymous callers first: 401 whatever the slug, which tells them
+        # nothing about the room (there is no read to answer).
         if not access.is_signed_in(request.user):
             return Response(
                 {"detail": "Sign in to send typing notices."},
                 status=status.HTTP_401_UNAUTHORIZED,
             )
+        room = _visible_room_or_404(request, slug)
         # The socket's bucket: once per interval per user, across sockets,
         # streams and instances; the excess is dropped, as on a socket.
         interval = settings.TYPING_INTERVAL_SECONDS

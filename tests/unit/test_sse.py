@@ -429,7 +429,8 @@ async def test_typing_over_http_reaches_readers_once_per_interval(alice, bob, lo
 
 async def test_typing_over_http_needs_a_signed_in_reader(alice, bob):
     await database_sync_to_async(private_room)(alice, slug="secret")
-    assert await post_typing("secret", None) == 404
+    assert await post_typing("secret", None) == 401
+    assert await post_typing("nowhere", None) == 401
     assert await post_typing("secret", await token_for(bob)) == 404
     await database_sync_to_async(RoomFactory)(slug="lobby")
     assert await post_typing("lobby", None) == 401
