@@ -998,7 +998,6 @@ class RoomStreamConsumer(RoomSession, AsyncHttpConsumer):  # type: ignore[misc] 
 
     async def http_disconnect(self, message: Any) -> None:
         """The client went, or the server ended the stream."""
-        logcontext.annotate(close_code=0)
         await self._stop()
         raise StopConsumer
 
