@@ -48,3 +48,46 @@ def test_without_websockets_the_page_chats_live_over_sse(
     bob.expect_bodies(expected)
     assert alice.seqs() == bob.seqs() == [1, 2, 3]
     assert alice.page.locator("#messages b").count() == 0
+
+
+# A proxy that breaks the upgrade: every handshake fails without opening (1006).
+FAILING_SOCKETS = """
+window.WebSocket = class extends EventTarget {
+  constructor(url) {
+    super();
+    this.url = url;
+    this.readyState = 0;
+    setTimeout(() => {
+      this.readyState = 3;
+      const event = new Event("close");
+      Object.assign(event, { code: 1006, reason: "" });
+      this.dispatchEvent(event);
+    }, 50);
+  }
+  send() { throw new Error("not open"); }
+  close() {}
+};
+"""
+
+
+def test_when_handshakes_keep_failing_the_page_falls_back_and_chats(
+    deployment: Deployment, browsing: Browsing, slug: str
+) -> None:
+    deployment.create_room(slug)
+    deployment_posts_before = "posted before the page"
+    deployment.post(slug, deployment_posts_before, user="bob")
+    alice = browsing.open_room(
+        deployment.url(0),
+        slug,
+        user="alice",
+        prepare=lambda page: page.add_init_script(FAILING_SOCKETS),
+    )
+    alice.wait_open()
+    expect(alice.root).to_have_attribute("data-transport", "sse")
+    alice.send("after the fallback")
+    last = len(deployment.instances) - 1  # another instance where there are two
+    deployment.post(slug, "from bob, live", user="bob", instance=last)
+    alice.expect_bodies(
+        [deployment_posts_before, "after the fallback", "from bob, live"]
+    )
+    assert alice.seqs() == [1, 2, 3]
