@@ -3,9 +3,11 @@
 Every request and connection first gets its log scope and access log lines
 (core.accesslog). HTTP goes to Django, at most HTTP_CONCURRENCY requests at
 once, but for ``/livez``, answered from the event loop's heartbeat
-(core.liveness); WebSockets go through admission control (a bound on
-handshakes in progress), the origin policy, then the session/token auth
-stack, then the URL router.
+(core.liveness), and ``/sse/`` streams, which take the WebSocket's origin
+policy and auth but not the HTTP queue (core.routing.StreamRouter).
+WebSockets go through admission control (a bound on handshakes in
+progress), the origin policy, then the session/token auth stack, then the
+URL router.
 """
 
 import gc
@@ -43,7 +45,14 @@ application = AccessLogRouter(
     {
         # /livez is answered (and the loop's heartbeat started) ahead of the
         # HTTP queue and Django: a busy instance is not a stuck one.
-        "http": LivenessMiddleware(HttpAdmission(django_asgi_app)),
+        # Server-Sent Events streams (/sse/) take the WebSocket's policy and
+        # auth, ahead of Django's bounded queue of HTTP requests.
+        "http": routing.StreamRouter(
+            OriginPolicyMiddleware(
+                TokenAuthMiddlewareStack(URLRouter(routing.sse_urlpatterns))
+            ),
+            LivenessMiddleware(HttpAdmission(django_asgi_app)),
+        ),
         "websocket": AdmissionMiddleware(
             OriginPolicyMiddleware(
                 TokenAuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))

@@ -56,6 +56,11 @@ urlpatterns = [
         name="api-message",
     ),
     path(
+        "api/rooms/<slug:slug>/typing/",
+        api.TypingView.as_view(),
+        name="api-typing",
+    ),
+    path(
         "api/rooms/<slug:slug>/deletions/",
         api.DeletionListView.as_view(),
         name="api-deletions",

@@ -89,6 +89,9 @@ class Plan:
     handshake_connect_seconds: float
     send_rates: tuple[int, ...]
     deflate_step: tuple[int, int]
+    # Fan-out to Server-Sent Events streams (a few sockets publish), next to
+    # the WebSocket fan-out of the same size in the same run.
+    sse_step: tuple[int, int]
     asyncio_loop_steps: tuple[tuple[int, int], ...]
     storm_stayers: int
     storm_movers: int
@@ -116,6 +119,7 @@ FULL = Plan(
     handshake_connect_seconds=40.0,
     send_rates=(50, 100, 200),
     deflate_step=(500, 50),
+    sse_step=(500, 50),
     asyncio_loop_steps=((500, 50),),
     storm_stayers=500,
     storm_movers=2000,
@@ -143,6 +147,7 @@ QUICK = Plan(
     handshake_connect_seconds=30.0,
     send_rates=(50, 100),
     deflate_step=(200, 50),
+    sse_step=(300, 50),
     asyncio_loop_steps=((300, 50),),
     storm_stayers=100,
     storm_movers=300,

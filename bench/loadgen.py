@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import probes
+from bench.sseclient import open_sse_client
 from bench.stats import latency_summary
 from bench.storm import Storm
 from bench.wsclient import HandshakeFailed, WsClient, open_client
@@ -263,8 +264,10 @@ class Generator:
                     greeted=self.loop.create_future(),
                     greeting_marker=marker,
                 )
+                # A /sse/ path is a Server-Sent Events stream, read alike.
+                opener = open_sse_client if path.startswith("/sse/") else open_client
                 try:
-                    client = await open_client(
+                    client = await opener(
                         handshake_seconds,
                         tag=state,
                         host=host,

@@ -178,6 +178,20 @@ def _run_stack(
             runs += found
             _progress(label, "fanout, clients offer permessage-deflate", found,
                       time.monotonic() - began)  # fmt: skip
+        if (
+            "fanout" in stack_plan.scenarios
+            and stack_plan.target == "switchboard"
+            and stack_plan.server == "daphne"  # as deployed
+            and not stack_plan.variant
+        ):
+            if _late(started):
+                notes.append(f"skipped {label} Server-Sent Events step: time budget")
+            else:
+                began = time.monotonic()
+                found = scenarios.run_fanout(session, (plan.sse_step,), sse=True)
+                runs += found
+                _progress(label, "fanout to Server-Sent Events streams", found,
+                          time.monotonic() - began)  # fmt: skip
         if stack_plan.negotiation:
             extras["negotiated_extensions"][label] = scenarios.negotiated_extensions(
                 session

@@ -276,8 +276,12 @@ def run_fanout(
     steps: tuple[tuple[int, int], ...] | None = None,
     *,
     deflate: bool = False,
+    sse: bool = False,
 ) -> list[dict[str, Any]]:
     """One room; subscribers grow step by step over both instances.
+
+    With ``sse``, every subscriber but the publishers (sockets: a stream
+    cannot send) reads a Server-Sent Events stream instead.
 
     A step the servers could not keep up with leaves a backlog (layer
     queues, write buffers) that would load the next step; if the connect
@@ -285,14 +289,22 @@ def run_fanout(
     """
     plan = session.plan
     steps = steps or plan.fanout_steps
-    group = "fanout-deflate" if deflate else "fanout"
-    path = session.room_path(_room_for(session, "fanout"))
+    group = "fanout-deflate" if deflate else "fanout-sse" if sse else "fanout"
+    room = _room_for(session, "fanout")
+    path = session.room_path(room)
+    stream_path = f"/sse/rooms/{room}/"
+    sockets = publishers_for(max(rate for _, rate in steps)) if sse else None
     instances = len(session.stack.processes)
     pool = _ConnectPool(plan.fanout_connect_seconds)
 
     def join(first: int, last: int) -> int:
         specs = [
-            [i % instances, 0, path, session.header_index(i)]
+            [
+                i % instances,
+                0,
+                stream_path if sockets is not None and i >= sockets else path,
+                session.header_index(i),
+            ]
             for i in range(first, last)
         ]
         reply = session.connect(group, specs, budget=pool.left, deflate=deflate)
@@ -318,10 +330,16 @@ def run_fanout(
         }
         if deflate:
             base["variant"] = "permessage-deflate"
+        if sse:
+            base["variant"] = "sse"
         records.append(
             delivery_record(base, result, rate=rate, offered=rate * connected)
         )
-        if session.profile and (subscribers, rate) == profile_at and not deflate:
+        if (
+            session.profile
+            and (subscribers, rate) == profile_at
+            and not (deflate or sse)
+        ):
             records[-1]["profile"] = _profile(session, group, streams)
         backlog = not result["settled"]
         if backlog and index + 1 < len(steps) and pool.affords(requested):

@@ -654,6 +654,43 @@ class MessageListView(APIView):
         return Response(result.message, status=code)
 
 
+class TypingView(APIView):
+    """Say that the caller is typing: the WebSocket's ``typing`` frame, for
+    clients that read the room over Server-Sent Events."""
+
+    @extend_schema(
+        request=None,
+        auth=SIGNED_IN,
+        responses={
+            202: OpenApiResponse(description="Relayed, or dropped as excess."),
+            401: UNAUTHORIZED,
+            404: NO_SUCH_ROOM,
+        },
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        # Anonymous callers first: 401 whatever the slug, which tells them
+        # nothing about the room (there is no read to answer).
+        if not access.is_signed_in(request.user):
+            return Response(
+                {"detail": "Sign in to send typing notices."},
+                status=status.HTTP_401_UNAUTHORIZED,
+            )
+        room = _visible_room_or_404(request, slug)
+        # The socket's bucket: once per interval per user, across sockets,
+        # streams and instances; the excess is dropped, as on a socket.
+        interval = settings.TYPING_INTERVAL_SECONDS
+        if interval > 0 and limits.take(
+            "typing", f"user:{request.user.pk}", 1.0 / interval, 1
+        ):
+            return Response(status=status.HTTP_202_ACCEPTED)
+        services.broadcast_typing_sync(
+            room_id=room.pk,
+            user=request.user.get_username(),
+            sender=f"http:{request.user.pk}",  # no socket to spare the echo
+        )
+        return Response(status=status.HTTP_202_ACCEPTED)
+
+
 MESSAGE_SEQ = OpenApiParameter(
     "seq", int, OpenApiParameter.PATH, description="The message's seq"
 )

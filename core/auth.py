@@ -1,9 +1,11 @@
-"""WebSocket handshake policy: who is connecting, and from which page.
+"""Handshake policy: who is connecting, and from which page.
 
-``OriginPolicyMiddleware`` refuses a browser handshake from a page whose host
-is not in ``DJANGO_ALLOWED_HOSTS``. ``TokenAuthMiddleware`` lets scripts sign
-in with ``Authorization: Token <key>``; ``TokenAuthMiddlewareStack`` sends
-such handshakes past Channels' session stack, and the others through it.
+The same for a WebSocket and a Server-Sent Events stream (an HTTP scope,
+refused with a plain 403). ``OriginPolicyMiddleware`` refuses a browser
+handshake from a page whose host is not in ``DJANGO_ALLOWED_HOSTS``.
+``TokenAuthMiddleware`` lets scripts sign in with ``Authorization: Token
+<key>``; ``TokenAuthMiddlewareStack`` sends such handshakes past Channels'
+session stack, and the others through it.
 """
 
 import logging
@@ -35,6 +37,21 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+async def deny(scope: Scope, receive: Any, send: Any) -> None:
+    """Refuse a handshake (403): a WebSocket's, or a stream's request."""
+    if scope["type"] != "http":
+        await WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]  # a plain dict scope, as Channels passes it
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b'{"detail": "Refused."}'})
 
 
 def origin_allowed(origin: str) -> bool:
@@ -70,7 +87,7 @@ class OriginPolicyMiddleware:
                 "WebSocket refused: origin %r is not in DJANGO_ALLOWED_HOSTS",
                 origin[:200],
             )
-            await WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]  # a plain dict scope, as Channels passes it
+            await deny(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -132,7 +149,7 @@ class TokenAuthMiddleware(BaseMiddleware):
                 "ws.bad_authorization",
                 "WebSocket refused: invalid Authorization header",
             )
-            await WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]  # a plain dict scope
+            await deny(scope, receive, send)
             return
         # The key itself too: the warden checks that it still exists.
         scope = dict(scope, user=user, credential=credential_id(key), token_key=key)

@@ -12,17 +12,22 @@ import functools
 import json
 import logging
 import math
+import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core import (
     access,
     admission,
+    auth,
     clientaddr,
     db,
     limits,
@@ -144,13 +149,23 @@ def shutdown_reason() -> str:
     """The 4012 close reason: over how long clients should spread their
     reconnects, sized once, at shutdown, to the crowd this process sends
     to the rest of the fleet (docs/protocol.md, section 8)."""
+    return f"retry_window_ms={shutdown_window_ms()}"
+
+
+def shutdown_window_ms() -> int:
+    """The reconnect window of shutdown_reason(), in ms."""
     window = open_connections() / settings.SHUTDOWN_RECONNECTS_PER_SECOND
     window = min(max(window, SHUTDOWN_WINDOW_MIN_SECONDS), SHUTDOWN_WINDOW_MAX_SECONDS)
-    return f"retry_window_ms={math.ceil(window * 1000)}"
+    return math.ceil(window * 1000)
 
 
-class RoomConsumer(AsyncWebsocketConsumer):
-    """The room protocol of docs/protocol.md at ``/ws/rooms/<slug>/``."""
+class RoomSession(AsyncConsumer):
+    """One reader of one room, whatever carries it: what a WebSocket
+    (``RoomConsumer``) and a Server-Sent Events stream (``RoomStreamConsumer``)
+    share. Admission, opening the room, the grant and the warden, welcome,
+    replay and catch-up, the hub's events and leaving live here, once; the
+    transport's own steps are the hooks at the end of the class.
+    """
 
     # No channel-layer channel per connection: the process's hub listens for
     # everyone (core.fanout). An unknown alias makes Channels skip its own.
@@ -193,8 +208,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
-            # Daphne cancels every application on SIGTERM: say goodbye with
-            # 4012 so clients resume elsewhere, and drop presence entries.
+            # Daphne cancels every application on SIGTERM: say goodbye (4012
+            # on a socket) so clients resume elsewhere, and drop presence.
             await self._close_for_shutdown()
             raise
         except Exception:
@@ -216,17 +231,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await super().dispatch(message)
 
     # --- lifecycle ------------------------------------------------------------
-
-    async def connect(self) -> None:
-        """Admit or refuse the handshake, then welcome, replay and presence."""
-        ticket = self.scope.get(admission.SCOPE_KEY)
-        try:
-            accepted = await self._open()
-            if accepted is not None and not self.closing:
-                await self._greet(accepted)
-        finally:
-            if ticket is not None:
-                ticket.release(completed=True)
 
     async def _open(self) -> "_Accepted | None":
         """Admit the handshake, read the room and access, accept or refuse."""
@@ -260,7 +264,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.user.is_authenticated:
             await self._join(services.user_group(self.user.pk))
         try:
-            after = protocol.parse_resume_after(self.scope["query_string"])
+            after = self._resume_after()
             after_error = None
         except ProtocolError as exc:
             after, after_error = None, exc
@@ -287,14 +291,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if opened is None or self.closing:
             await self._leave()
             metrics.handshakes.labels("refused").inc()
-            await self.close()  # before accept: HTTP 403, unknown or private alike
+            await self._deny()  # before accept: HTTP 403, unknown or private alike
             return None
         room = self.room = opened.room
         self.grant = self._grant(room)
 
-        wire = backpressure.locate(self.base_send, settings.OUTPUT_BUFFER_BYTES)
+        wire = self._locate_wire()
         self.delivery.accepted(wire, OutputGate(wire, self._too_slow))
-        await self.accept()
+        await self._accept()
         self.accepted = True
         metrics.handshakes.labels("accepted").inc()
         self.open_gauge = metrics.connections_open.labels(
@@ -374,23 +378,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
             )
         self.slot = slot
         return None
-
-    async def _refuse(self, refusal: Refusal) -> None:
-        """Accept only to say why, then close with 4429.
-
-        A refusal before accept would be the same HTTP 403 as "no access",
-        and browsers see neither status; a close code and an error frame
-        tell the client to come back later rather than give up.
-        """
-        retry_ms = math.ceil(refusal.retry_after * 1000)
-        self.closing = True
-        await self._leave()
-        await self.accept()
-        error = ProtocolError(refusal.code, refusal.detail, retry_after_ms=retry_ms)
-        metrics.handshakes.labels("limited").inc()
-        metrics.error_frames.labels(refusal.code).inc()
-        await self.send(text_data=json.dumps(protocol.error_frame(error)))
-        await self.close(code=CLOSE_TOO_MANY, reason=f"retry_after_ms={retry_ms}")
 
     def _grant(self, room: Room) -> Grant:
         if not self.user.is_authenticated:
@@ -478,11 +465,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
             if outcome is not DONE:
                 await self.carry_out(outcome, event)
 
-    async def disconnect(self, code: int) -> None:
-        """Leave the hub's groups and presence."""
-        logcontext.annotate(close_code=code)  # for the access log's last line
-        await self._leave()
-
     async def _leave(self) -> None:
         groups, self.groups_joined = self.groups_joined, ()
         hub = get_hub()
@@ -508,6 +490,214 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await get_presence().leave(
                 RoomRef(self.room.pk, self.slug), self.username, self.connection_id
             )
+
+    # --- hub events ---------------------------------------------------------------
+
+    async def carry_out(self, outcome: str, event: HubEvent) -> None:
+        """Do what ``Delivery.decide`` left to this connection."""
+        if outcome is SEND_TEXT and type(event) is LiveMessage:
+            await self._send_live(event)  # the server takes ASGI only
+        elif outcome is TOO_SLOW:
+            self._too_slow("it stopped reading")
+        elif outcome is ACCESS:
+            if isinstance(event, AccessRevoked):
+                await self.access_revoked(event)
+            else:
+                await self.recheck_access()
+        elif outcome is not SEND_FRAME:
+            return
+        elif type(event) is Typing:
+            await self.send_frame(protocol.typing_frame(user=event.user))
+        elif type(event) is Presence:
+            await self.send_frame(event.frame)
+
+    def _too_slow(self, reason: str) -> None:
+        """Close a client that does not keep up, before it costs the room.
+
+        The 4008 close frame waits behind the unread output: a client that
+        reads on gets it; one that does not is cut off after a grace period.
+        Either way it may reconnect and resume with ?after=.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        metrics.slow_client_closes.inc()
+        with logcontext.use(self.log_scope):  # often called from the hub
+            logs.limited(
+                logger,
+                logging.WARNING,
+                "ws.too_slow",
+                "closing a client of room %s: %s",
+                self.slug,
+                reason,
+            )
+        asyncio.get_running_loop().create_task(self._close_too_slow())
+
+    async def access_revoked(self, event: AccessRevoked) -> None:
+        """Close with 4403 if the revocation covers this connection."""
+        if event.room not in (None, self.slug):
+            return
+        if event.credential not in (None, self.credential):
+            return
+        await self._close_revoked()
+
+    async def recheck_access(self) -> None:
+        """Read this connection's access again; close with 4403 if gone."""
+        if self.closing or not hasattr(self, "grant"):
+            # Still connecting: its access is read after this event.
+            return
+        if not await get_warden().holds(self.grant):
+            await self._close_revoked()
+
+    def access_lost(self) -> None:
+        """The warden found this connection's access gone."""
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().create_task(self._close_revoked(force=True))
+
+    def access_held(self) -> None:
+        """The warden found this connection's access intact. If a catch-up
+        after a gap could not run (the database was down), run it now."""
+        if not self.closing and self.delivery.checked_epoch != get_hub().epoch:
+            self.catch_up()
+
+    async def _close_revoked(self, force: bool = False) -> None:
+        if self.closing and not force:
+            return
+        self.closing = True
+        if not self.accepted:
+            return  # connect() has not accepted yet: it refuses (403)
+        await self._end(CLOSE_ACCESS_REVOKED)
+
+    def catch_up(self) -> None:
+        """Send what live delivery may have kept from this client (a
+        channel-layer outage, or a lost publish: core.fanout)."""
+        if self.closing or self.delivery.held is not None:
+            return
+        if self.catching_up:
+            self.catch_up_again = True  # a new gap: once more when done
+            return
+        self.catching_up = True
+        metrics.catch_ups.inc()
+        asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """Re-check access (a revocation may have been lost too), then send
+        the messages stored above the last one this client was told of.
+
+        Until the check passes, the hub gives this connection no live
+        messages; those it skipped are read from the database after it.
+        """
+        try:
+            while not self.closing:
+                self.catch_up_again = False
+                epoch, after = get_hub().epoch, self.delivery.told_through
+                if not await get_warden().holds(self.grant):
+                    await self._close_revoked()
+                    return
+                self.delivery.checked_epoch = epoch
+                await self._send_stored(after, settings.REPLAY_LIMIT)
+                if not self.catch_up_again:
+                    return
+        except Exception as exc:
+            with logcontext.use(self.log_scope):  # started by the hub, often
+                logger.info(
+                    "catching up failed (%s); the client resumes by itself", exc
+                )
+        finally:
+            self.catching_up = False
+
+    # --- output -------------------------------------------------------------------
+
+    async def send_frame(self, frame: Any) -> None:
+        """Every frame but live messages goes out here, through the gate."""
+        outcome = self.delivery.may_send()
+        if outcome is not SEND_FRAME:
+            if outcome is TOO_SLOW:
+                self._too_slow("its unsent output passed its budget")
+            return
+        metrics.frames_sent.labels(frame.get("type", "other")).inc()
+        await self._send_text(json.dumps(frame, ensure_ascii=False), frame)
+
+    async def send_error(self, error: ProtocolError) -> None:
+        metrics.error_frames.labels(error.code).inc()
+        await self.send_frame(protocol.error_frame(error))
+
+    # --- the transport's steps ------------------------------------------------------
+
+    def _resume_after(self) -> int | None:
+        """The seq the client has read through (None: no resume)."""
+        raise NotImplementedError
+
+    def _locate_wire(self) -> backpressure.WriteBuffer | None:
+        """The server's write buffer for this connection (None: unseen)."""
+        raise NotImplementedError
+
+    async def _accept(self) -> None:
+        raise NotImplementedError
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        """Tell a client refused by a limit when to come back."""
+        raise NotImplementedError
+
+    async def _deny(self) -> None:
+        """Refuse, before accepting: unknown room or no access, alike."""
+        raise NotImplementedError
+
+    async def _send_text(self, text: str, frame: Any) -> None:
+        """Send ``text``, the encoding of ``frame``."""
+        raise NotImplementedError
+
+    async def _send_live(self, event: LiveMessage) -> None:
+        """Send a live message that the server's buffer declined."""
+        raise NotImplementedError
+
+    async def _end(self, code: int) -> None:
+        """Close the accepted connection with ``code``."""
+        raise NotImplementedError
+
+    async def _close_too_slow(self) -> None:
+        raise NotImplementedError
+
+    async def _close_for_shutdown(self) -> None:
+        raise NotImplementedError
+
+
+class RoomConsumer(RoomSession, AsyncWebsocketConsumer):
+    """The room protocol of docs/protocol.md at ``/ws/rooms/<slug>/``."""
+
+    async def connect(self) -> None:
+        """Admit or refuse the handshake, then welcome, replay and presence."""
+        ticket = self.scope.get(admission.SCOPE_KEY)
+        try:
+            accepted = await self._open()
+            if accepted is not None and not self.closing:
+                await self._greet(accepted)
+        finally:
+            if ticket is not None:
+                ticket.release(completed=True)
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        """Accept only to say why, then close with 4429.
+
+        A refusal before accept would be the same HTTP 403 as "no access",
+        and browsers see neither status; a close code and an error frame
+        tell the client to come back later rather than give up.
+        """
+        retry_ms = math.ceil(refusal.retry_after * 1000)
+        self.closing = True
+        await self._leave()
+        await self.accept()
+        error = ProtocolError(refusal.code, refusal.detail, retry_after_ms=retry_ms)
+        metrics.handshakes.labels("limited").inc()
+        metrics.error_frames.labels(refusal.code).inc()
+        await self.send(text_data=json.dumps(protocol.error_frame(error)))
+        await self.close(code=CLOSE_TOO_MANY, reason=f"retry_after_ms={retry_ms}")
+
+    async def disconnect(self, code: int) -> None:
+        """Leave the hub's groups and presence."""
+        logcontext.annotate(close_code=code)  # for the access log's last line
+        await self._leave()
 
     async def _close_for_shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -701,26 +891,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 retry_after_ms=math.ceil(wait * 1000),
             )
 
-    # --- hub events ---------------------------------------------------------------
-
-    async def carry_out(self, outcome: str, event: HubEvent) -> None:
-        """Do what ``Delivery.decide`` left to this connection."""
-        if outcome is SEND_TEXT and type(event) is LiveMessage:
-            await self.send(text_data=event.encoded.text)  # the server takes ASGI only
-        elif outcome is TOO_SLOW:
-            self._too_slow("it stopped reading")
-        elif outcome is ACCESS:
-            if isinstance(event, AccessRevoked):
-                await self.access_revoked(event)
-            else:
-                await self.recheck_access()
-        elif outcome is not SEND_FRAME:
-            return
-        elif type(event) is Typing:
-            await self.send_frame(protocol.typing_frame(user=event.user))
-        elif type(event) is Presence:
-            await self.send_frame(event.frame)
-
     # Channels' own send takes a close code too (it hands ``close`` to
     # ``close(code)``); its stubs say bool only. The override of
     # AsyncConsumer.send is AsyncWebsocketConsumer's (its stubs ignore it too).
@@ -741,28 +911,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except CLIENT_GONE:
             self.closing = True
 
-    def _too_slow(self, reason: str) -> None:
-        """Close a client that does not keep up, before it costs the room.
-
-        The 4008 close frame waits behind the unread output: a client that
-        reads on gets it; one that does not is cut off after a grace period.
-        Either way it may reconnect and resume with ?after=.
-        """
-        if self.closing:
-            return
-        self.closing = True
-        metrics.slow_client_closes.inc()
-        with logcontext.use(self.log_scope):  # often called from the hub
-            logs.limited(
-                logger,
-                logging.WARNING,
-                "ws.too_slow",
-                "closing a client of room %s: %s",
-                self.slug,
-                reason,
-            )
-        asyncio.get_running_loop().create_task(self._close_too_slow())
-
     async def _close_too_slow(self) -> None:
         with contextlib.suppress(Exception):
             await self.base_send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})  # type: ignore[arg-type]  # a plain dict event
@@ -771,92 +919,187 @@ class RoomConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 self.delivery.wire.drop()
 
-    async def access_revoked(self, event: AccessRevoked) -> None:
-        """Close with 4403 if the revocation covers this connection."""
-        if event.room not in (None, self.slug):
-            return
-        if event.credential not in (None, self.credential):
-            return
-        await self._close_revoked()
+    # --- RoomSession's steps, on a WebSocket ------------------------------------
 
-    async def recheck_access(self) -> None:
-        """Read this connection's access again; close with 4403 if gone."""
-        if self.closing or not hasattr(self, "grant"):
-            # Still connecting: its access is read after this event.
-            return
-        if not await get_warden().holds(self.grant):
-            await self._close_revoked()
+    def _resume_after(self) -> int | None:
+        return protocol.parse_resume_after(self.scope["query_string"])
 
-    def access_lost(self) -> None:
-        """The warden found this connection's access gone."""
+    def _locate_wire(self) -> backpressure.WriteBuffer | None:
+        return backpressure.locate(self.base_send, settings.OUTPUT_BUFFER_BYTES)
+
+    async def _accept(self) -> None:
+        await self.accept()
+
+    async def _deny(self) -> None:
+        await self.close()
+
+    async def _send_text(self, text: str, frame: Any) -> None:
+        await self.send(text_data=text)
+
+    async def _send_live(self, event: LiveMessage) -> None:
+        await self.send(text_data=event.encoded.text)
+
+    async def _end(self, code: int) -> None:
+        await self.close(code=code)
+
+
+# --- Server-Sent Events ---------------------------------------------------------
+
+# A comment line this often keeps proxies from closing a quiet stream: App
+# Platform documents a 100 s request timeout (for uploads), and proxies
+# commonly close a response silent for ~100 s (docs/protocol.md, 17).
+SSE_HEARTBEAT_SECONDS = 15.0
+# The browser's reconnect delay after a stream ends, in ms, drawn per stream
+# so that a crowd does not come back in step.
+SSE_RETRY_MS = (1000, 3000)
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),  # proxies that buffer: pass it through
+]
+_JSON = [(b"content-type", b"application/json")]
+
+
+# The scope is a plain dict here as in RoomSession; the stubs' AsyncHttpConsumer
+# types it as asgiref's TypedDict (see RoomSession.scope).
+class RoomStreamConsumer(RoomSession, AsyncHttpConsumer):  # type: ignore[misc]  # see above
+    """The room's frames as Server-Sent Events at ``/sse/rooms/<slug>/``.
+
+    A read-only twin of ``RoomConsumer`` for networks that block WebSockets
+    (docs/protocol.md, section 17): each frame is one ``data:`` line, a
+    message's event id is its seq (the welcome's, the seq the client had
+    read through), so the browser's ``Last-Event-ID`` resumes like
+    ``?after=``. Writes go through the HTTP API. The stream is a hub
+    listener like a socket, with the same gate: its server buffer is only
+    read, never written to directly (``backpressure.locate_stream``).
+    """
+
+    heartbeat: "asyncio.Task[None] | None" = None
+    # The welcome's event id.
+    resume_id = 0
+    started = False
+    ended = False
+
+    async def http_request(self, message: Any) -> None:
+        """Open the stream, once; it lives on until the client goes."""
+        if self.started or message.get("more_body"):
+            return
+        self.started = True
+        if self.scope["method"] != "GET":
+            await self.send_response(405, b"", headers=[(b"allow", b"GET")])
+            raise StopConsumer
+        accepted = await self._open()
+        if accepted is None:
+            raise StopConsumer  # answered already: 403 or 429
         if not self.closing:
-            self.closing = True
-            asyncio.get_running_loop().create_task(self._close_revoked(force=True))
+            after = accepted.after
+            self.resume_id = after if after is not None else accepted.last_seq
+            await self._greet(accepted)
+        self.heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
-    def access_held(self) -> None:
-        """The warden found this connection's access intact. If a catch-up
-        after a gap could not run (the database was down), run it now."""
-        if not self.closing and self.delivery.checked_epoch != get_hub().epoch:
-            self.catch_up()
+    async def http_disconnect(self, message: Any) -> None:
+        """The client went, or the server ended the stream."""
+        await self._stop()
+        raise StopConsumer
 
-    async def _close_revoked(self, force: bool = False) -> None:
-        if self.closing and not force:
-            return
-        self.closing = True
-        if not self.accepted:
-            return  # connect() has not accepted yet: it refuses (403)
-        await self.close(code=CLOSE_ACCESS_REVOKED)
+    async def _stop(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            self.heartbeat = None
+        await self._leave()
 
-    def catch_up(self) -> None:
-        """Send what live delivery may have kept from this client (a
-        channel-layer outage, or a lost publish: core.fanout)."""
-        if self.closing or self.delivery.held is not None:
-            return
-        if self.catching_up:
-            self.catch_up_again = True  # a new gap: once more when done
-            return
-        self.catching_up = True
-        metrics.catch_ups.inc()
-        asyncio.get_running_loop().create_task(self._catch_up())
-
-    async def _catch_up(self) -> None:
-        """Re-check access (a revocation may have been lost too), then send
-        the messages stored above the last one this client was told of.
-
-        Until the check passes, the hub gives this connection no live
-        messages; those it skipped are read from the database after it.
-        """
-        try:
-            while not self.closing:
-                self.catch_up_again = False
-                epoch, after = get_hub().epoch, self.delivery.told_through
-                if not await get_warden().holds(self.grant):
-                    await self._close_revoked()
-                    return
-                self.delivery.checked_epoch = epoch
-                await self._send_stored(after, settings.REPLAY_LIMIT)
-                if not self.catch_up_again:
-                    return
-        except Exception as exc:
-            with logcontext.use(self.log_scope):  # started by the hub, often
-                logger.info(
-                    "catching up failed (%s); the client resumes by itself", exc
-                )
-        finally:
-            self.catching_up = False
-
-    # --- output -------------------------------------------------------------------
-
-    async def send_frame(self, frame: Any) -> None:
-        """Every frame but live messages goes out here, through the gate."""
-        outcome = self.delivery.may_send()
-        if outcome is not SEND_FRAME:
+    async def _beat(self) -> None:
+        """Comment lines while the client reads; a stream not read is
+        closed, even in a quiet room."""
+        while not self.closing:
+            await asyncio.sleep(SSE_HEARTBEAT_SECONDS)
+            outcome = self.delivery.may_send()
             if outcome is TOO_SLOW:
-                self._too_slow("its unsent output passed its budget")
-            return
-        metrics.frames_sent.labels(frame.get("type", "other")).inc()
-        await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+                self._too_slow("it stopped reading")
+                return
+            if outcome is not SEND_FRAME:
+                return
+            await self._write(b":\n\n")
 
-    async def send_error(self, error: ProtocolError) -> None:
-        metrics.error_frames.labels(error.code).inc()
-        await self.send_frame(protocol.error_frame(error))
+    async def _write(self, data: bytes, more: bool = True) -> None:
+        if self.ended:
+            return
+        self.ended = not more
+        try:
+            await self.send(
+                {"type": "http.response.body", "body": data, "more_body": more}
+            )
+        except CLIENT_GONE:
+            self.closing = True
+
+    # --- RoomSession's steps, on a stream ----------------------------------------
+
+    def _resume_after(self) -> int | None:
+        last_id = auth.header(self.scope, b"last-event-id")
+        if last_id is not None and last_id.strip():
+            return protocol.parse_seq_text("Last-Event-ID", last_id.strip())
+        return protocol.parse_resume_after(self.scope["query_string"])
+
+    def _locate_wire(self) -> backpressure.WriteBuffer | None:
+        return backpressure.locate_stream(self.base_send, settings.OUTPUT_BUFFER_BYTES)
+
+    async def _accept(self) -> None:
+        await self.send_headers(status=200, headers=_SSE_HEADERS)
+        # The first bytes at once: proxies and the browser see the stream open.
+        await self._write(b"retry: %d\n\n" % random.randint(*SSE_RETRY_MS))  # noqa: S311  # jitter
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        retry_ms = math.ceil(refusal.retry_after * 1000)
+        self.closing = True
+        await self._leave()
+        error = ProtocolError(refusal.code, refusal.detail, retry_after_ms=retry_ms)
+        metrics.handshakes.labels("limited").inc()
+        metrics.error_frames.labels(refusal.code).inc()
+        retry_after = str(math.ceil(refusal.retry_after)).encode()
+        await self.send_response(
+            429,
+            json.dumps(protocol.error_frame(error)).encode(),
+            headers=[*_JSON, (b"retry-after", retry_after)],
+        )
+
+    async def _deny(self) -> None:
+        await self.send_response(
+            403, b'{"detail": "No such room, or no access."}', headers=_JSON
+        )
+
+    async def _send_text(self, text: str, frame: Any) -> None:
+        kind = frame.get("type")
+        if kind == "message":
+            head = f"id: {frame['seq']}\n"
+        elif kind == "welcome":
+            head = f"id: {self.resume_id}\n"
+        else:
+            head = ""
+        await self._write(f"{head}data: {text}\n\n".encode())
+
+    async def _send_live(self, event: LiveMessage) -> None:
+        await self._write(event.encoded.event)
+
+    async def _end(self, code: int, retry_ms: int | None = None) -> None:
+        """End the stream with an ``event: close`` naming the code."""
+        self.closing = True
+        retry = b"retry: %d\n" % retry_ms if retry_ms is not None else b""
+        close = json.dumps({"type": "close", "code": code}).encode()
+        await self._write(retry + b"event: close\ndata: " + close + b"\n\n", False)
+
+    async def _close_too_slow(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._end(CLOSE_TOO_SLOW)
+        await asyncio.sleep(CLOSE_GRACE_SECONDS)
+        if self.delivery.wire is not None:
+            with contextlib.suppress(Exception):
+                self.delivery.wire.drop()
+
+    async def _close_for_shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(SHUTDOWN_CLEANUP_SECONDS):
+                if self.accepted and not self.ended:
+                    # Come back at a random moment within the window.
+                    window = max(shutdown_window_ms(), SSE_RETRY_MS[0])
+                    await self._end(CLOSE_SHUTDOWN, random.randint(0, window))  # noqa: S311
+                await self._stop()

@@ -29,11 +29,21 @@ from core.servers.backpressure import TOO_FULL, WRITTEN
 class Encoded:
     """A message frame encoded once for every local connection."""
 
-    __slots__ = ("_frame", "text")
+    __slots__ = ("_event", "_frame", "seq", "text")
 
     def __init__(self, message: dict[str, Any]) -> None:
         self.text = json.dumps(message, ensure_ascii=False)
+        self.seq: int = message["seq"]
         self._frame: bytes | None = None
+        self._event: bytes | None = None
+
+    @property
+    def event(self) -> bytes:
+        """The whole Server-Sent Event (id: seq, one data: line; JSON has
+        no raw line breaks), built on first use."""
+        if self._event is None:
+            self._event = b"id: %d\ndata: %s\n\n" % (self.seq, self.text.encode())
+        return self._event
 
     @property
     def frame(self) -> bytes:

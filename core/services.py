@@ -1158,6 +1158,11 @@ def recheck_access(*, room_id: int | None = None, user_id: int | None = None) ->
         async_to_sync(publish)(user_group(user_id), event)
 
 
+def broadcast_typing_sync(*, room_id: int, user: str, sender: str) -> None:
+    """``broadcast_typing`` from synchronous code (the HTTP API)."""
+    async_to_sync(broadcast_typing)(room_id=room_id, user=user, sender=sender)
+
+
 async def broadcast_typing(*, room_id: int, user: str, sender: str) -> None:
     """Tell the room's other connections that ``user`` is typing.
 

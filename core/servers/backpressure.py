@@ -226,3 +226,45 @@ def locate(send: Any, limit_bytes: int) -> WriteBuffer | None:
     except Exception:  # an unfamiliar server version: run unguarded
         logger.warning("cannot see write buffers of this server", exc_info=True)
     return None
+
+
+def locate_stream(send: Any, limit_bytes: int) -> WriteBuffer | None:
+    """The write buffer behind an HTTP response's ``send`` (a Server-Sent
+    Events stream), or None on unknown servers.
+
+    Its ``offer`` never writes: a WebSocket frame must never reach an HTTP
+    response, so the stream sends its own bytes through ASGI. Only the
+    queued bytes are read, so that a reader that stops is closed, not
+    buffered for ever.
+    """
+    send = _unwrap(send)
+    try:
+        if isinstance(send, functools.partial) and send.args:
+            # Daphne: partial(Server.handle_reply, WebRequest); the request's
+            # transport is its channel's TCP transport.
+            transport: _TwistedTransport = send.args[0].transport
+            if hasattr(transport, "abortConnection"):
+
+                def twisted_queued() -> int:
+                    return (
+                        len(transport.dataBuffer)
+                        - transport.offset
+                        + transport._tempDataLen
+                    )
+
+                twisted_queued()  # an unfamiliar Twisted fails here: unguarded
+                return WriteBuffer(
+                    _declining(twisted_queued, limit_bytes),
+                    transport.abortConnection,
+                    twisted_queued,
+                )
+        owner = getattr(send, "__self__", None)
+        transport_ = getattr(owner, "transport", None)
+        if transport_ is not None and hasattr(transport_, "get_write_buffer_size"):
+            queued = transport_.get_write_buffer_size  # uvicorn
+            return WriteBuffer(
+                _declining(queued, limit_bytes), transport_.abort, queued
+            )
+    except Exception:  # an unfamiliar server version: run unguarded
+        logger.warning("cannot see write buffers of this server", exc_info=True)
+    return None

@@ -1038,6 +1038,7 @@ def test_schema_is_an_openapi_3_document_of_the_api():
         "/api/rooms/{slug}/members/",
         "/api/rooms/{slug}/members/{username}/",
         "/api/rooms/{slug}/messages/",
+        "/api/rooms/{slug}/typing/",
         "/api/rooms/{slug}/messages/{seq}/",
         "/api/rooms/{slug}/deletions/",
         "/api/search/",

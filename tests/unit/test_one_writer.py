@@ -42,11 +42,11 @@ RULES = "core/access.py"
 NOT_RULES = {
     ("core/services.py", "ensure_user", "is_staff"): "ensure_user only ever "
     "raises an operator-given flag; it writes the right, it does not check it",
-    ("core/consumers.py", "RoomConsumer._open", "is_authenticated"): "the "
+    ("core/consumers.py", "RoomSession._open", "is_authenticated"): "the "
     "username for logs, and the user's own group (revocations) to join",
-    ("core/consumers.py", "RoomConsumer._admit", "is_authenticated"): "whose "
+    ("core/consumers.py", "RoomSession._admit", "is_authenticated"): "whose "
     "connection budget a handshake spends (per user or per address)",
-    ("core/consumers.py", "RoomConsumer._grant", "is_authenticated"): "which "
+    ("core/consumers.py", "RoomSession._grant", "is_authenticated"): "which "
     "credential the warden re-checks; the right was decided by the handshake",
     ("core/limits.py", "owner", "is_authenticated"): "whose rate budget a "
     "request spends, not whether it may",

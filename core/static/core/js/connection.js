@@ -2,6 +2,11 @@
 // backoff, notices a dead link with ping/pong, and gives up only when the
 // server says access is gone (close code 4403) or the room has become
 // unreadable (checked over HTTP after refused handshakes).
+//
+// Where WebSockets cannot open (no WebSocket at all, or handshakes that keep
+// failing while HTTP works), the link falls back to Server-Sent Events plus
+// the HTTP API (a StreamLink, stream.js), resuming with the same ?after=,
+// and now and then tries a WebSocket again: once one opens, it moves back.
 
 export const CLOSE_ACCESS_REVOKED = 4403;
 // A limit refused the connection (too many connections or handshakes); the
@@ -23,6 +28,21 @@ const HEARTBEAT_MS = 25_000;
 // is still readable: a refused handshake looks like a network error (1006).
 const PROBE_AFTER_FAILURES = 2;
 const PROBE_EVERY_FAILURES = 4;
+// WebSocket handshakes in a row that fail before falling back to a stream.
+const SOCKET_FAILURES_BEFORE_STREAM = 2;
+// While on a stream, try a WebSocket after this long, then twice as long
+// after each failed try, up to the cap.
+const UPGRADE_FIRST_MS = 30_000;
+const UPGRADE_CAP_MS = 600_000;
+// WebSocket.OPEN, also where window.WebSocket is missing.
+const OPEN = 1;
+
+export const WEBSOCKET = "websocket";
+export const STREAM = "sse";
+
+function socketsExist() {
+  return typeof WebSocket === "function";
+}
 
 /** A close reason's ``<name>=<n>`` hint (a number of ms), or null. */
 export function retryHint(reason, name = "retry_after_ms") {
@@ -70,9 +90,18 @@ export class RoomConnection {
    * @param {(info: {code: number}) => void} options.onStop given up for good
    * @param {() => Promise<boolean>} options.isGone true if the room can no
    *   longer be read (asked after refused handshakes)
+   * @param {(() => object) | undefined} options.openStream a StreamLink for
+   *   the next attempt over Server-Sent Events (none: WebSocket only)
+   * @param {(transport: string) => void} options.onTransport the transport
+   *   of the next attempt ("websocket" or "sse")
    */
-  constructor({ url, onFrame, onOpen, onDrop, onStop, isGone }) {
-    Object.assign(this, { url, onFrame, onOpen, onDrop, onStop, isGone });
+  constructor({ url, onFrame, onOpen, onDrop, onStop, isGone, openStream, onTransport }) {
+    Object.assign(this, { url, onFrame, onOpen, onDrop, onStop, isGone, openStream });
+    this.onTransport = onTransport ?? (() => {});
+    this.transport = WEBSOCKET;
+    this.socketFailures = 0;
+    this.upgradeTimer = null;
+    this.upgradeDelay = UPGRADE_FIRST_MS;
     this.socket = null;
     this.attempt = 0;
     this.failedHandshakes = 0;
@@ -87,10 +116,16 @@ export class RoomConnection {
     if (this.stopped || this.socket) return;
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
-    const socket = new WebSocket(this.url());
+    if (this.transport === WEBSOCKET && this.openStream && !socketsExist()) {
+      this.useTransport(STREAM);
+    }
+    const socket = this.transport === STREAM ? this.openStream() : new WebSocket(this.url());
+    const transport = this.transport;
     let opened = false;
     socket.addEventListener("open", () => {
       opened = true;
+      if (transport === WEBSOCKET) this.socketFailures = 0;
+      else this.scheduleUpgrade();
       this.failedHandshakes = 0;
       this.heardSincePing = true;
       this.heartbeat = setInterval(() => this.checkHeartbeat(), HEARTBEAT_MS);
@@ -107,7 +142,7 @@ export class RoomConnection {
   }
 
   get isOpen() {
-    return this.socket?.readyState === WebSocket.OPEN;
+    return this.socket?.readyState === OPEN;
   }
 
   /** Send a frame if the socket is open; false if it could not go now. */
@@ -133,6 +168,7 @@ export class RoomConnection {
     if (this.stopped) return;
     this.stopped = true;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.upgradeTimer);
     this.abandon();
     this.onStop({ code });
   }
@@ -163,16 +199,68 @@ export class RoomConnection {
     clearInterval(this.heartbeat);
     const socket = this.socket;
     this.socket = null;
-    if (socket && socket.readyState <= WebSocket.OPEN) socket.close();
+    if (socket && socket.readyState <= OPEN) socket.close();
+  }
+
+  useTransport(transport) {
+    this.transport = transport;
+    this.onTransport(transport);
+  }
+
+  /** On a stream: try a WebSocket later; if it opens, move back to it. */
+  scheduleUpgrade() {
+    clearTimeout(this.upgradeTimer);
+    if (!socketsExist()) return;
+    this.upgradeTimer = setTimeout(() => this.tryUpgrade(), this.upgradeDelay);
+  }
+
+  tryUpgrade() {
+    if (this.stopped || this.transport !== STREAM || !this.socket) return;
+    let probe;
+    try {
+      probe = new WebSocket(this.url());
+    } catch {
+      return;
+    }
+    let done = false;
+    const settle = (works) => {
+      if (done) return;
+      done = true;
+      probe.close();
+      if (!works) {
+        this.upgradeDelay = Math.min(this.upgradeDelay * 2, UPGRADE_CAP_MS);
+        this.scheduleUpgrade();
+        return;
+      }
+      // WebSockets work again: leave the stream and resume on a socket.
+      this.upgradeDelay = UPGRADE_FIRST_MS;
+      this.socketFailures = 0;
+      this.useTransport(WEBSOCKET);
+      this.abandon();
+      this.start();
+    };
+    probe.addEventListener("open", () => settle(true));
+    probe.addEventListener("close", () => settle(false));
   }
 
   async dropped(code, opened, reason = "") {
     clearInterval(this.heartbeat);
+    clearTimeout(this.upgradeTimer);
     this.socket = null;
     if (this.stopped) return;
     if (code === CLOSE_ACCESS_REVOKED) {
       this.stop(code);
       return;
+    }
+    if (this.transport === WEBSOCKET && !opened && this.openStream) {
+      this.socketFailures += 1;
+      if (this.socketFailures >= SOCKET_FAILURES_BEFORE_STREAM) {
+        // WebSockets do not get through: read over HTTP instead, at once.
+        this.useTransport(STREAM);
+        this.retryTimer = setTimeout(() => this.start(), 0);
+        this.onDrop({ code, delayMs: 0 });
+        return;
+      }
     }
     // 1006 (link lost), 1012 and 4012 (server restarting or draining) and
     // anything else: try again, later each time, never in lockstep. A limit

@@ -137,6 +137,19 @@ export class ConnectionStatus {
     return this.root.dataset.wsState;
   }
 
+  /** Which transport carries the room: "websocket", or "sse" (over HTTP). */
+  setTransport(transport) {
+    this.root.dataset.transport = transport;
+    let label = this.pill.querySelector(".conn-transport");
+    if (!label) {
+      label = document.createElement("span");
+      label.className = "conn-transport";
+      this.pill.append(label);
+    }
+    label.textContent = transport === "sse" ? " (over HTTP)" : "";
+    this.pill.title = transport === "sse" ? "WebSockets are blocked here: live updates come over HTTP." : "";
+  }
+
   set(state) {
     this.root.dataset.wsState = state;
     this.pill.querySelector(".conn-text").textContent = STATE_LABELS[state];

@@ -16,6 +16,7 @@
 // applied twice).
 
 import { RoomConnection } from "switchboard/connection.js";
+import { StreamLink } from "switchboard/stream.js";
 import { InlineEditor } from "switchboard/edits.js";
 import {
   Announcer,
@@ -586,6 +587,14 @@ const connection = new RoomConnection({
     updateHistoryEdge();
   },
   isGone: roomIsGone,
+  // Without WebSockets: the same frames over Server-Sent Events, the same
+  // resume, and writes through the HTTP API (stream.js).
+  openStream: () =>
+    new StreamLink(`/sse/rooms/${slug}/?after=${timeline.contiguous}`, {
+      messagesApi,
+      typingApi: messagesApi.replace(/messages\/$/, "typing/"),
+    }),
+  onTransport: (transport) => status.setTransport(transport),
 });
 
 // --- composer and page wiring ---------------------------------------------------
