@@ -676,11 +676,11 @@ class TypingView(APIView):
                 status=status.HTTP_401_UNAUTHORIZED,
             )
         room = _visible_room_or_404(request, slug)
-        # The socket's bucket: once per interval per user, across sockets,
-        # streams and instances; the excess is dropped, as on a socket.
+        # The socket's bucket: once per interval per user and room, across
+        # sockets, streams and instances; the excess is dropped, as on a socket.
         interval = settings.TYPING_INTERVAL_SECONDS
         if interval > 0 and limits.take(
-            "typing", f"user:{request.user.pk}", 1.0 / interval, 1
+            "typing", limits.typing_owner(request.user.pk, room.pk), 1.0 / interval, 1
         ):
             return Response(status=status.HTTP_202_ACCEPTED)
         services.broadcast_typing_sync(

@@ -864,10 +864,10 @@ class RoomConsumer(RoomSession, AsyncWebsocketConsumer):
         if now - self.last_typing < interval:
             return  # relayed at most once per interval; the excess is dropped
         self.last_typing = now
-        # The same interval per user and room across their sockets and
-        # instances; typing in one room says nothing about another.
+        # The same interval per user and room across sockets, streams and
+        # instances (limits.typing_owner).
         if interval > 0 and await limits.atake(
-            "typing", f"user:{self.user.pk}:room:{self.room.pk}", 1.0 / interval, 1
+            "typing", limits.typing_owner(self.user.pk, self.room.pk), 1.0 / interval, 1
         ):
             return
         await services.broadcast_typing(

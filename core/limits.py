@@ -121,6 +121,13 @@ def owner(user: Any, address: str) -> str:
     return f"address:{address}"
 
 
+def typing_owner(user_id: object, room_id: int) -> str:
+    """Whose typing interval a notice spends: the user's in that room, the
+    same for sockets, streams and the HTTP API; typing in one room says
+    nothing about another."""
+    return f"user:{user_id}:room:{room_id}"
+
+
 def _key(kind: str, name: str, ident: str) -> str:
     return f"{settings.CHANNEL_PREFIX}:{kind}:{name}:{ident}"
 

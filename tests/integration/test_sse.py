@@ -13,14 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
-    Clients,
-    Deployment,
-    Launcher,
-    ahttp_json,
-    create_room,
-    unique_slug,
-)
+from harness.deployment import Deployment, Launcher
+from harness.http import ahttp_json, create_room
+from harness.ws import Clients
+from tests.integration.common import unique_slug
 
 pytestmark = pytest.mark.integration
 
