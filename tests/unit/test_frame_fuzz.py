@@ -136,6 +136,15 @@ class _Rejected(ValueError):
     pass
 
 
+def _any_int(text: str) -> int:
+    """An integer of any length: past Python's digit limit, one that large
+    and of its sign (protocol.md, section 4), never bad JSON."""
+    try:
+        return int(text)
+    except ValueError:
+        return -(10**4300) if text.startswith("-") else 10**4300
+
+
 def _reject_constant(name: str) -> None:
     raise _Rejected(name)
 
@@ -222,7 +231,7 @@ class Model:
         if utf8_size(text) > django_settings.MAX_FRAME_BYTES:
             return Close(CLOSE_TOO_BIG)
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
+            data = json.loads(text, parse_constant=_reject_constant, parse_int=_any_int)
         except (ValueError, RecursionError):
             return Error("bad_json", None)
         if _depth(data) > MAX_DEPTH or not isinstance(data, dict):
