@@ -34,6 +34,12 @@ BASE_ENV = {
     "SWITCHBOARD_SEND_BURST": "1000",
     "SWITCHBOARD_HISTORY_RATE_PER_SECOND": "100",
     "SWITCHBOARD_HISTORY_BURST": "100",
+    # Every test makes its own room through the API, as one user: the
+    # default (20, then one a minute) runs out a tier's worth of tests in.
+    "SWITCHBOARD_ROOM_CREATE_RATE_PER_SECOND": "100",
+    "SWITCHBOARD_ROOM_CREATE_BURST": "1000",
+    "SWITCHBOARD_SEARCH_RATE_PER_SECOND": "100",
+    "SWITCHBOARD_SEARCH_BURST": "1000",
 }
 
 
