@@ -91,3 +91,69 @@ def test_when_handshakes_keep_failing_the_page_falls_back_and_chats(
         [deployment_posts_before, "after the fallback", "from bob, live"]
     )
     assert alice.seqs() == [1, 2, 3]
+
+
+# Sockets that fail while ``window.socketsBroken`` is true and are the real
+# thing once the test clears it: a network where WebSockets come back.
+SOCKETS_THAT_COME_BACK = """
+const RealWebSocket = window.WebSocket;
+window.socketsBroken = true;
+window.WebSocket = class extends EventTarget {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) {
+    if (!window.socketsBroken) return new RealWebSocket(url);
+    super();
+    this.url = url;
+    this.readyState = 0;
+    setTimeout(() => {
+      this.readyState = 3;
+      const event = new Event("close");
+      Object.assign(event, { code: 1006, reason: "" });
+      this.dispatchEvent(event);
+    }, 50);
+  }
+  send() { throw new Error("not open"); }
+  close() {}
+};
+"""
+
+
+def test_once_sockets_work_again_the_page_moves_back_to_a_websocket(
+    deployment: Deployment, browsing: Browsing, slug: str
+) -> None:
+    deployment.create_room(slug)
+
+    def sockets_that_come_back(page: Page) -> None:
+        # Fake timers that still run in real time: the 30 s wait before the
+        # first upgrade attempt is skipped with fast_forward, not slept.
+        page.clock.install()
+        page.add_init_script(SOCKETS_THAT_COME_BACK)
+
+    alice = browsing.open_room(
+        deployment.url(0), slug, user="alice", prepare=sockets_that_come_back
+    )
+    alice.wait_open()
+    expect(alice.root).to_have_attribute("data-transport", "sse")
+    last = len(deployment.instances) - 1
+    deployment.post(slug, "while on the stream", user="bob", instance=last)
+    alice.expect_bodies(["while on the stream"])
+
+    # Still broken at the first attempt: the page stays on the stream.
+    alice.page.clock.fast_forward(31_000)
+    alice.send("still over HTTP")
+    alice.expect_bodies(["while on the stream", "still over HTTP"])
+    expect(alice.root).to_have_attribute("data-transport", "sse")
+
+    alice.page.evaluate("window.socketsBroken = false")
+    # The next attempt comes after twice the delay (60 s), and opens.
+    alice.page.clock.fast_forward(61_000)
+    expect(alice.root).to_have_attribute("data-transport", "websocket")
+    alice.wait_open()
+    expect(alice.page.locator("#connection")).not_to_contain_text("over HTTP")
+
+    deployment.post(slug, "after the upgrade", user="bob", instance=last)
+    alice.send("over the socket")
+    expected = ["while on the stream", "still over HTTP", "after the upgrade",
+                "over the socket"]  # fmt: skip
+    alice.expect_bodies(expected)
+    assert alice.seqs() == [1, 2, 3, 4]
