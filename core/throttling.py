@@ -167,6 +167,17 @@ def check_read(request: HttpRequest, user: object) -> Refusal | None:
     )
 
 
+# --- username lookups -------------------------------------------------------------
+
+
+def check_user_lookup(user: AbstractBaseUser) -> Refusal | None:
+    """Count one username lookup (``GET /api/users/``) by ``user``."""
+    return _spend(
+        "users.lookup", str(user.pk), "USERS_LOOKUP", f"user {user.pk}",
+        TOO_MANY_WRITES, what="user lookups",
+    )  # fmt: skip
+
+
 # --- password hashing ------------------------------------------------------------
 
 _semaphore: threading.BoundedSemaphore | None = None
