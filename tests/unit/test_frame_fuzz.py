@@ -31,7 +31,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from core import limits, services
-from core.models import Message, Room
+from core.models import Message, ReadPosition, Room
 from tests.unit.conftest import connected, receive_until, send_json, token_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -128,6 +128,11 @@ class Pong:
 
 
 @dataclass(frozen=True)
+class Read:
+    read_seq: int
+
+
+@dataclass(frozen=True)
 class Nothing:
     pass
 
@@ -217,6 +222,8 @@ class Model:
     changes: dict[int, tuple[str, int]] = field(default_factory=dict)
     tombstones: set[int] = field(default_factory=set)
     bodies_had: dict[int, set[str]] = field(default_factory=dict)
+    # alice's read position in the room (section 18): forward only.
+    read_seq: int = 0
 
     def alice_seq(self, client_id: str) -> int | None:
         for row in self.rows.values():
@@ -250,7 +257,20 @@ class Model:
             return Nothing() if self.signed_in else Error("unauthenticated", None)
         if kind == "ping":
             return Pong()
+        if kind == "read":
+            return self._read(data, echo)
         return Error("unknown_type", echo)
+
+    def _read(self, data: dict, echo: str | None) -> Any:
+        seq = data.get("seq")
+        if seq is None or not valid_seq(seq):
+            return Error("bad_frame", echo)  # absent and null too
+        if not self.signed_in:
+            return Error("unauthenticated", None)
+        # Clamped to the room's last seq; it never moves back.
+        last_seq = max([*self.rows, *self.changes], default=0)
+        self.read_seq = max(self.read_seq, min(seq, last_seq))
+        return Read(self.read_seq)
 
     def _send(self, data: dict, echo: str | None) -> Any:
         if "body" not in data:
@@ -340,6 +360,13 @@ class Model:
 
 
 # --- talking to the consumer ---------------------------------------------------
+
+
+@database_sync_to_async
+def stored_read_seq(user: Any) -> int:
+    """alice's read position in the lobby (earlier examples may move it)."""
+    position = ReadPosition.objects.filter(user=user, room__slug="lobby").first()
+    return position.seq if position is not None else 0
 
 
 @database_sync_to_async
@@ -482,6 +509,17 @@ def check_answer(answer: dict, expected: Any, model: Model, wire: Wire) -> None:
     if isinstance(expected, Pong):
         assert answer == {"type": "pong"}, f"{answer} {where}"
         return
+    if isinstance(expected, Read):
+        assert set(answer) == {"type", "room", "read_seq", "unread", "mentions"}
+        assert (answer["type"], answer["room"], answer["read_seq"]) == (
+            "read",
+            "lobby",
+            expected.read_seq,
+        ), f"{answer} {where}, expected {expected}"
+        for count in (answer["unread"], answer["mentions"]):
+            assert is_integer(count), answer
+            assert 0 <= count <= 999, answer
+        return
     assert isinstance(expected, History), f"{answer} {where}, expected {expected}"
     assert answer["type"] == "history", f"{answer} {where}"
     assert set(answer) == {"type", "messages", "has_more"}, answer
@@ -523,6 +561,7 @@ async def exchange(
         history_tokens=history_burst,
         changes=changes,
         tombstones=tombstones,
+        read_seq=await stored_read_seq(user),
     )
     before = dict(model.rows)
     token = await token_for(user) if signed_in else None
@@ -618,6 +657,8 @@ def _generous_limits(settings):
     settings.SEND_RATE_PER_SECOND = 10**6
     settings.HISTORY_BURST = 10**9
     settings.HISTORY_RATE_PER_SECOND = 10**6
+    settings.READ_BURST = 10**9
+    settings.READ_RATE_PER_SECOND = 10**6
     settings.HANDSHAKE_BURST_PER_ADDRESS = 10**9
     settings.HANDSHAKE_RATE_PER_ADDRESS = 10**6
 
@@ -826,7 +867,9 @@ def protocol_frames(draw: st.DrawFn) -> dict:
     """A frame shaped like a client frame, with right and wrong fields."""
     kind = draw(
         st.sampled_from(
-            ["send"] * 4 + ["history"] * 2 + ["edit", "delete", "typing", "ping", "odd"]
+            ["send"] * 4
+            + ["history"] * 2
+            + ["edit", "delete", "typing", "ping", "read", "odd"]
         )
     )
     frame: dict[str, Any] = {}
@@ -840,7 +883,7 @@ def protocol_frames(draw: st.DrawFn) -> dict:
     client_id = draw(client_ids)
     if client_id is not ABSENT:
         frame["client_id"] = client_id
-    if kind in ("edit", "delete") or draw(st.integers(0, 5)) == 0:
+    if kind in ("edit", "delete", "read") or draw(st.integers(0, 5)) == 0:
         # Mostly a seq of the room (bob's message is 1, changes follow).
         value = draw(weighted((3, st.integers(1, 8)), (1, seq_fields)))
         if value is not ABSENT:
