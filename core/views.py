@@ -33,6 +33,7 @@ from rest_framework.authtoken.models import Token
 
 from core import access, logs, metrics, protocol, services, throttling
 from core.forms import PasswordForm, RoomForm, SignupForm
+from core.models import Membership
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User as AuthUser
@@ -56,6 +57,9 @@ READY_GROUP = "readyz"
 ROOM_PAGE_MESSAGES = 50
 # Rooms per page of the home page's list (``?page=``).
 HOME_PAGE_ROOMS = 50
+# Rooms in the room page's sidebar, by slug, as the ``rooms`` frame lists
+# them (``WATCH_ROOMS_LIMIT``); the Rooms page lists them all.
+SIDEBAR_ROOMS = 200
 
 
 def _database_answers() -> None:
@@ -217,8 +221,36 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             # server decides again for each deletion.
             "can_moderate": can_post and access.can_audit(request.user, found),
             "initial": {"messages": latest, "has_more": has_more, "at": at},
+            "sidebar": _sidebar_rooms(request.user, found),
+            "members": _members(found),
+            "is_owner": access.is_signed_in(request.user)
+            and found.owner_id == request.user.pk,
+            "can_manage_members": access.can_manage_members(request.user, found),
+            "can_leave": access.can_leave(request.user, found),
         },
     )
+
+
+def _sidebar_rooms(user: access.User, current: "Room") -> list["Room"]:
+    """The rooms of the room page's sidebar: those ``user`` can see, by slug
+    (the order of the ``rooms`` frame), with the current one always in."""
+    rooms = list(access.visible_rooms(user).order_by("slug")[:SIDEBAR_ROOMS])
+    if all(room.pk != current.pk for room in rooms):
+        rooms.append(current)
+    return rooms
+
+
+def _members(room: "Room") -> list[dict[str, object]]:
+    """A private room's members, by username, the owner marked; [] if public."""
+    if not room.is_private:
+        return []
+    names = Membership.objects.filter(room=room).values_list(
+        "user__username", "user_id"
+    )
+    return [
+        {"username": name, "is_owner": user_id == room.owner_id}
+        for name, user_id in sorted(names)
+    ]
 
 
 def _seq_or_none(text: str | None) -> int | None:
