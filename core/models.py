@@ -162,3 +162,29 @@ class ApiToken(TokenProxy):
 
     def __str__(self) -> str:
         return f"API token of {self.user}"
+
+
+class ReadPosition(models.Model):
+    """How far a user has read a room: messages above ``seq`` are unread.
+
+    Only ever moves forward (``core.services.mark_read``). No row yet means
+    the user has not marked the room read: what was sent after they joined
+    counts as unread (``core.reads``).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "room"], name="unique_read_position"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} read {self.room_id} to {self.seq}"
