@@ -467,6 +467,14 @@ SEARCH_BURST = env_int("SWITCHBOARD_SEARCH_BURST", 10, minimum=1)
 SEARCH_RATE_PER_SECOND = env_float(
     "SWITCHBOARD_SEARCH_RATE_PER_SECOND", 0.5, minimum=0.0001
 )
+# Read positions moved per user (the ``read`` frame and PUT .../read/
+# together): a reading client marks a room read as messages come in.
+READ_BURST = env_int("SWITCHBOARD_READ_BURST", 60, minimum=1)
+READ_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_READ_RATE_PER_SECOND", 2.0, minimum=0.0001
+)
+# Rooms in a watching connection's ``rooms`` frame (and rooms it watches).
+WATCH_ROOMS_LIMIT = env_int("SWITCHBOARD_WATCH_ROOMS_LIMIT", 200, minimum=1)
 # Lines a client can cause (refusals) per call site and interval (core.logs).
 LOG_LIMIT_LINES = env_int("SWITCHBOARD_LOG_LIMIT_LINES", 10, minimum=1)
 LOG_LIMIT_INTERVAL_SECONDS = env_float(

@@ -66,5 +66,6 @@ urlpatterns = [
         name="api-deletions",
     ),
     path("api/search/", api.SearchView.as_view(), name="api-search"),
+    path("api/rooms/<slug:slug>/read/", api.ReadView.as_view(), name="api-read"),
     path("api/schema/", api.SchemaView.as_view(), name="api-schema"),
 ]

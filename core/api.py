@@ -35,7 +35,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core import access, clientaddr, limits, protocol, services, throttling
+from core import access, clientaddr, limits, protocol, reads, services, throttling
 from core.models import SLUG_PATTERN, Room
 
 if TYPE_CHECKING:
@@ -923,3 +923,98 @@ class SearchView(APIView):
             url = request.build_absolute_uri(request.path)
             response["Link"] = f'<{url}?{urlencode(query)}>; rel="next"'
         return response
+
+
+# --- read positions (docs/protocol.md, section 18) ------------------------------
+
+
+class ReadStateSerializer(serializers.Serializer[Any]):
+    """The caller's read position in a room, with its counts (at most 999:
+    "999" means 999 or more)."""
+
+    room = serializers.CharField()
+    read_seq = serializers.IntegerField(min_value=0)
+    unread = serializers.IntegerField(min_value=0, max_value=reads.COUNT_CAP)
+    mentions = serializers.IntegerField(min_value=0, max_value=reads.COUNT_CAP)
+
+
+@extend_schema_field({"type": "integer", "minimum": 0, "maximum": protocol.MAX_INT})
+class SeqField(serializers.Field[int, object, int, int]):
+    """A seq under the WebSocket rules: a JSON integer in 0..2^63-1, never a
+    boolean, a float or a string."""
+
+    def to_internal_value(self, data: object) -> int:
+        if data is None:
+            raise serializers.ValidationError("This field may not be null.")
+        try:
+            seq = protocol.validate_seq("seq", data)
+        except protocol.ProtocolError as exc:
+            raise serializers.ValidationError(exc.detail, code=exc.code) from None
+        return cast("int", seq)
+
+    def to_representation(self, value: int) -> int:
+        return value
+
+
+class ReadMoveSerializer(serializers.Serializer[Any]):
+    seq = SeqField()
+
+
+class ReadView(APIView):
+    """The caller's read position in a room: read it, or move it forward."""
+
+    @extend_schema(
+        auth=SIGNED_IN,
+        responses={200: ReadStateSerializer, 401: UNAUTHORIZED, 404: NO_SUCH_ROOM},
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        user = _reader_or_none(request)
+        if user is None:
+            return _sign_in_to_read()
+        room = _visible_room_or_404(request, slug)
+        return Response(reads.room_state(user, room).as_dict())
+
+    @extend_schema(
+        request=ReadMoveSerializer,
+        auth=SIGNED_IN,
+        parameters=[RETRY_AFTER],
+        responses={
+            200: ReadStateSerializer,
+            400: _error("seq is missing, or not an integer in 0..2^63-1."),
+            401: UNAUTHORIZED,
+            404: NO_SUCH_ROOM,
+            429: _refusal("Too many read positions moved."),
+            **BODY_ERRORS,
+        },
+    )
+    def put(self, request: Request, slug: str) -> Response:
+        """Move the position forward (never back; past the room's last
+        seq it stops there); every watching connection of the caller hears."""
+        user = _reader_or_none(request)
+        if user is None:
+            return _sign_in_to_read()
+        room = _visible_room_or_404(request, slug)
+        data = ReadMoveSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        refusal = throttling.check_read(request._request, user)
+        if refusal is not None:
+            return refusal_response(refusal)
+        try:
+            result = services.mark_read_sync(
+                user=user, room=room, seq=data.validated_data["seq"]
+            )
+        except (services.AccessDenied, Room.DoesNotExist):
+            raise Http404("No such room.") from None
+        return Response(result.state.as_dict())
+
+
+def _reader_or_none(request: Request) -> "AuthUser | None":
+    # Anonymous callers first: 401 whatever the slug (it tells them nothing).
+    return request.user if access.is_signed_in(request.user) else None
+
+
+def _sign_in_to_read() -> Response:
+    return Response(
+        {"detail": "Sign in to keep read positions."},
+        status=status.HTTP_401_UNAUTHORIZED,
+    )

@@ -35,6 +35,7 @@ from core import (
     logs,
     metrics,
     protocol,
+    reads,
     services,
 )
 from core.collector import get_collector
@@ -49,6 +50,10 @@ from core.delivery import (
     HubEvent,
     LiveMessage,
     Presence,
+    ReadMoved,
+    RoomChanged,
+    RoomsChanged,
+    Shared,
     Typing,
 )
 from core.fanout import get_hub
@@ -93,6 +98,7 @@ class _Accepted:
     after_error: ProtocolError | None
     first_page: list[protocol.MessageFrame]
     more: bool
+    watch_error: ProtocolError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,7 @@ _FRAME_TYPES = {
     protocol.HistoryFrame: "history",
     protocol.TypingFrame: "typing",
     protocol.PingFrame: "ping",
+    protocol.ReadFrame: "read",
 }
 _FRAMES_RECEIVED = {
     name: metrics.frames_received.labels(name)
@@ -189,11 +196,20 @@ class RoomSession(AsyncConsumer):
     # What this connection's log lines carry (core.logcontext), for lines
     # logged from the hub's tasks on its behalf.
     log_scope: logcontext.Scope | None = None
+    # ?watch=1 (section 18): the other rooms it watches (group: slug), the
+    # hub epoch its list was read at, activity held while it is read.
+    watching = False
+    watched_groups: dict[str, str]
+    watch_epoch = -1
+    watch_held: list[Shared] | None = None
+    rewatching = False
+    rewatch_again = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # What this connection is sent, decided once per event (core.delivery).
         self.delivery = Delivery()
+        self.watched_groups = {}
 
     @property
     def closing(self) -> bool:
@@ -268,6 +284,14 @@ class RoomSession(AsyncConsumer):
             after_error = None
         except ProtocolError as exc:
             after, after_error = None, exc
+        watch_error = None
+        try:
+            # Anonymous visitors have no rooms of their own: ignored.
+            self.watching = protocol.parse_watch(self.scope["query_string"]) and (
+                access.is_signed_in(self.user)
+            )
+        except ProtocolError as exc:
+            watch_error = exc
         limit = min(STORED_PAGE, settings.REPLAY_LIMIT)
         known_id = _room_ids.get(self.slug)
         if known_id is not None:
@@ -305,7 +329,9 @@ class RoomSession(AsyncConsumer):
             "private" if room.is_private else "public"
         )
         self.open_gauge.inc()
-        return _Accepted(room.last_seq, after, after_error, opened.page, opened.more)
+        return _Accepted(
+            room.last_seq, after, after_error, opened.page, opened.more, watch_error
+        )
 
     async def _greet(self, accepted: "_Accepted") -> None:
         """Welcome, replay, then presence, once accepted."""
@@ -319,6 +345,8 @@ class RoomSession(AsyncConsumer):
         )
         if accepted.after_error is not None:
             await self.send_frame(protocol.error_frame(accepted.after_error))
+        if accepted.watch_error is not None:
+            await self.send_error(accepted.watch_error)
         if accepted.after is not None:
             await self._replay(accepted.after, accepted.first_page, accepted.more)
         await self._release_held()
@@ -332,6 +360,8 @@ class RoomSession(AsyncConsumer):
         await self.send_frame(
             await presence.join(room_ref, self.username, self.connection_id)
         )
+        if self.watching:
+            self.rewatch()
 
     async def _admit(self) -> Refusal | None:
         """Count the connection in, or say which limit refuses it.
@@ -470,6 +500,10 @@ class RoomSession(AsyncConsumer):
         hub = get_hub()
         for group in groups:
             await hub.unsubscribe(group, self)
+        self.watching = False
+        watched, self.watched_groups = self.watched_groups, {}
+        for group in watched:
+            await hub.unwatch(group, self)
         get_warden().forget(self)
         if self.delivery.gate is not None:
             self.delivery.gate.close()
@@ -510,6 +544,14 @@ class RoomSession(AsyncConsumer):
             await self.send_frame(protocol.typing_frame(user=event.user))
         elif type(event) is Presence:
             await self.send_frame(event.frame)
+        elif type(event) is RoomChanged:
+            await self._send_shared(event.shared)
+        elif not self.watching:
+            return  # the user's sidebar events are for watching connections
+        elif type(event) is ReadMoved:
+            await self.send_frame(event.frame)
+        elif type(event) is RoomsChanged:
+            self.rewatch()
 
     def _too_slow(self, reason: str) -> None:
         """Close a client that does not keep up, before it costs the room.
@@ -536,6 +578,7 @@ class RoomSession(AsyncConsumer):
     async def access_revoked(self, event: AccessRevoked) -> None:
         """Close with 4403 if the revocation covers this connection."""
         if event.room not in (None, self.slug):
+            self._unwatch_slug(event.room)
             return
         if event.credential not in (None, self.credential):
             return
@@ -546,6 +589,8 @@ class RoomSession(AsyncConsumer):
         if self.closing or not hasattr(self, "grant"):
             # Still connecting: its access is read after this event.
             return
+        if self.watching:
+            self.rewatch()  # the user may have lost (or gained) other rooms
         if not await get_warden().holds(self.grant):
             await self._close_revoked()
 
@@ -597,6 +642,8 @@ class RoomSession(AsyncConsumer):
                     return
                 self.delivery.checked_epoch = epoch
                 await self._send_stored(after, settings.REPLAY_LIMIT)
+                if self.watching and self.watch_epoch != get_hub().epoch:
+                    self.rewatch()  # its rooms and counts, read again
                 if not self.catch_up_again:
                     return
         except Exception as exc:
@@ -606,6 +653,98 @@ class RoomSession(AsyncConsumer):
                 )
         finally:
             self.catching_up = False
+
+    # --- watching other rooms (?watch=1, docs/protocol.md section 18) -----------
+
+    def rewatch(self) -> None:
+        """Read the user's rooms again: join the ones now visible, leave the
+        rest, send a whole ``rooms`` frame (once at a time; again if asked
+        meanwhile)."""
+        if self.closing or not self.watching:
+            return
+        if self.rewatching:
+            self.rewatch_again = True
+            return
+        self.rewatching = True
+        asyncio.get_running_loop().create_task(self._rewatch())
+
+    async def _rewatch(self) -> None:
+        try:
+            while self.watching and not self.closing:
+                self.rewatch_again = False
+                await self._watch_once()
+                if not self.rewatch_again:
+                    return
+        except Exception as exc:
+            with logcontext.use(self.log_scope):
+                logger.info("reading the watched rooms failed (%s)", exc)
+        finally:
+            self.rewatching = False
+
+    async def _watch_once(self) -> None:
+        """Join the groups first, then count: activity that comes between
+        is held and sent after the ``rooms`` frame unless it counted it."""
+        hub = get_hub()
+        epoch = hub.epoch  # access (visibility) is read after this
+        self.watch_held = []
+        user, limit = self.user, settings.WATCH_ROOMS_LIMIT
+        ids = await db.run(reads.watched_ids)(user, limit)  # type: ignore[arg-type]  # watching: signed in
+        wanted = {
+            services.room_group(room_id): slug
+            for room_id, slug in ids.items()
+            if room_id != self.room.pk  # its own room's frames come anyway
+        }
+        for group in wanted.keys() - self.watched_groups.keys():
+            await hub.watch(group, self)
+        for group in self.watched_groups.keys() - wanted.keys():
+            await hub.unwatch(group, self)
+        if not self.watching:  # it left meanwhile: _leave saw none of these
+            for group in wanted:
+                await hub.unwatch(group, self)
+            return
+        self.watched_groups = wanted
+        self.watch_epoch = epoch
+        rooms, more = await db.run(reads.watched_rooms)(user, limit)  # type: ignore[arg-type]  # as above
+        held, self.watch_held = self.watch_held, None
+        if self.closing or not self.watching:
+            return
+        await self.send_frame(protocol.rooms_frame(rooms=rooms, more=more))
+        counted = {room["slug"]: room["last_seq"] for room in rooms}
+        for shared in held:
+            if shared.seq is None or shared.seq > counted.get(shared.room, shared.seq):
+                await self._send_shared(shared)
+
+    def _unwatch_slug(self, slug: str | None) -> None:
+        """Access to a watched room ended: no more of it, from now."""
+        for group, watched_slug in list(self.watched_groups.items()):
+            if watched_slug == slug:
+                del self.watched_groups[group]
+                hub = get_hub()
+                hub.stop_watching(group, self)
+                asyncio.get_running_loop().create_task(hub.unwatch(group, self))
+        self.rewatch()
+
+    async def watched(self, shared: Shared | None, epoch: int) -> None:
+        """The hub's frame of a watched room (``core.fanout.Watcher``)."""
+        if self.closing:
+            return
+        if shared is None:
+            self.rewatch()  # the room's access changed: read the rooms again
+        elif self.watch_epoch != epoch:
+            return  # read before a gap: the rooms frame after it counts this
+        elif self.watch_held is not None:
+            self.watch_held.append(shared)
+        else:
+            await self._send_shared(shared)
+
+    async def _send_shared(self, shared: Shared) -> None:
+        """A frame encoded once for many connections, through the gate."""
+        outcome = self.delivery.may_send()
+        if outcome is not SEND_FRAME:
+            if outcome is TOO_SLOW:
+                self._too_slow("its unsent output passed its budget")
+            return
+        await self._send_encoded(shared)
 
     # --- output -------------------------------------------------------------------
 
@@ -650,6 +789,10 @@ class RoomSession(AsyncConsumer):
 
     async def _send_live(self, event: LiveMessage) -> None:
         """Send a live message that the server's buffer declined."""
+        raise NotImplementedError
+
+    async def _send_encoded(self, shared: Shared) -> None:
+        """Send a frame encoded once for many connections."""
         raise NotImplementedError
 
     async def _end(self, code: int) -> None:
@@ -764,6 +907,8 @@ class RoomConsumer(RoomSession, AsyncWebsocketConsumer):
             await self.handle_history(frame)
         elif isinstance(frame, protocol.TypingFrame):
             await self.handle_typing()
+        elif isinstance(frame, protocol.ReadFrame):
+            await self.handle_read(frame)
         else:
             await self.send_frame(protocol.pong_frame())
 
@@ -876,6 +1021,24 @@ class RoomConsumer(RoomSession, AsyncWebsocketConsumer):
             sender=self.connection_id,
         )
 
+    async def handle_read(self, frame: protocol.ReadFrame) -> None:
+        """Mark this room read through ``seq``; answered with ``read``, and
+        every watching connection of the user hears if it moved."""
+        if not access.is_signed_in(self.user):
+            raise ProtocolError(protocol.UNAUTHENTICATED, "Sign in to mark rooms read.")
+        await self.check_rate(
+            "read", settings.READ_RATE_PER_SECOND, settings.READ_BURST, None
+        )
+        try:
+            result = await services.mark_read(
+                user=self.user, room=self.room, seq=frame.seq
+            )
+        except (services.AccessDenied, Room.DoesNotExist):
+            raise ProtocolError(
+                protocol.FORBIDDEN, "You no longer have access to this room."
+            ) from None
+        await self.send_frame(protocol.read_frame(result.state.as_dict()))
+
     async def check_rate(
         self, name: str, rate: float, burst: int, client_id: str | None
     ) -> None:
@@ -938,6 +1101,17 @@ class RoomConsumer(RoomSession, AsyncWebsocketConsumer):
 
     async def _send_live(self, event: LiveMessage) -> None:
         await self.send(text_data=event.encoded.text)
+
+    async def _send_encoded(self, shared: Shared) -> None:
+        wire = self.delivery.wire
+        if wire is not None:
+            offered = wire.offer(shared.frame)
+            if offered is backpressure.TOO_FULL:
+                self._too_slow("it stopped reading")
+                return
+            if offered is backpressure.WRITTEN:
+                return
+        await self.send(text_data=shared.text)
 
     async def _end(self, code: int) -> None:
         await self.close(code=code)
@@ -1079,6 +1253,9 @@ class RoomStreamConsumer(RoomSession, AsyncHttpConsumer):  # type: ignore[misc] 
 
     async def _send_live(self, event: LiveMessage) -> None:
         await self._write(event.encoded.event)
+
+    async def _send_encoded(self, shared: Shared) -> None:
+        await self._write(shared.event)
 
     async def _end(self, code: int, retry_ms: int | None = None) -> None:
         """End the stream with an ``event: close`` naming the code."""

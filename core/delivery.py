@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from core import mentions, protocol
 from core.output import OutputGate
 from core.servers import backpressure
 from core.servers.backpressure import TOO_FULL, WRITTEN
@@ -51,6 +52,51 @@ class Encoded:
         if self._frame is None:
             self._frame = backpressure.text_frame(self.text.encode())
         return self._frame
+
+
+class Shared:
+    """A frame other than a message, encoded once for every local
+    connection that gets it (``activity``, ``room``): no event id on a
+    stream, which only a message of the connection's own room carries."""
+
+    __slots__ = ("_event", "_frame", "room", "seq", "text")
+
+    def __init__(self, frame: dict[str, Any], room: str, seq: int | None) -> None:
+        self.text = json.dumps(frame, ensure_ascii=False)
+        self.room = room
+        self.seq = seq  # an activity's seq (None: a room frame)
+        self._frame: bytes | None = None
+        self._event: bytes | None = None
+
+    @property
+    def event(self) -> bytes:
+        if self._event is None:
+            self._event = b"data: %s\n\n" % self.text.encode()
+        return self._event
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = backpressure.text_frame(self.text.encode())
+        return self._frame
+
+
+def activity(message: dict[str, Any]) -> Shared:
+    """The ``activity`` frame of a published message, edit or deletion."""
+    kind = message.get("kind", "message")
+    return Shared(
+        protocol.activity_frame(
+            room=message["room"],
+            seq=message["seq"],
+            kind=kind,
+            author=message["author"],
+            # An edit's new text may name people too; a deletion has none.
+            mentions=sorted(mentions.mentioned(message["body"])),
+            target=message.get("target"),
+        ),
+        message["room"],
+        message["seq"],
+    )
 
 
 # --- events, as the hub hands them out ----------------------------------------
@@ -90,8 +136,37 @@ class AccessRecheck:
     """Something access depends on changed: read it again."""
 
 
-HubEvent = LiveMessage | Typing | Presence | AccessRevoked | AccessRecheck
+@dataclass(frozen=True, slots=True)
+class RoomChanged:
+    """A room's name or members changed: its ``room`` frame, encoded once."""
+
+    shared: Shared
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsChanged:
+    """The rooms a user can see may have changed (their user group)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMoved:
+    """A read position of the user moved (their user group)."""
+
+    frame: dict[str, Any]
+
+
+HubEvent = (
+    LiveMessage
+    | Typing
+    | Presence
+    | AccessRevoked
+    | AccessRecheck
+    | RoomChanged
+    | RoomsChanged
+    | ReadMoved
+)
 _RECHECK = AccessRecheck()
+_ROOMS_CHANGED = RoomsChanged()
 
 
 def from_layer(event: dict[str, Any]) -> HubEvent | None:
@@ -109,6 +184,19 @@ def from_layer(event: dict[str, Any]) -> HubEvent | None:
         return AccessRevoked(event["room"], event["credential"])
     if kind == "access.recheck":
         return _RECHECK
+    if kind == "room.changed":
+        frame = protocol.room_frame(
+            slug=event["slug"], name=event["name"], members=event.get("members")
+        )
+        return RoomChanged(Shared(frame, event["slug"], None))
+    if kind == "rooms.changed":
+        return _ROOMS_CHANGED
+    if kind == "read.moved":
+        return ReadMoved(
+            protocol.read_frame(
+                {key: event[key] for key in ("room", "read_seq", "unread", "mentions")}
+            )
+        )
     return None
 
 

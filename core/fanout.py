@@ -40,7 +40,16 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 from django.conf import settings
 
 from core import db, delivery, layer_watch, logs, metrics, services
-from core.delivery import DONE, Delivery, HubEvent, LiveMessage, Outcome
+from core.delivery import (
+    DONE,
+    AccessRecheck,
+    Delivery,
+    HubEvent,
+    LiveMessage,
+    Outcome,
+    RoomChanged,
+    Shared,
+)
 from core.presence import get_presence
 
 logger = logging.getLogger(__name__)
@@ -66,6 +75,15 @@ class Listener(Protocol):
         may have missed (above ``delivery.told_through``)."""
 
 
+class Watcher(Protocol):
+    """A connection watching other rooms for the rooms sidebar: it gets
+    their ``activity`` and ``room`` frames, nothing else (section 18)."""
+
+    async def watched(self, shared: Shared | None, epoch: int) -> None:
+        """A frame of a watched room, encoded once; None: that room's access
+        changed, read the watched rooms again. ``epoch``: the hub's now."""
+
+
 class Hub:
     """The groups this process listens to, and who listens locally."""
 
@@ -74,6 +92,9 @@ class Hub:
         self.layer: BaseChannelLayer = get_channel_layer()  # type: ignore[assignment]  # see above
         self.channel: str | None = None
         self.members: dict[str, set[Listener]] = defaultdict(set)
+        # Watchers, apart from members: they are sent activity, never
+        # caught up or tail-checked (their rooms frame is read again).
+        self.watchers: dict[str, set[Watcher]] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.lock = asyncio.Lock()
         # Times live events may have been lost (each made good by a catch-up).
@@ -102,28 +123,43 @@ class Hub:
         once the layer delivers again (``_recover``), then has it catch up.
         """
         async with self.lock:
-            first = not self.members[group]
+            first = not self._listened(group)
             self.members[group].add(listener)
-            if not self.tasks:
-                self._reset_probes()
-                loop = asyncio.get_running_loop()
-                self.tasks = [
-                    loop.create_task(self._receive_forever()),
-                    loop.create_task(self._probe_forever()),
-                    loop.create_task(self._refresh_forever()),
-                    loop.create_task(self._check_tails_forever()),
-                ]
-            if self.lost_after_probe is not None:
-                return  # an outage is known: recovery joins every group
-            try:
-                async with asyncio.timeout(settings.PUBLISH_TIMEOUT_SECONDS):
-                    await self._ensure_channel()
-                    if first:
-                        await _twice(self.layer.group_add, group, self.channel)
-            except Exception as exc:
-                self._events_may_be_lost(
-                    f"joining {group} failed: {exc.__class__.__name__}"
-                )
+            await self._join_layer(group, first)
+
+    async def watch(self, group: str, watcher: Watcher) -> None:
+        """Send ``group``'s activity to ``watcher`` from now on: the group is
+        joined once per process, for members and watchers alike."""
+        async with self.lock:
+            first = not self._listened(group)
+            self.watchers.setdefault(group, set()).add(watcher)
+            await self._join_layer(group, first)
+
+    def _listened(self, group: str) -> bool:
+        return bool(self.members.get(group)) or bool(self.watchers.get(group))
+
+    async def _join_layer(self, group: str, first: bool) -> None:
+        """Join ``group`` in the layer if ``first``; start the hub's tasks."""
+        if not self.tasks:
+            self._reset_probes()
+            loop = asyncio.get_running_loop()
+            self.tasks = [
+                loop.create_task(self._receive_forever()),
+                loop.create_task(self._probe_forever()),
+                loop.create_task(self._refresh_forever()),
+                loop.create_task(self._check_tails_forever()),
+            ]
+        if self.lost_after_probe is not None:
+            return  # an outage is known: recovery joins every group
+        try:
+            async with asyncio.timeout(settings.PUBLISH_TIMEOUT_SECONDS):
+                await self._ensure_channel()
+                if first:
+                    await _twice(self.layer.group_add, group, self.channel)
+        except Exception as exc:
+            self._events_may_be_lost(
+                f"joining {group} failed: {exc.__class__.__name__}"
+            )
 
     async def _ensure_channel(self) -> None:
         if self.channel is None:
@@ -140,17 +176,42 @@ class Hub:
             if members:
                 return
             del self.members[group]
-            if self.channel is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(settings.PUBLISH_TIMEOUT_SECONDS):
-                        await self.layer.group_discard(group, self.channel)
-            if not self.members:
-                # Nobody left: stop, and take a new channel next time (a
-                # cancelled receive ends the channel on the pub/sub layer).
-                for task in self.tasks:
-                    task.cancel()
-                self.tasks = []
-                self.channel = None
+            await self._leave_layer(group)
+
+    def stop_watching(self, group: str, watcher: Watcher) -> None:
+        """No more of ``group`` for ``watcher``, at once (no await: an access
+        revocation must not wait for the lock); ``unwatch`` leaves the layer."""
+        watchers = self.watchers.get(group)
+        if watchers is not None:
+            watchers.discard(watcher)
+
+    async def unwatch(self, group: str, watcher: Watcher) -> None:
+        """Stop watching ``group``; leave it if nobody listens to it."""
+        async with self.lock:
+            watchers = self.watchers.get(group)
+            if watchers is None:
+                return
+            watchers.discard(watcher)
+            if watchers:
+                return
+            del self.watchers[group]
+            await self._leave_layer(group)
+
+    async def _leave_layer(self, group: str) -> None:
+        if self._listened(group):
+            return
+        if self.channel is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(settings.PUBLISH_TIMEOUT_SECONDS):
+                    await self.layer.group_discard(group, self.channel)
+        if not self.members and not any(self.watchers.values()):
+            self.watchers.clear()
+            # Nobody left: stop, and take a new channel next time (a
+            # cancelled receive ends the channel on the pub/sub layer).
+            for task in self.tasks:
+                task.cancel()
+            self.tasks = []
+            self.channel = None
 
     def _watch_reconnects(self, channel: str) -> None:
         # The probes notice an outage only if it spans one; a reconnect of
@@ -282,7 +343,7 @@ class Hub:
         get_presence().resync()  # presence updates may have been lost too
 
     async def _rejoin(self) -> None:
-        for group in list(self.members):
+        for group in {*self.members, *self.watchers}:
             # None before the first channel (Redis was down): the layer
             # raises, and both callers retry later.
             await self.layer.group_add(group, self.channel)  # type: ignore[arg-type]  # see above
@@ -365,6 +426,8 @@ class Hub:
     async def _dispatch(self, raw: dict[str, Any]) -> None:
         members = self.members.get(raw.get("group", ""))
         if not members:
+            if self.watchers:
+                await self._to_watchers(raw, None)
             return
         # Typed (a message frame encoded) once for every local connection,
         # whose Delivery decides what becomes of it; a sequential loop beats
@@ -389,6 +452,37 @@ class Hub:
             # Once per message and process, never per socket.
             _MESSAGE_FRAMES_SENT.inc(len(members))
             _observe_lag(event.sent_at)
+        if self.watchers:  # one test per event: nothing per member
+            await self._to_watchers(raw, event)
+
+    async def _to_watchers(self, raw: dict[str, Any], event: HubEvent | None) -> None:
+        """A watched room's event for its watchers: a message, edit or
+        deletion as ``activity``, a change of the room as ``room``, each
+        encoded once; an access change as "read your rooms again"."""
+        watchers = self.watchers.get(raw.get("group", ""))
+        if not watchers:
+            return
+        try:
+            if event is None:
+                event = delivery.from_layer(raw)
+            shared: Shared | None
+            if type(event) is LiveMessage:
+                shared = delivery.activity(raw["message"])
+            elif type(event) is RoomChanged:
+                shared = event.shared
+            elif type(event) is AccessRecheck:
+                shared = None
+            else:
+                return  # typing, presence: not for the sidebar
+        except (KeyError, TypeError, ValueError):
+            logger.exception("malformed %s event", raw.get("type"))
+            return
+        epoch = self.epoch
+        for watcher in list(watchers):
+            try:
+                await watcher.watched(shared, epoch)
+            except Exception:
+                logger.exception("delivering activity failed")
 
 
 _PROBE_SECONDS = metrics.redis_seconds.labels("probe")
@@ -455,4 +549,6 @@ def _tail_catch_ups() -> float:
     "Channel-layer groups (rooms and users) this process listens to.",
 )
 def _groups() -> float:
-    return float(sum(len(hub.members) for hub in list(_hubs.values())))
+    return float(
+        sum(len({*hub.members, *hub.watchers}) for hub in list(_hubs.values()))
+    )

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 from urllib.parse import parse_qs
 
 # Error codes, as documented in docs/protocol.md.
@@ -102,8 +102,22 @@ class PingFrame:
     type: Literal["ping"] = "ping"
 
 
+@dataclass(frozen=True)
+class ReadFrame:
+    """The connection's own room is read through ``seq`` (section 18)."""
+
+    seq: int
+    type: Literal["read"] = "read"
+
+
 ClientFrame = (
-    SendFrame | EditFrame | DeleteFrame | HistoryFrame | TypingFrame | PingFrame
+    SendFrame
+    | EditFrame
+    | DeleteFrame
+    | HistoryFrame
+    | TypingFrame
+    | PingFrame
+    | ReadFrame
 )
 
 
@@ -301,6 +315,13 @@ def _parse_history(data: dict[str, object]) -> HistoryFrame:
     )
 
 
+def _parse_read(data: dict[str, object]) -> ReadFrame:
+    seq = validate_seq("seq", data.get("seq"))
+    if seq is None:
+        raise ProtocolError(BAD_FRAME, "Field 'seq' is required.")
+    return ReadFrame(seq=seq)
+
+
 _PARSERS: dict[str, Callable[[dict[str, object]], ClientFrame]] = {
     "send": _parse_send,
     "edit": _parse_edit,
@@ -308,6 +329,7 @@ _PARSERS: dict[str, Callable[[dict[str, object]], ClientFrame]] = {
     "history": _parse_history,
     "typing": lambda data: TypingFrame(),
     "ping": lambda data: PingFrame(),
+    "read": _parse_read,
 }
 
 
@@ -329,6 +351,18 @@ def parse_resume_after(query_string: bytes) -> int | None:
     if len(values) != 1:
         raise ProtocolError(BAD_FRAME, "'after' may be given once.")
     return parse_seq_text("after", values[0])
+
+
+def parse_watch(query_string: bytes) -> bool:
+    """Whether a handshake asks to watch the user's rooms (``watch=1``);
+    any other value is refused like a bad ``after``."""
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    values = query.get("watch")
+    if values is None:
+        return False
+    if values != ["1"]:
+        raise ProtocolError(BAD_FRAME, "'watch' must be 1, given once, or absent.")
+    return True
 
 
 # --- server frames ----------------------------------------------------------
@@ -483,4 +517,44 @@ def presence_frame(
     }
     if not available:
         frame["available"] = False
+    return frame
+
+
+# --- the rooms sidebar (section 18) -----------------------------------------------
+
+
+def rooms_frame(*, rooms: list[Any], more: bool) -> dict[str, object]:
+    """Every room a watching user can see, with counts; ``more``: cut."""
+    frame: dict[str, object] = {"type": "rooms", "rooms": rooms}
+    if more:
+        frame["more"] = True
+    return frame
+
+
+def activity_frame(
+    *, room: str, seq: int, kind: str, author: str | None,
+    mentions: list[str], target: int | None,
+) -> dict[str, object]:  # fmt: skip
+    """A message, edit or deletion in a watched room (not the body)."""
+    return {
+        "type": "activity",
+        "room": room,
+        "seq": seq,
+        "kind": kind,
+        "author": author,
+        "mentions": mentions,
+        "target": target,
+    }
+
+
+def read_frame(state: dict[str, Any]) -> dict[str, object]:
+    """A read position moved (or, answering ``read``, where it stands)."""
+    return {"type": "read", **state}
+
+
+def room_frame(*, slug: str, name: str, members: list[str] | None) -> dict[str, object]:
+    """A room's name or members changed; ``members`` for private rooms only."""
+    frame: dict[str, object] = {"type": "room", "slug": slug, "name": name}
+    if members is not None:
+        frame["members"] = sorted(members)
     return frame

@@ -37,8 +37,8 @@ from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
 
-from core import access, db, metrics, protocol
-from core.models import SLUG_PATTERN, Membership, Message, Room
+from core import access, db, metrics, protocol, reads
+from core.models import SLUG_PATTERN, Membership, Message, ReadPosition, Room
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User as AuthUser
@@ -1171,3 +1171,65 @@ async def broadcast_typing(*, room_id: int, user: str, sender: str) -> None:
     await publish(
         room_group(room_id), {"type": "room.typing", "user": user, "sender": sender}
     )
+
+
+# --- read positions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """A read position after ``mark_read``, and whether it moved."""
+
+    state: reads.ReadState
+    moved: bool
+
+
+def store_read(*, user: User, room: Room, seq: int) -> ReadResult:
+    """Move ``user``'s read position in ``room`` forward to ``seq``.
+
+    Clamped to the room's ``last_seq`` (read here, not the caller's copy),
+    and never backwards: a tab that saw less, or a frame that arrives late,
+    leaves a further position alone. Raises ``NotSignedIn``,
+    ``AccessDenied`` or ``Room.DoesNotExist``. Does not publish.
+    """
+    if not access.is_signed_in(user):
+        raise NotSignedIn
+    room = Room.objects.get(pk=room.pk)
+    if not access.can_read(user, room):
+        raise AccessDenied
+    seq = min(seq, room.last_seq)
+    with transaction.atomic():
+        position, created = ReadPosition.objects.get_or_create(
+            user=user, room=room, defaults={"seq": seq}
+        )
+        # Forward only, in one conditional UPDATE: concurrent moves keep
+        # the larger (a GREATEST without a read-modify-write).
+        moved = created or bool(
+            ReadPosition.objects.filter(pk=position.pk, seq__lt=seq).update(
+                seq=seq, updated_at=timezone.now()
+            )
+        )
+    return ReadResult(reads.room_state(user, room), moved)
+
+
+def read_moved_event(state: reads.ReadState) -> dict[str, Any]:
+    """The user-group event every watching connection turns into ``read``."""
+    return {"type": "read.moved", **state.as_dict()}
+
+
+async def mark_read(*, user: User, room: Room, seq: int) -> ReadResult:
+    """``store_read``, then tell every connection of the user (all tabs, all
+    instances) if the position moved."""
+    result = await db.run(store_read)(user=user, room=room, seq=seq)
+    if result.moved:
+        await publish(user_group(user.pk), read_moved_event(result.state))  # type: ignore[arg-type]  # signed in: pk is set
+    return result
+
+
+def mark_read_sync(*, user: User, room: Room, seq: int) -> ReadResult:
+    """The synchronous twin of ``mark_read`` (the HTTP API)."""
+    result = store_read(user=user, room=room, seq=seq)
+    if result.moved:
+        group, event = user_group(user.pk), read_moved_event(result.state)  # type: ignore[arg-type]  # signed in: pk is set
+        transaction.on_commit(lambda: async_to_sync(publish)(group, event))
+    return result

@@ -158,6 +158,15 @@ def check_search(request: HttpRequest, user: object) -> Refusal | None:
     return _spend("search", who, "SEARCH", who, TOO_MANY_WRITES, what="searches")
 
 
+def check_read(request: HttpRequest, user: object) -> Refusal | None:
+    """Count one move of a read position by ``user``: the ``read`` bucket,
+    which the WebSocket's ``read`` frame spends too; None if allowed."""
+    who = limits.owner(user, clientaddr.from_request(request))
+    return _spend(
+        "read", who, "READ", who, TOO_MANY_WRITES, what="read positions moved"
+    )
+
+
 # --- password hashing ------------------------------------------------------------
 
 _semaphore: threading.BoundedSemaphore | None = None

@@ -46,6 +46,7 @@ UNLIMITED = {
         "MEMBER_ADD_BURST",
         "SEND_BURST",
         "SEARCH_BURST",
+        "READ_BURST",
     )
 }
 

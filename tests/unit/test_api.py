@@ -1042,6 +1042,7 @@ def test_schema_is_an_openapi_3_document_of_the_api():
         "/api/rooms/{slug}/messages/{seq}/",
         "/api/rooms/{slug}/deletions/",
         "/api/search/",
+        "/api/rooms/{slug}/read/",
     }
     messages = schema["paths"]["/api/rooms/{slug}/messages/"]
     assert {"get", "post"} <= set(messages)
