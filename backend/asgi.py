@@ -48,8 +48,10 @@ application = AccessLogRouter(
         # Server-Sent Events streams (/sse/) take the WebSocket's policy and
         # auth, ahead of Django's bounded queue of HTTP requests.
         "http": routing.StreamRouter(
-            OriginPolicyMiddleware(
-                TokenAuthMiddlewareStack(URLRouter(routing.sse_urlpatterns))
+            AdmissionMiddleware(
+                OriginPolicyMiddleware(
+                    TokenAuthMiddlewareStack(URLRouter(routing.sse_urlpatterns))
+                )
             ),
             LivenessMiddleware(HttpAdmission(django_asgi_app)),
         ),

@@ -58,6 +58,7 @@ class ConnState:
     room: int
     instance: int
     greeted: asyncio.Future[None]
+    slug: str = ""  # the room of its path (watchers: not ``room``'s)
     # Greeted on the first text frame holding this, or on the first at all.
     greeting_marker: bytes | None = None
     greeting_messages: int = 0  # message frames before the marker
@@ -74,6 +75,14 @@ class Recorder:
     latencies: array = field(default_factory=lambda: array("d"))
     ack_latencies: array = field(default_factory=lambda: array("d"))
     pending_acks: dict[str, float] = field(default_factory=dict)
+    # Watchers' activity frames name a message by (room, seq), which only
+    # its ack tells: (key, send time) by client_id until the ack, then by
+    # (slug, seq); activity that beats the ack waits in ``unmatched``.
+    sent_of_client: dict[str, tuple[int, float]] = field(default_factory=dict)
+    key_of_seq: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+    unmatched: dict[tuple[str, int], list[tuple[ConnState, float]]] = field(
+        default_factory=dict
+    )
     window_deliveries: int = 0
     window_got_total: int = 0
     deliveries: int = 0
@@ -150,7 +159,10 @@ class Generator:
                 rec.other_frames += 1
                 return
             self._delivery(rec, state, step, key, sent, now)
+        elif kind == "activity":
+            self._activity(rec, state, frame, now)
         elif kind == "ack":
+            self._match_ack(rec, state, frame)
             sent = rec.pending_acks.pop(frame.get("client_id"), None)
             if rec.t0 <= now < rec.t1:
                 rec.acks_received_in_window += 1
@@ -161,6 +173,33 @@ class Generator:
             rec.errors[f"error frame: {frame.get('code')}"] += 1
         else:
             rec.other_frames += 1
+
+    def _activity(
+        self, rec: Recorder, state: ConnState, frame: dict[str, Any], now: float
+    ) -> None:
+        """A watcher told of a message: its delivery, once the key is known."""
+        try:
+            where = (frame["room"], frame["seq"])
+        except KeyError:
+            rec.errors["activity without room or seq"] += 1
+            return
+        known = rec.key_of_seq.get(where)
+        if known is None:
+            rec.unmatched.setdefault(where, []).append((state, now))
+        else:
+            self._delivery(rec, state, rec.step, known[0], known[1], now)
+
+    def _match_ack(
+        self, rec: Recorder, state: ConnState, frame: dict[str, Any]
+    ) -> None:
+        sent = rec.sent_of_client.pop(frame.get("client_id"), None)
+        seq = frame.get("seq")
+        if sent is None or not isinstance(seq, int):
+            return
+        where = (state.slug, seq)
+        rec.key_of_seq[where] = sent
+        for watcher, at in rec.unmatched.pop(where, ()):
+            self._delivery(rec, watcher, rec.step, sent[0], sent[1], at)
 
     def _delivery(
         self,
@@ -263,6 +302,7 @@ class Generator:
                     instance=instance,
                     greeted=self.loop.create_future(),
                     greeting_marker=marker,
+                    slug=path.split("/")[3],  # /ws/rooms/<slug>/, /sse/...
                 )
                 # A /sse/ path is a Server-Sent Events stream, read alike.
                 opener = open_sse_client if path.startswith("/sse/") else open_client
@@ -455,6 +495,7 @@ class Generator:
                 client_id = f"b{step}-{index}"
                 frame["client_id"] = client_id
                 rec.pending_acks[client_id] = now
+                rec.sent_of_client[client_id] = (index, now)
             rec.room_of_key[index] = client.tag.room
             client.send_text(json.dumps(frame))
             if rec.t0 <= now < rec.t1:

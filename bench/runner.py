@@ -192,6 +192,14 @@ def _run_stack(
                 runs += found
                 _progress(label, "fanout to Server-Sent Events streams", found,
                           time.monotonic() - began)  # fmt: skip
+            if _late(started):
+                notes.append(f"skipped {label} watching step: time budget")
+            else:
+                began = time.monotonic()
+                found = scenarios.run_fanout(session, (plan.sse_step,), watch=True)
+                runs += found
+                _progress(label, "fanout to watchers (activity frames)", found,
+                          time.monotonic() - began)  # fmt: skip
         if stack_plan.negotiation:
             extras["negotiated_extensions"][label] = scenarios.negotiated_extensions(
                 session

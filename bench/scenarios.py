@@ -277,11 +277,15 @@ def run_fanout(
     *,
     deflate: bool = False,
     sse: bool = False,
+    watch: bool = False,
 ) -> list[dict[str, Any]]:
     """One room; subscribers grow step by step over both instances.
 
     With ``sse``, every subscriber but the publishers (sockets: a stream
-    cannot send) reads a Server-Sent Events stream instead.
+    cannot send) reads a Server-Sent Events stream instead. With ``watch``,
+    they sit in another room and watch this one among every room their user
+    can see (``?watch=1``): each message reaches them as an ``activity``
+    frame, what a rooms sidebar's unread counts cost.
 
     A step the servers could not keep up with leaves a backlog (layer
     queues, write buffers) that would load the next step; if the connect
@@ -289,11 +293,25 @@ def run_fanout(
     """
     plan = session.plan
     steps = steps or plan.fanout_steps
-    group = "fanout-deflate" if deflate else "fanout-sse" if sse else "fanout"
+    group = (
+        "fanout-deflate"
+        if deflate
+        else "fanout-sse"
+        if sse
+        else "fanout-watch"
+        if watch
+        else "fanout"
+    )
     room = _room_for(session, "fanout")
     path = session.room_path(room)
-    stream_path = f"/sse/rooms/{room}/"
-    sockets = publishers_for(max(rate for _, rate in steps)) if sse else None
+    if watch:
+        # Every watcher in one other room: the fanout room's messages reach
+        # it only through the hub's watchers.
+        home = _room_for(session, "watch-home")
+        other_path = session.room_path(home) + "?watch=1"
+    else:
+        other_path = f"/sse/rooms/{room}/"
+    sockets = publishers_for(max(rate for _, rate in steps)) if sse or watch else None
     instances = len(session.stack.processes)
     pool = _ConnectPool(plan.fanout_connect_seconds)
 
@@ -302,7 +320,7 @@ def run_fanout(
             [
                 i % instances,
                 0,
-                stream_path if sockets is not None and i >= sockets else path,
+                other_path if sockets is not None and i >= sockets else path,
                 session.header_index(i),
             ]
             for i in range(first, last)
@@ -332,13 +350,15 @@ def run_fanout(
             base["variant"] = "permessage-deflate"
         if sse:
             base["variant"] = "sse"
+        if watch:
+            base["variant"] = "watch"
         records.append(
             delivery_record(base, result, rate=rate, offered=rate * connected)
         )
         if (
             session.profile
             and (subscribers, rate) == profile_at
-            and not (deflate or sse)
+            and not (deflate or sse or watch)
         ):
             records[-1]["profile"] = _profile(session, group, streams)
         backlog = not result["settled"]

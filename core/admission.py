@@ -36,8 +36,9 @@ from core.middleware import HEALTH_PATH
 
 CLOSE_BUSY = 4503
 SCOPE_KEY = "switchboard.handshake"
-# What the application sends to answer a handshake (ends its deadline).
-ANSWERS = frozenset({"websocket.accept", "websocket.close"})
+# What the application sends to answer a handshake (ends its deadline): a
+# socket's accept or close, a Server-Sent Events stream's response headers.
+ANSWERS = frozenset({"websocket.accept", "websocket.close", "http.response.start"})
 RETRY_MIN_SECONDS = 0.25
 RETRY_MAX_SECONDS = 15.0
 # The rate is counted over windows this long.
@@ -161,10 +162,19 @@ def busy_reason(window: float) -> str:
 _BUSY = metrics.handshakes.labels("busy")
 
 
-async def refuse_busy(receive: Receive, send: Send, window: float) -> None:
-    """Accept only to close with 4503 and the retry window: the cheapest
-    answer a client can tell from "no access" (a 403)."""
+async def refuse_busy(
+    scope: Scope, receive: Receive, send: Send, window: float
+) -> None:
+    """The cheapest answer a client can tell from "no access" (a 403).
+
+    A socket is accepted only to be closed with 4503 and the retry window.
+    A stream (``/sse/``) gets 503 with ``Retry-After`` and an error body:
+    ``EventSource`` sees neither, and backs off as from any failed attempt.
+    """
     _BUSY.inc()
+    if scope["type"] == "http":
+        await send_busy_response(send, window)
+        return
     message = await receive()
     if message["type"] != "websocket.connect":
         return  # gone already
@@ -176,6 +186,31 @@ async def refuse_busy(receive: Receive, send: Send, window: float) -> None:
             "reason": busy_reason(window),
         }
     )
+
+
+async def send_busy_response(send: Send, window: float) -> None:
+    """503 for a stream refused by admission control."""
+    # Clients retrying at a random moment of the window spread out as
+    # sockets do; Retry-After is its upper end, in whole seconds.
+    body = json.dumps(
+        {
+            "type": "error",
+            "code": "server_busy",
+            "detail": "This server is busy; try again shortly.",
+            "retry_window_ms": math.ceil(window * 1000),
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"retry-after", str(math.ceil(window)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class _AnswerWatch:
@@ -199,10 +234,11 @@ class _AnswerWatch:
 
 
 class AdmissionMiddleware:
-    """Outermost for WebSockets: a handshake past the bound costs nothing
-    more than its refusal (no session, token or room read), and one past
-    its deadline is cancelled wherever it waits (a read still queued for
-    the database thread never runs)."""
+    """Outermost for WebSockets and streams: a handshake past the bound
+    costs nothing more than its refusal (no session, token or room read),
+    and one past its deadline is cancelled wherever it waits (a read still
+    queued for the database thread never runs). Sockets and streams share
+    the bound: both open a room the same way."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -211,7 +247,7 @@ class AdmissionMiddleware:
         admission = get_admission()
         ticket = admission.try_enter()
         if ticket is None:
-            await refuse_busy(receive, send, admission.retry_window())
+            await refuse_busy(scope, receive, send, admission.retry_window())
             return
         watch = _AnswerWatch(send)
         try:
@@ -222,6 +258,9 @@ class AdmissionMiddleware:
             if watch.answered:
                 raise  # not the deadline's: it was off once answered
             _BUSY.inc()
+            if scope["type"] == "http":
+                await send_busy_response(send, admission.retry_window())
+                return
             await send({"type": "websocket.accept"})
             await send(
                 {

@@ -1159,16 +1159,22 @@ class RoomStreamConsumer(RoomSession, AsyncHttpConsumer):  # type: ignore[misc] 
         if self.started or message.get("more_body"):
             return
         self.started = True
-        if self.scope["method"] != "GET":
-            await self.send_response(405, b"", headers=[(b"allow", b"GET")])
-            raise StopConsumer
-        accepted = await self._open()
-        if accepted is None:
-            raise StopConsumer  # answered already: 403 or 429
-        if not self.closing:
-            after = accepted.after
-            self.resume_id = after if after is not None else accepted.last_seq
-            await self._greet(accepted)
+        # Admission control's place (core.admission), held until greeted.
+        ticket = self.scope.get(admission.SCOPE_KEY)
+        try:
+            if self.scope["method"] != "GET":
+                await self.send_response(405, b"", headers=[(b"allow", b"GET")])
+                raise StopConsumer
+            accepted = await self._open()
+            if accepted is None:
+                raise StopConsumer  # answered already: 403 or 429
+            if not self.closing:
+                after = accepted.after
+                self.resume_id = after if after is not None else accepted.last_seq
+                await self._greet(accepted)
+        finally:
+            if ticket is not None:
+                ticket.release(completed=True)
         self.heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     async def http_disconnect(self, message: Any) -> None:

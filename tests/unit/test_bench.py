@@ -57,6 +57,29 @@ def test_a_message_sent_outside_the_window_is_not_expected_in_it():
     assert lost_by_identity(rec, [state]) == 0
 
 
+def test_a_watcher_s_activity_counts_once_its_message_is_known_by_its_ack():
+    """Activity frames carry (room, seq), not the body: the publisher's ack
+    names the message, before or after the activity arrives."""
+    rec = recorder_with({1: 10, 2: 10})
+    rec.sent_of_client.update({"b7-1": (1, 1.5), "b7-2": (2, 1.6)})
+    publisher = ConnState(room=10, instance=0, greeted=None, slug="fanout")
+    watcher = ConnState(room=10, instance=1, greeted=None, slug="home")
+    activity = {"type": "activity", "kind": "message", "room": "fanout"}
+    gen = Generator.__new__(Generator)
+    gen._activity(rec, watcher, {**activity, "seq": 41}, now=1.52)  # before its ack
+    assert rec.window_got_total == 0
+    gen._match_ack(rec, publisher, {"type": "ack", "client_id": "b7-1", "seq": 41})
+    gen._match_ack(rec, publisher, {"type": "ack", "client_id": "b7-2", "seq": 42})
+    gen._activity(rec, watcher, {**activity, "seq": 42}, now=1.62)  # after
+    gen._activity(rec, watcher, {**activity, "seq": 42}, now=1.63)
+    assert lost_by_identity(rec, [watcher]) == 0
+    assert (rec.window_got_total, rec.duplicates) == (2, 1)
+    assert sorted(round(x, 2) for x in rec.latencies) == [0.02, 0.02]
+    # Another room's seq 41 is not this message.
+    gen._activity(rec, watcher, {**activity, "room": "other", "seq": 41}, now=1.7)
+    assert rec.window_got_total == 2
+
+
 # --- the checks ------------------------------------------------------------------
 
 

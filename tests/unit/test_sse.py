@@ -4,16 +4,18 @@ application: routing, origin, auth, access, resume, limits, backpressure."""
 import asyncio
 import contextlib
 import functools
+import time
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import HttpCommunicator
 
 from backend.asgi import application
-from core import consumers, services
+from core import admission, consumers, db, services
 from core.models import Message, Room
 from core.servers import backpressure
 from core.servers.backpressure import DECLINED, TOO_FULL, WriteBuffer
+from harness.waiting import async_wait_until
 from tests.factories import RoomFactory, private_room
 from tests.unit.conftest import connected, send_json, token_for
 from tests.unit.sse_client import Stream
@@ -434,3 +436,52 @@ async def test_typing_over_http_needs_a_signed_in_reader(alice, bob):
     assert await post_typing("secret", await token_for(bob)) == 404
     await database_sync_to_async(RoomFactory)(slug="lobby")
     assert await post_typing("lobby", None) == 401
+
+
+async def test_past_the_handshake_bound_a_stream_gets_503_before_any_work(
+    lobby, settings
+):
+    """Streams and sockets share admission control (core.admission): a
+    reconnect storm of streams is bounded like one of sockets."""
+    settings.HANDSHAKE_CONCURRENCY = 1
+    gate = admission.get_admission()
+    held = gate.try_enter()  # a socket's handshake under way
+    status, headers, body = await refusal("lobby")
+    assert status == 503
+    assert int(headers[b"retry-after"]) >= 1
+    assert b'"server_busy"' in body
+    assert b"retry_window_ms" in body
+    assert consumers.open_connections() == 0, "refused before any work"
+    held.release(completed=True)
+    async with streaming("lobby") as stream:
+        assert (await stream.frame())["type"] == "welcome"
+        # Greeted (presence is its last step): its place is free again.
+        await async_wait_until(lambda: gate.in_progress == 0, timeout=5)
+
+
+async def test_a_stream_past_its_handshake_deadline_gets_503_and_is_undone(
+    lobby, settings, monkeypatch
+):
+    """The handshakes' database threads are busy: at the deadline the
+    stream is answered 503, its queued room read never runs, nothing stays
+    counted."""
+    settings.HANDSHAKE_DEADLINE_SECONDS = 0.5
+    rooms_read = []
+    open_room = services.open_room
+
+    def recorded_open_room(**kwargs):
+        rooms_read.append(kwargs["slug"])
+        return open_room(**kwargs)
+
+    monkeypatch.setattr(services, "open_room", recorded_open_room)
+    slow_queries = [
+        asyncio.create_task(db.run_handshake(time.sleep)(2.0)) for _ in "ab"
+    ]
+    await asyncio.sleep(0)  # slow queries take both handshake threads first
+    status, _headers, body = await refusal("lobby")
+    assert status == 503
+    assert b'"server_busy"' in body
+    await asyncio.gather(*slow_queries)
+    assert rooms_read == [], "the stream's queued read was cancelled"
+    assert consumers.open_connections() == 0
+    assert admission.get_admission().in_progress == 0
