@@ -31,7 +31,7 @@ from django.views.decorators.http import require_http_methods
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from rest_framework.authtoken.models import Token
 
-from core import access, logs, metrics, protocol, services, throttling
+from core import access, logs, metrics, protocol, reads, services, throttling
 from core.forms import PasswordForm, RoomForm, SignupForm
 from core.models import Membership
 
@@ -57,9 +57,6 @@ READY_GROUP = "readyz"
 ROOM_PAGE_MESSAGES = 50
 # Rooms per page of the home page's list (``?page=``).
 HOME_PAGE_ROOMS = 50
-# Rooms in the room page's sidebar, by slug, as the ``rooms`` frame lists
-# them (``WATCH_ROOMS_LIMIT``); the Rooms page lists them all.
-SIDEBAR_ROOMS = 200
 
 
 def _database_answers() -> None:
@@ -231,12 +228,30 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-def _sidebar_rooms(user: access.User, current: "Room") -> list["Room"]:
-    """The rooms of the room page's sidebar: those ``user`` can see, by slug
-    (the order of the ``rooms`` frame), with the current one always in."""
-    rooms = list(access.visible_rooms(user).order_by("slug")[:SIDEBAR_ROOMS])
-    if all(room.pk != current.pk for room in rooms):
-        rooms.append(current)
+def _sidebar_rooms(user: access.User, current: "Room") -> list[dict[str, object]]:
+    """The room page's sidebar: the rooms ``user`` can see, by slug, with
+    their counts, as the ``rooms`` frame lists them (``WATCH_ROOMS_LIMIT``),
+    so the page shows them before its socket opens; the current room is
+    always in. A guest's have no counts."""
+    limit = settings.WATCH_ROOMS_LIMIT
+    rooms: list[dict[str, object]]
+    if access.is_signed_in(user):
+        rooms = [dict(entry) for entry in reads.watched_rooms(user, limit)[0]]
+    else:
+        visible = access.visible_rooms(user).order_by("slug")[:limit]
+        rooms = [
+            {"slug": room.slug, "name": room.name, "is_private": room.is_private}
+            for room in visible
+        ]
+    if all(room["slug"] != current.slug for room in rooms):
+        rooms.append(
+            {
+                "slug": current.slug,
+                "name": current.name,
+                "is_private": current.is_private,
+            }
+        )
+        rooms.sort(key=lambda room: str(room["slug"]))
     return rooms
 
 

@@ -69,13 +69,14 @@ export class RoomsSidebar {
     this.refreshTimers = new Map();
     for (const item of this.list.children) {
       const slug = item.dataset.slug;
+      const readSeq = Number(item.dataset.readSeq);
       this.rooms.set(slug, {
         name: item.querySelector(".rooms-name").textContent,
         isPrivate: item.dataset.private === "1",
-        readSeq: null,
+        readSeq: item.dataset.readSeq !== undefined && Number.isSafeInteger(readSeq) ? readSeq : null,
         lastSeq: null,
-        unread: 0,
-        mentions: 0,
+        unread: count(item.dataset.unread),
+        mentions: count(item.dataset.mentions),
       });
     }
     nav.addEventListener("keydown", (event) => this.onKey(event));
