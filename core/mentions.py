@@ -5,7 +5,7 @@ not a username character, followed by a run of username characters
 (``[\\w.@+-]``, Django's), less any trailing dots: "@bob." mentions bob.
 Names compare case-insensitively (lowercased). The browser copies this rule
 in ``core/static/core/js/mentions.js``; tests/unit/test_mentions.py runs one
-table of cases through both, and through ``db_pattern`` on the database.
+table of cases through both, and through ``db_needle`` on the database.
 """
 
 import re
@@ -30,17 +30,16 @@ def mentions(body: str, username: str) -> bool:
     return username.lower() in mentioned(body)
 
 
-def db_pattern(username: str) -> str | None:
-    """A case-insensitive regular expression (``__iregex``) matching the
-    bodies that mention ``username``, for PostgreSQL's ARE and Python's
-    ``re`` (SQLite) alike; None if no body can mention it (a name ending
-    in a dot: the dot would be read as punctuation).
+def db_needle(username: str) -> str | None:
+    """Text every body that mentions ``username`` contains, for the
+    database to narrow with (``__icontains``) before ``mentions`` decides;
+    None if no body can mention it (a name ending in a dot: the dot would
+    be read as punctuation).
 
-    The name must end the run of username characters, but for dots.
+    Not a regular expression: PostgreSQL's ``\\w`` follows the cluster's
+    locale (in a C-locale cluster "é" is no word character, so "é@bob"
+    would count), while this rule is Python's Unicode one.
     """
     if not username or username.endswith("."):
         return None
-    return (
-        rf"(?<![{NAME_CHARS}])@{re.escape(username)}"
-        rf"(?!\.*[\w@+-])"
-    )
+    return "@" + username

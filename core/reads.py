@@ -10,6 +10,9 @@ see the whole history as unread. Mentions: those of them that name the user
 Every count is a correlated subquery per room in one query, bounded to a
 room's newest ``COUNT_WINDOW`` events (the unique (room, seq) index), so a
 sidebar of 200 rooms is one query whatever the history behind them. The
+database only narrows mentions down (bodies containing "@name"); a second
+query, run only when there are such candidates, reads them and applies the
+one rule in Python. The
 one writer of read positions is ``core.services.mark_read``.
 """
 
@@ -22,6 +25,7 @@ from django.db.models import (
     Count,
     F,
     OuterRef,
+    Q,
     QuerySet,
     Subquery,
     Value,
@@ -99,14 +103,46 @@ def _with_counts(rooms: QuerySet[Room], user: "AuthUser") -> QuerySet[Room]:
         .exclude(author_id=user.pk)  # NULL authors (system messages) count
         .order_by()
     )
-    pattern = mentions.db_pattern(user.get_username())
-    named = (
-        counted.filter(body__iregex=pattern) if pattern is not None else counted.none()
-    )
     return rooms.annotate(
         unread=Coalesce(_count(counted), Value(0)),
-        mentions=Coalesce(_count(named), Value(0)),
+        maybe_named=Coalesce(_count(_maybe_named(counted, user)), Value(0)),
     )
+
+
+def _maybe_named(messages: QuerySet[Message], user: "AuthUser") -> QuerySet[Message]:
+    """Those of ``messages`` that may mention ``user`` (a superset)."""
+    needle = mentions.db_needle(user.get_username())
+    return messages.filter(body__icontains=needle) if needle else messages.none()
+
+
+def _mentions(user: "AuthUser", rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Per room of ``rows``, the messages that mention ``user`` by the one
+    rule (``core.mentions``), read only for rooms where the database found
+    candidates: a second query, and usually none."""
+    where = Q()
+    for row in rows:
+        if row["maybe_named"]:
+            where |= Q(
+                room_id=row["pk"], seq__gt=row["floor"], sent_at__gt=row["since"]
+            )
+    if not where:
+        return {}
+    candidates = _maybe_named(
+        Message.objects.filter(where, kind=Message.Kind.MESSAGE, deleted=False)
+        .exclude(author_id=user.pk)
+        .order_by(),
+        user,
+    )
+    found: dict[int, int] = {}
+    username = user.get_username()
+    for room_id, body in candidates.values_list("room_id", "body"):
+        if mentions.mentions(body, username):
+            found[room_id] = found.get(room_id, 0) + 1
+    return found
+
+
+# What both readers take from _with_counts.
+_FIELDS = ("pk", "slug", "position", "floor", "since", "unread", "maybe_named")
 
 
 def _count(messages: QuerySet[Message]) -> Subquery:
@@ -119,17 +155,10 @@ def _capped(count: int) -> int:
 
 def room_state(user: "AuthUser", room: Room) -> ReadState:
     """``user``'s read position and counts in ``room`` (one query)."""
-    row = (
-        _with_counts(Room.objects.filter(pk=room.pk), user)
-        # The plugin does not see _with_counts' annotations.
-        .values("slug", "position", "unread", "mentions")  # type: ignore[misc]  # see above
-        .get()
-    )
+    row = _with_counts(Room.objects.filter(pk=room.pk), user).values(*_FIELDS).get()
+    named = _mentions(user, [row]).get(row["pk"], 0)
     return ReadState(
-        row["slug"],
-        row["position"] or 0,
-        _capped(row["unread"]),
-        _capped(row["mentions"]),
+        row["slug"], row["position"] or 0, _capped(row["unread"]), _capped(named)
     )
 
 
@@ -137,10 +166,11 @@ def watched_rooms(user: "AuthUser", limit: int) -> tuple[list[RoomEntry], bool]:
     """Every room ``user`` may read, by slug, with counts, at most
     ``limit``; and whether there were more (one query)."""
     rows = list(
-        _with_counts(access.visible_rooms(user).order_by("slug"), user).values(  # type: ignore[misc]  # as in room_state
-            "slug", "name", "is_private", "last_seq", "position", "unread", "mentions"
+        _with_counts(access.visible_rooms(user).order_by("slug"), user).values(
+            *_FIELDS, "name", "is_private", "last_seq"
         )[: limit + 1]
     )
+    named = _mentions(user, rows[:limit])
     rooms: list[RoomEntry] = [
         {
             "slug": row["slug"],
@@ -149,7 +179,7 @@ def watched_rooms(user: "AuthUser", limit: int) -> tuple[list[RoomEntry], bool]:
             "last_seq": row["last_seq"],
             "read_seq": row["position"] or 0,
             "unread": _capped(row["unread"]),
-            "mentions": _capped(row["mentions"]),
+            "mentions": _capped(named.get(row["pk"], 0)),
         }
         for row in rows[:limit]
     ]

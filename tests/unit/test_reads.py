@@ -132,7 +132,7 @@ def test_mark_read_needs_a_reader(people):
         services.store_read(user=AnonymousUser(), room=secret, seq=0)
 
 
-def test_every_visible_room_is_counted_in_one_query(people):
+def test_every_visible_room_is_counted_in_two_queries_at_most(people):
     alice, bob = people
     ops, dev = RoomFactory(slug="ops"), RoomFactory(slug="dev")
     secret = private_room(bob, alice, slug="secret")
@@ -144,7 +144,8 @@ def test_every_visible_room_is_counted_in_one_query(people):
     services.store_read(user=alice, room=dev, seq=1)
     with CaptureQueriesContext(connection) as queries:
         rooms, more = reads.watched_rooms(alice, 10)
-    assert len(queries) == 1
+    # The counts, then the bodies that may mention alice (ops has one).
+    assert len(queries) == 2
     assert not more
     assert [(r["slug"], r["unread"], r["mentions"], r["read_seq"]) for r in rooms] == [
         ("dev", 0, 0, 1),
@@ -164,3 +165,21 @@ def test_every_visible_room_is_counted_in_one_query(people):
     rooms, more = reads.watched_rooms(alice, 2)
     assert [r["slug"] for r in rooms] == ["dev", "ops"]
     assert more
+
+
+def test_without_candidates_for_mentions_one_query_counts_every_room(people):
+    alice, bob = people
+    for slug in ("ops", "dev"):
+        post(RoomFactory(slug=slug), bob, "no names here")
+    with CaptureQueriesContext(connection) as queries:
+        rooms, _ = reads.watched_rooms(alice, 10)
+    assert len(queries) == 1
+    assert [r["unread"] for r in rooms] == [1, 1]
+
+
+def test_a_body_that_only_looks_like_a_mention_is_not_one(people):
+    alice, bob = people
+    room = RoomFactory(slug="ops")
+    post(room, bob, "é@alice and x@alice")  # "@alice" inside, no mention
+    post(room, bob, "«@alice»")
+    assert state(alice, room) == reads.ReadState("ops", 0, 2, 1)
