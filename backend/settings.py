@@ -475,6 +475,12 @@ READ_RATE_PER_SECOND = env_float(
 )
 # Rooms in a watching connection's ``rooms`` frame (and rooms it watches).
 WATCH_ROOMS_LIMIT = env_int("SWITCHBOARD_WATCH_ROOMS_LIMIT", 200, minimum=1)
+# Username lookups per user (GET /api/users/): the members panel checks a
+# name as it is typed; this bounds listing every account by its prefixes.
+USERS_LOOKUP_BURST = env_int("SWITCHBOARD_USERS_LOOKUP_BURST", 30, minimum=1)
+USERS_LOOKUP_RATE_PER_SECOND = env_float(
+    "SWITCHBOARD_USERS_LOOKUP_RATE_PER_SECOND", 1.0, minimum=0.0001
+)
 # Lines a client can cause (refusals) per call site and interval (core.logs).
 LOG_LIMIT_LINES = env_int("SWITCHBOARD_LOG_LIMIT_LINES", 10, minimum=1)
 LOG_LIMIT_INTERVAL_SECONDS = env_float(

@@ -35,6 +35,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/auth/token/", api.TokenView.as_view(), name="api-token"),
     path("api/rooms/", api.RoomListView.as_view(), name="api-rooms"),
+    path("api/rooms/<slug:slug>/", api.RoomDetailView.as_view(), name="api-room"),
     path(
         "api/rooms/<slug:slug>/members/",
         api.MemberListView.as_view(),
@@ -45,6 +46,7 @@ urlpatterns = [
         api.MemberDetailView.as_view(),
         name="api-member",
     ),
+    path("api/users/", api.UserLookupView.as_view(), name="api-users"),
     path(
         "api/rooms/<slug:slug>/messages/",
         api.MessageListView.as_view(),

@@ -132,6 +132,17 @@ def can_leave(user: User, room: Room) -> bool:
     return room.owner_id != user.pk
 
 
+def can_rename(user: User, room: Room) -> bool:
+    """A room's owner renames it, public or private; nobody else does.
+
+    An ownerless room (its owner deleted) is renamed in the admin only: a
+    signed-in user's pk is never None.
+    """
+    if not can_write(user):
+        return False
+    return room.owner_id == user.pk
+
+
 def can_remove_member(actor: User, room: Room, username: str) -> bool:
     """The owner removes a member; a member removes themself (leaves)."""
     if is_signed_in(actor) and actor.get_username() == username:

@@ -1,4 +1,4 @@
-"""The HTTP API (Django REST Framework): tokens, rooms, members, messages.
+"""The HTTP API (Django REST Framework): tokens, rooms, members, users, messages.
 
 Views validate with serializers and call ``core.services``; errors are JSON
 with a 4xx status. Unknown rooms and rooms the caller may not see are 404.
@@ -188,8 +188,24 @@ class RoomCreateSerializer(serializers.Serializer[Any]):
     is_private = StrictBooleanField(required=False, default=False)
 
 
+class RoomRenameSerializer(serializers.Serializer[Any]):
+    # Stripped, then 1-100 characters (blank is refused).
+    name = StrictCharField(min_length=1, max_length=services.ROOM_NAME_MAX)
+
+
 class MemberSerializer(serializers.Serializer[Any]):
     username = StrictCharField(max_length=150)
+
+
+class MemberListSerializer(serializers.Serializer[Any]):
+    """One member of a private room; ``is_owner`` marks its owner."""
+
+    username = serializers.CharField()
+    is_owner = serializers.BooleanField()
+
+
+class UsernameSerializer(serializers.Serializer[Any]):
+    username = serializers.CharField()
 
 
 class MessageSerializer(serializers.Serializer[Any]):
@@ -509,10 +525,70 @@ class RoomListView(APIView):
         return Response(RoomSerializer(room).data, status=status.HTTP_201_CREATED)
 
 
-class MemberListView(APIView):
-    """The owner of a private room adds a member."""
+class RoomDetailView(APIView):
+    """One room the caller can see; its owner renames it."""
 
-    permission_classes = [SignedIn]
+    def get_permissions(self) -> list[Any]:
+        if self.request.method == "GET":
+            return [AllowAny()]
+        return [SignedIn()]
+
+    @extend_schema(
+        responses={200: RoomSerializer, 401: UNAUTHORIZED, 404: NO_SUCH_ROOM}
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        return Response(RoomSerializer(_visible_room_or_404(request, slug)).data)
+
+    @extend_schema(
+        request=RoomRenameSerializer,
+        responses={
+            200: RoomSerializer,
+            400: _error("A missing, blank or too long name, or not a string."),
+            401: UNAUTHORIZED,
+            403: _error("Not the room's owner."),
+            404: NO_SUCH_ROOM,
+            **BODY_ERRORS,
+        },
+    )
+    def patch(self, request: "SignedInRequest", slug: str) -> Response:
+        """Rename the room (its slug stays); its connections hear of it."""
+        room = _visible_room_or_404(request, slug)
+        data = RoomRenameSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            services.rename_room(
+                room=room, actor=request.user, name=data.validated_data["name"]
+            )
+        except services.AccessDenied:
+            return Response(
+                {"detail": "Only the room's owner renames it."},
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        except Room.DoesNotExist:
+            raise Http404("No such room.") from None
+        return Response(RoomSerializer(room).data)
+
+
+class MemberListView(APIView):
+    """A private room's members, for them; the owner adds a member."""
+
+    def get_permissions(self) -> list[Any]:
+        if self.request.method == "GET":
+            return [AllowAny()]
+        return [SignedIn()]
+
+    @extend_schema(
+        responses={
+            200: MemberListSerializer(many=True),
+            401: UNAUTHORIZED,
+            404: NO_SUCH_ROOM,
+        },
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        """The members by username, the owner marked; ``[]`` for a public
+        room, which admits everyone."""
+        room = _visible_room_or_404(request, slug)  # a private one: a member
+        return Response(services.members(room))
 
     @extend_schema(
         request=MemberSerializer,
@@ -572,6 +648,47 @@ class MemberDetailView(APIView):
         except services.UnknownUser:
             raise Http404("No such member.") from None
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _prefix_param(request: Request) -> str:
+    prefix = request.query_params.get("prefix") or ""
+    if not 1 <= len(prefix) <= services.USERNAME_MAX:
+        raise ValidationError(
+            {"prefix": [f"Give 'prefix': 1-{services.USERNAME_MAX} characters."]}
+        )
+    return prefix
+
+
+class UserLookupView(APIView):
+    """Active usernames by prefix, for adding members as a name is typed."""
+
+    permission_classes = [SignedIn]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "prefix",
+                {"type": "string", "minLength": 1, "maxLength": services.USERNAME_MAX},
+                required=True,
+                description="The start of a username, whatever the case",
+            ),
+            RETRY_AFTER,
+        ],
+        responses={
+            200: UsernameSerializer(many=True),
+            400: _error("No prefix, or one over 150 characters."),
+            401: UNAUTHORIZED,
+            429: _refusal("Too many lookups."),
+        },
+    )
+    def get(self, request: "SignedInRequest") -> Response:
+        """Up to 10 usernames, sorted; bad input takes no token."""
+        prefix = _prefix_param(request)
+        refusal = throttling.check_user_lookup(request.user)
+        if refusal is not None:
+            return refusal_response(refusal)
+        names = services.usernames_starting_with(prefix)
+        return Response([{"username": name} for name in names])
 
 
 class MessageListView(APIView):

@@ -31,7 +31,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.models import Session
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Func, QuerySet, TextField, Value, When
-from django.db.models.functions import Length
+from django.db.models.functions import Collate, Length
 from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 from django.utils.text import slugify
@@ -933,9 +933,11 @@ def save_room(room: Room) -> Room:
     The owner manages a private room's members and cannot leave it, so an
     owner set here (a new room, or a change of owner in the admin) is
     admitted in the same transaction. A room made private has its
-    connections re-checked by ``core.signals`` once this commits. Raises
+    connections re-checked by ``core.signals`` once this commits; a room
+    changed (not created) is announced with ``room.changed``. Raises
     ``SlugTaken``.
     """
+    existed = room.pk is not None
     try:
         with transaction.atomic():
             room.save()
@@ -943,6 +945,8 @@ def save_room(room: Room) -> Room:
                 Membership.objects.get_or_create(room=room, user_id=room.owner_id)
     except IntegrityError:
         raise SlugTaken(room.slug) from None
+    if existed:  # a change (the admin): its connections hear the new state
+        announce_after_commit(room_id=room.pk)
     return room
 
 
@@ -957,6 +961,31 @@ def delete_rooms(rooms: QuerySet[Room]) -> None:
 def ensure_room(*, slug: str, name: str) -> tuple[Room, bool]:
     """Create the public room ``slug`` if it does not exist (``make run``)."""
     return Room.objects.get_or_create(slug=slug, defaults={"name": name})
+
+
+# Room.name's length, as the API takes a new name once stripped.
+ROOM_NAME_MAX = 100
+
+
+def rename_room(*, room: Room, actor: User, name: str) -> Room:
+    """The owner renames ``room`` (``access.can_rename``); its slug stays.
+
+    ``name`` is stripped and must then be 1-``ROOM_NAME_MAX`` characters
+    (``ValueError``; the API validates it first). Only the name is written,
+    so a message stored meanwhile keeps its ``last_seq``. Once this commits
+    the room's connections hear ``room.changed``. Raises ``AccessDenied``,
+    or ``Room.DoesNotExist`` if the room went meanwhile.
+    """
+    if not access.can_rename(actor, room):
+        raise AccessDenied
+    name = name.strip()
+    if not 1 <= len(name) <= ROOM_NAME_MAX:
+        raise ValueError(f"A room's name is 1-{ROOM_NAME_MAX} characters.")
+    if not Room.objects.filter(pk=room.pk).update(name=name):
+        raise Room.DoesNotExist
+    room.name = name
+    announce_after_commit(room_id=room.pk)
+    return room
 
 
 def add_member(*, room: Room, actor: User, username: str) -> Membership:
@@ -986,10 +1015,13 @@ def admit_member(*, room: Room, user: "AuthUser") -> Membership:
     """Make ``user`` a member of the private ``room`` (idempotent).
 
     Whoever asks: ``add_member`` checks that the owner asks, and the admin
-    (staff) calls this itself. Raises as ``check_admission`` does.
+    (staff) calls this itself. Raises as ``check_admission`` does. A new
+    member is announced once this commits (``announce_after_commit``).
     """
     check_admission(room=room, user=user)
-    membership, _ = Membership.objects.get_or_create(room=room, user=user)
+    membership, created = Membership.objects.get_or_create(room=room, user=user)
+    if created:  # a repeat changes nothing and announces nothing
+        announce_after_commit(room_id=room.pk, user_id=user.pk)
     return membership
 
 
@@ -1014,11 +1046,101 @@ def end_membership(*, membership: Membership) -> None:
     """Delete ``membership``; its user's connections to the room close.
 
     Raises ``AccessDenied`` unless ``access.can_end_membership``. The
-    revocation is published by ``core.signals`` once the deletion commits.
+    revocation is published by ``core.signals`` once the deletion commits,
+    then ``room.changed`` and ``rooms.changed`` (``announce_after_commit``).
     """
     if not access.can_end_membership(membership):
         raise AccessDenied
     membership.delete()
+    announce_after_commit(room_id=membership.room_id, user_id=membership.user_id)
+
+
+class Member(TypedDict):
+    """One member of a private room, as ``GET .../members/`` lists them."""
+
+    username: str
+    is_owner: bool
+
+
+def member_names(room_id: int) -> list[str]:
+    """The usernames of a room's members, sorted (code point order)."""
+    names = Membership.objects.filter(room_id=room_id).values_list(
+        "user__username", flat=True
+    )
+    return sorted(names)
+
+
+def members(room: Room) -> list[Member]:
+    """A private room's members by username, its owner marked. A public
+    room admits everyone and has no members to list: ``[]``."""
+    if not room.is_private:
+        return []
+    rows = Membership.objects.filter(room=room).values_list("user_id", "user__username")
+    return [
+        {"username": username, "is_owner": user_id == room.owner_id}
+        for user_id, username in sorted(rows, key=lambda row: row[1])
+    ]
+
+
+def room_changed_event(room_id: int) -> dict[str, Any] | None:
+    """``room.changed`` for a room as the database has it now: its slug, its
+    name and, for a private room, its members' usernames sorted (``null``
+    for a public room). None if the room is gone."""
+    room = Room.objects.filter(pk=room_id).values("slug", "name", "is_private")
+    found = room.first()
+    if found is None:
+        return None
+    names = member_names(room_id) if found["is_private"] else None
+    return {
+        "type": "room.changed",
+        "slug": found["slug"],
+        "name": found["name"],
+        "members": names,
+    }
+
+
+def announce_after_commit(*, room_id: int, user_id: int | None = None) -> None:
+    """Once the current transaction commits (at once outside one), publish
+    ``room.changed`` to the room's connections (read after the commit, so
+    it holds the change) and, for a member added or removed,
+    ``rooms.changed`` to that user's connections. A failure is logged, not
+    raised: the change itself is committed, and clients re-read on their
+    next rooms frame or GET."""
+
+    def announce() -> None:
+        event = room_changed_event(room_id)
+        if event is not None:
+            async_to_sync(publish)(room_group(room_id), event)
+        if user_id is not None:
+            async_to_sync(publish)(user_group(user_id), {"type": "rooms.changed"})
+
+    transaction.on_commit(announce, robust=True)
+
+
+# Usernames per ``GET /api/users/`` answer, and the longest prefix (auth's
+# User.username is 150 characters).
+USER_LOOKUP_LIMIT = 10
+USERNAME_MAX = 150
+# The characters of a username (Django's UnicodeUsernameValidator).
+USERNAME_CHARS = re.compile(r"[\w.@+-]+")
+
+
+def usernames_starting_with(prefix: str) -> list[str]:
+    """Up to ``USER_LOOKUP_LIMIT`` active usernames that start with
+    ``prefix``, whatever the case, sorted (code point order, on every
+    database)."""
+    if not USERNAME_CHARS.fullmatch(prefix):
+        return []  # no username holds it (nor a NUL, which PostgreSQL refuses)
+    users = get_user_model().objects.filter(
+        is_active=True, username__istartswith=prefix
+    )
+    # PostgreSQL sorts by the database's collation unless told; SQLite's
+    # default (BINARY) is code point order already.
+    if connection.vendor == "postgresql":
+        users = users.order_by(Collate("username", "C"))
+    else:
+        users = users.order_by("username")
+    return list(users.values_list("username", flat=True)[:USER_LOOKUP_LIMIT])
 
 
 # --- accounts -------------------------------------------------------------------

@@ -165,6 +165,15 @@ def check_read(request: HttpRequest, user: object) -> Refusal | None:
     return _spend(
         "read", who, "READ", who, TOO_MANY_WRITES, what="read positions moved"
     )
+# --- username lookups -------------------------------------------------------------
+
+
+def check_user_lookup(user: AbstractBaseUser) -> Refusal | None:
+    """Count one username lookup (``GET /api/users/``) by ``user``."""
+    return _spend(
+        "users.lookup", str(user.pk), "USERS_LOOKUP", f"user {user.pk}",
+        TOO_MANY_WRITES, what="user lookups",
+    )  # fmt: skip
 
 
 # --- password hashing ------------------------------------------------------------

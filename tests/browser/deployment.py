@@ -40,6 +40,9 @@ BASE_ENV = {
     "SWITCHBOARD_ROOM_CREATE_BURST": "1000",
     "SWITCHBOARD_SEARCH_RATE_PER_SECOND": "100",
     "SWITCHBOARD_SEARCH_BURST": "1000",
+    # The members panel looks names up as they are typed, as one user.
+    "SWITCHBOARD_USERS_LOOKUP_RATE_PER_SECOND": "100",
+    "SWITCHBOARD_USERS_LOOKUP_BURST": "1000",
 }
 
 

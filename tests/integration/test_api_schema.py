@@ -47,6 +47,7 @@ UNLIMITED = {
         "SEND_BURST",
         "SEARCH_BURST",
         "READ_BURST",
+        "USERS_LOOKUP_BURST",
     )
 }
 

@@ -162,6 +162,8 @@ FORBIDDEN = "403"
 NO_ROOM = "404 no such room"
 FOUND = "200, the room's message found"
 UNFOUND = "200, nothing from the room"
+MEMBERS = "200, the room's members listed"
+NO_MEMBERS = "200, no members (a public room admits everyone)"
 
 # fmt: off
 API = {
@@ -225,6 +227,36 @@ API = {
         "deactivated-session": (FOUND,     NO_ROOM,   NO_ROOM),
         "deleted-token":       (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
     },
+    "GET /api/rooms/<slug>/": {
+        "anonymous":           (OK,        NO_ROOM,   NO_ROOM),
+        "non-member":          (OK,        NO_ROOM,   NO_ROOM),
+        "member":              (OK,        OK,        NO_ROOM),
+        "owner":               (OK,        OK,        NO_ROOM),
+        "removed-member":      (OK,        NO_ROOM,   NO_ROOM),
+        "deactivated-token":   (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
+        "deactivated-session": (OK,        NO_ROOM,   NO_ROOM),
+        "deleted-token":       (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
+    },
+    "PATCH /api/rooms/<slug>/ (rename)": {
+        "anonymous":           (SIGN_IN,   SIGN_IN,   SIGN_IN),
+        "non-member":          (FORBIDDEN, NO_ROOM,   NO_ROOM),
+        "member":              (FORBIDDEN, FORBIDDEN, NO_ROOM),
+        "owner":               (OK,        OK,        NO_ROOM),
+        "removed-member":      (FORBIDDEN, NO_ROOM,   NO_ROOM),
+        "deactivated-token":   (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
+        "deactivated-session": (SIGN_IN,   SIGN_IN,   SIGN_IN),
+        "deleted-token":       (BAD_TOKEN, BAD_TOKEN, BAD_TOKEN),
+    },
+    "GET members": {
+        "anonymous":           (NO_MEMBERS, NO_ROOM,   NO_ROOM),
+        "non-member":          (NO_MEMBERS, NO_ROOM,   NO_ROOM),
+        "member":              (NO_MEMBERS, MEMBERS,   NO_ROOM),
+        "owner":               (NO_MEMBERS, MEMBERS,   NO_ROOM),
+        "removed-member":      (NO_MEMBERS, NO_ROOM,   NO_ROOM),
+        "deactivated-token":   (BAD_TOKEN,  BAD_TOKEN, BAD_TOKEN),
+        "deactivated-session": (NO_MEMBERS, NO_ROOM,   NO_ROOM),
+        "deleted-token":       (BAD_TOKEN,  BAD_TOKEN, BAD_TOKEN),
+    },
     "POST members (add grace)": {
         "anonymous":           (SIGN_IN,   SIGN_IN,   SIGN_IN),
         "non-member":          (FORBIDDEN, NO_ROOM,   NO_ROOM),
@@ -267,6 +299,11 @@ ACCOUNT_API = {
     "DELETE /api/auth/token/": {
         "anonymous": SIGN_IN, "non-member": DONE, "member": DONE, "owner": DONE,
         "removed-member": DONE, "deactivated-token": BAD_TOKEN,
+        "deactivated-session": SIGN_IN, "deleted-token": BAD_TOKEN,
+    },
+    "GET /api/users/?prefix=gr": {
+        "anonymous": SIGN_IN, "non-member": OK, "member": OK, "owner": OK,
+        "removed-member": OK, "deactivated-token": BAD_TOKEN,
         "deactivated-session": SIGN_IN, "deleted-token": BAD_TOKEN,
     },
     "GET /api/schema/": {
@@ -594,6 +631,14 @@ def call_api(client: APIClient, action: str, slug: str, who: Actor) -> Any:
         return client.get("/api/search/", {"q": FIRST_WORDS})
     if action == "GET /api/search/?room=<slug>":
         return client.get("/api/search/", {"q": FIRST_WORDS, "room": slug})
+    if action == "GET /api/rooms/<slug>/":
+        return client.get(f"/api/rooms/{slug}/")
+    if action == "PATCH /api/rooms/<slug>/ (rename)":
+        return client.patch(f"/api/rooms/{slug}/", {"name": "Renamed"}, format="json")
+    if action == "GET members":
+        return client.get(members)
+    if action == "GET /api/users/?prefix=gr":
+        return client.get("/api/users/", {"prefix": "gr"})
     if action == "POST members (add grace)":
         return client.post(members, {"username": "grace"}, format="json")
     if action == "DELETE members/heidi":
@@ -622,6 +667,13 @@ def check_api(response: Any, outcome: str, room: str) -> None:
         if outcome in (FOUND, UNFOUND):
             found = [hit["room"] for hit in response.json()["results"]]
             assert (SLUG[room] in found) == (outcome == FOUND), found
+        if outcome == NO_MEMBERS:
+            assert response.json() == []
+        if outcome == MEMBERS:  # those of build_world's rooms, Rex removed
+            assert response.json() == [
+                {"username": name, "is_owner": name == "olive"}
+                for name in ("dee", "heidi", "mia", "olive", "tom")
+            ]
         return
     # Every refusal is a JSON object with a ``detail`` (section 15), on
     # every route (the schema's too, though its answers are YAML).
@@ -650,6 +702,11 @@ def test_api_room_route(world, actor, room, action, outcome):
         assert bodies == [FIRST_WORDS]
     if action == "POST messages" and outcome == CREATED:
         assert response.json()["author"] == who.username
+    if action.startswith("GET /api/rooms/<slug>/") and outcome == OK:
+        assert response.json()["slug"] == SLUG[room]
+    if action.startswith("PATCH") and outcome == OK:
+        assert response.json()["name"] == "Renamed"
+        assert Room.objects.get(slug=SLUG[room]).name == "Renamed"
     if room != "private":
         return
     # Unknown and forbidden look the same: same status, same bytes.
@@ -681,7 +738,10 @@ def test_api_room_route(world, actor, room, action, outcome):
 def test_api_account_route(world, actor, action, outcome):
     who = world[actor]
     client = who.http(APIClient)
-    check_api(call_api(client, action, "", who), outcome, "public")
+    response = call_api(client, action, "", who)
+    check_api(response, outcome, "public")
+    if action == "GET /api/users/?prefix=gr" and outcome == OK:
+        assert response.json() == [{"username": "grace"}]
     if action == "DELETE /api/auth/token/" and outcome == DONE:
         # The token is gone: presenting it again is refused, not anonymous.
         again = client.get("/api/rooms/")

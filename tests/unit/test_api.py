@@ -1035,8 +1035,10 @@ def test_schema_is_an_openapi_3_document_of_the_api():
     assert set(schema["paths"]) == {
         "/api/auth/token/",
         "/api/rooms/",
+        "/api/rooms/{slug}/",
         "/api/rooms/{slug}/members/",
         "/api/rooms/{slug}/members/{username}/",
+        "/api/users/",
         "/api/rooms/{slug}/messages/",
         "/api/rooms/{slug}/typing/",
         "/api/rooms/{slug}/messages/{seq}/",

@@ -569,6 +569,8 @@ def test_credential_and_write_limits_are_read_from_the_environment():
         "ROOM_CREATE_RATE_PER_SECOND": ("0.2", 0.2),
         "MEMBER_ADD_BURST": ("12", 12),
         "MEMBER_ADD_RATE_PER_SECOND": ("0.3", 0.3),
+        "USERS_LOOKUP_BURST": ("13", 13),
+        "USERS_LOOKUP_RATE_PER_SECOND": ("0.4", 0.4),
         "LOG_LIMIT_LINES": ("5", 5),
         "LOG_LIMIT_INTERVAL_SECONDS": ("30", 30.0),
     }
@@ -587,6 +589,8 @@ def test_credential_and_write_limits_have_defaults_a_chat_would_choose():
         "PASSWORD_HASH_CONCURRENCY",
         "ROOM_CREATE_BURST",
         "MEMBER_ADD_BURST",
+        "USERS_LOOKUP_BURST",
+        "USERS_LOOKUP_RATE_PER_SECOND",
         "MIDDLEWARE",
     )
     assert values["CREDENTIAL_ADDRESS_BURST"] == 30
@@ -596,4 +600,6 @@ def test_credential_and_write_limits_have_defaults_a_chat_would_choose():
     assert values["SIGNUP_ADDRESS_BURST"] == 5
     assert values["PASSWORD_HASH_CONCURRENCY"] == 2
     assert (values["ROOM_CREATE_BURST"], values["MEMBER_ADD_BURST"]) == (20, 50)
+    assert values["USERS_LOOKUP_BURST"] == 30
+    assert values["USERS_LOOKUP_RATE_PER_SECOND"] == 1.0
     assert values["MIDDLEWARE"][-1] == "core.middleware.SecurityHeadersMiddleware"
