@@ -240,16 +240,25 @@ def _redis_options(url: str, ca_pem: str | None) -> dict[str, object]:
 REDIS_OPTIONS: dict[str, object]
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
 CACHES: dict[str, dict[str, Any]]
+# Which channels_redis layer carries events between instances: "pubsub"
+# (one Redis subscription per process, multiplexing its rooms, events pushed
+# to it) or "lists" (RedisChannelLayer, the Channels tutorial's and most
+# deployments' choice: four sequential Redis round trips per event and
+# process, docs/performance.md). What pub/sub does not give (word of lost
+# events, a group expiry) core.fanout's hub provides, and it re-joins the
+# groups that a restarted Redis forgot on the list layer: both are tested.
+CHANNEL_LAYER_KIND = env_choice(
+    "SWITCHBOARD_CHANNEL_LAYER", ("pubsub", "lists"), "pubsub"
+)
+LAYER_BACKENDS = {
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "lists": "channels_redis.core.RedisChannelLayer",
+}
 if REDIS_URL:
     REDIS_OPTIONS = _redis_options(REDIS_URL, REDIS_CA_CERT)
-    # channels_redis' pub/sub layer: one Redis subscription per process,
-    # multiplexing its rooms, with events pushed to it. The list-based
-    # RedisChannelLayer costs four sequential Redis round trips per event
-    # and process (docs/performance.md); what pub/sub does not give (word
-    # of lost events, and a group expiry) core.fanout's hub provides.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": LAYER_BACKENDS[CHANNEL_LAYER_KIND],
             "CONFIG": {
                 "hosts": [
                     {
@@ -260,6 +269,10 @@ if REDIS_URL:
                     }
                 ],
                 "prefix": CHANNEL_PREFIX,
+                # The list layer's per-channel queue (default 100) drops
+                # group events silently when full, and each process has one
+                # hub channel for all its rooms: room for bursts.
+                **({"capacity": 10_000} if CHANNEL_LAYER_KIND == "lists" else {}),
             },
         }
     }

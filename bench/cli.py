@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench import config, markdown, runner
 from bench.runner import RESULTS_DIR, StackPlan
+from bench.targets import LIST_LAYER
 
 SCENARIOS = ("fanout", "rooms", "idle", "handshake", "send", "storm", "tradeoffs")
 # The baselines neither store nor resume: these measure Switchboard alone.
@@ -134,6 +135,17 @@ def select(args: argparse.Namespace, p: argparse.ArgumentParser) -> list[StackPl
                 target="switchboard",
                 server="uvicorn",
                 variant="asyncio loop",
+                scenarios=("fanout",),
+            )
+        )
+    if "fanout" in base and ("switchboard", "daphne") in {
+        (s.target, s.server) for s in stacks
+    }:
+        stacks.append(
+            StackPlan(
+                target="switchboard",
+                server="daphne",
+                variant=LIST_LAYER,
                 scenarios=("fanout",),
             )
         )

@@ -223,6 +223,7 @@ def _scenario(
     if name == "handshake":
         return scenarios.run_handshake(session)
     if name == "fanout":
+        # A variant runs one step, next to the same step on the default stack.
         steps = session.plan.asyncio_loop_steps if stack_plan.variant else None
         return scenarios.run_fanout(session, steps)
     if name == "rooms":

@@ -30,6 +30,7 @@ from bench.records import (
 from bench.targets import (
     HANDSHAKE_MESSAGES,
     HANDSHAKE_SLUG,
+    LIST_LAYER,
     ROOMS_SLUG,
     Infrastructure,
     Stack,
@@ -196,7 +197,8 @@ def _room_for(session: Session, scenario: str) -> str:
     stack = session.stack
     if stack.target != "switchboard":
         return scenario
-    suffix = stack.server + ("-asyncio" if stack.variant else "")
+    variant = {"asyncio loop": "-asyncio", LIST_LAYER: "-lists"}.get(stack.variant, "")
+    suffix = stack.server + variant
     slug = f"{scenario}-{suffix}"
     create_room_via_api(stack, session.infra.tokens[0], slug, f"Bench {slug}")
     return slug

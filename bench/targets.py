@@ -43,6 +43,9 @@ BENCH_LIMITS = {
     # what a person may, and the storm scenario measures it as it ships.
 }
 ROOMS_SLUG = "r-{:04d}"
+# Switchboard on channels_redis' RedisChannelLayer (the Channels tutorial's
+# layer) instead of its default pub/sub layer: what switching buys a team.
+LIST_LAYER = "list layer"
 # The handshake scenario's room: private, every bench user a member, with
 # stored messages for ?after= to replay.
 HANDSHAKE_SLUG = "handshake-private"
@@ -254,6 +257,8 @@ def start_stack(
         log_path = infra.log_dir / f"{number:02d}-{name}.log"
         if target == "switchboard":
             env = infra.switchboard_env(prefix)
+            if variant == LIST_LAYER:
+                env["SWITCHBOARD_CHANNEL_LAYER"] = "lists"
             kind = UvicornAsyncioProcess if variant == "asyncio loop" else AppProcess
             process = kind(env, server=server, name=name, log_path=log_path)  # type: ignore[arg-type]
         elif target == "tutorial":

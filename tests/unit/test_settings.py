@@ -90,6 +90,7 @@ BAD_VALUES = [
     pytest.param("SWITCHBOARD_PASSWORD_HASH_CONCURRENCY", "0", id="hashing-0"),
     pytest.param("SWITCHBOARD_ROOM_CREATE_RATE_PER_SECOND", "-1", id="rooms-rate"),
     pytest.param("SWITCHBOARD_LOG_FORMAT", "xml", id="log-format-xml"),
+    pytest.param("SWITCHBOARD_CHANNEL_LAYER", "kafka", id="layer-kafka"),
     pytest.param("SWITCHBOARD_LIVENESS_STALL_SECONDS", "ten", id="liveness-word"),
     pytest.param("SWITCHBOARD_LIVENESS_STALL_SECONDS", "0.5", id="liveness-below-1"),
 ]
@@ -603,3 +604,19 @@ def test_credential_and_write_limits_have_defaults_a_chat_would_choose():
     assert values["USERS_LOOKUP_BURST"] == 30
     assert values["USERS_LOOKUP_RATE_PER_SECOND"] == 1.0
     assert values["MIDDLEWARE"][-1] == "core.middleware.SecurityHeadersMiddleware"
+
+
+@pytest.mark.parametrize(
+    ("value", "backend"),
+    [
+        (None, "channels_redis.pubsub.RedisPubSubChannelLayer"),
+        (" Lists ", "channels_redis.core.RedisChannelLayer"),
+        ("pubsub", "channels_redis.pubsub.RedisPubSubChannelLayer"),
+    ],
+)
+def test_the_channel_layer_is_one_setting(value, backend):
+    variables = {"REDIS_URL": "redis://localhost:6379/0"}
+    if value is not None:
+        variables["SWITCHBOARD_CHANNEL_LAYER"] = value
+    layers = read_settings("CHANNEL_LAYERS", **variables)["CHANNEL_LAYERS"]
+    assert layers["default"]["BACKEND"] == backend
