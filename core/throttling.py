@@ -165,6 +165,8 @@ def check_read(request: HttpRequest, user: object) -> Refusal | None:
     return _spend(
         "read", who, "READ", who, TOO_MANY_WRITES, what="read positions moved"
     )
+
+
 # --- username lookups -------------------------------------------------------------
 
 
