@@ -69,6 +69,11 @@ def test_unread_and_mentions_move_live_and_clear_across_tabs(
     expect(bob.page.locator("#messages mark.mention-me")).to_have_count(0)
     link = entry(first.page, other).get_by_role("link")
     expect(link).to_have_accessible_name(re.compile(r"Bravo.*2 unread, 1 mention"))
+    expect(first.page.locator("#rooms-announcer")).to_contain_text("Bravo: ")
+    # Arrow keys move between the rooms of the list.
+    entry(first.page, slug).get_by_role("link").focus()
+    first.page.keyboard.press("ArrowDown")
+    expect(link).to_be_focused()
 
     switch(second, "Bravo", other)
     second.expect_bodies(["anyone around?", "@alice can you look at the deploy?"])

@@ -59,7 +59,7 @@ export class RoomsSidebar {
   constructor(nav, { me, current }) {
     this.nav = nav;
     this.list = nav.querySelector("#rooms-list");
-    this.announcer = nav.querySelector("#rooms-announcer");
+    this.announcer = document.getElementById("rooms-announcer");
     this.me = me ? me.toLowerCase() : null;
     this.current = current;
     this.rooms = new Map(); // slug -> {name, isPrivate, readSeq, lastSeq, unread, mentions}
