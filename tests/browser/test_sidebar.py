@@ -147,3 +147,57 @@ def test_members_added_and_removed_in_the_ui_reach_the_other_page(
     expect(bob.banner).to_contain_text("no longer have access")
     assert len(asked) == 1
     assert "Remove bob" in asked[0]
+
+
+# A Notification API that records what the page shows, and a tab that can
+# be hidden at will: headless Chromium has neither a permission prompt nor
+# a way to hide a tab.
+FAKE_NOTIFICATIONS = """
+window.__shown = [];
+window.__asked = 0;
+window.Notification = class {
+  static permission = "default";
+  static async requestPermission() {
+    window.__asked += 1;
+    window.Notification.permission = "granted";
+    return "granted";
+  }
+  constructor(title, options = {}) {
+    window.__shown.push([title, options.body ?? null]);
+  }
+  addEventListener() {}
+  close() {}
+};
+Object.defineProperty(document, "hidden", { get: () => window.__hidden === true });
+"""
+
+
+def test_mentions_notify_in_a_hidden_tab_once_asked_for(
+    deployment: Deployment, browsing: Browsing, slug: str
+) -> None:
+    """Permission is asked on the button's click only; then a mention, in
+    this room or another, shows a notification while the tab is hidden."""
+    other = f"{slug}-b"
+    deployment.create_room(slug, name="Alpha")
+    deployment.create_room(other, name="Bravo")
+    alice = browsing.open_room(
+        deployment.url(0),
+        slug,
+        user="alice",
+        prepare=lambda page: page.add_init_script(FAKE_NOTIFICATIONS),
+    )
+    alice.wait_open()
+    assert alice.page.evaluate("window.__asked") == 0
+
+    alice.page.get_by_role("button", name="Notify me of mentions").click()
+    expect(alice.page.locator("#notify-state")).to_contain_text("notified")
+    assert alice.page.evaluate("window.__asked") == 1
+
+    alice.page.evaluate("window.__hidden = true")
+    deployment.post(other, "@alice over here", user="bob", instance=1)
+    deployment.post(slug, "and @alice here", user="bob", instance=1)
+    alice.page.wait_for_function("window.__shown.length === 2", timeout=LIVE_MS)
+    assert sorted(alice.page.evaluate("window.__shown")) == [
+        ["bob mentioned you in Alpha", "and @alice here"],
+        ["bob mentioned you in Bravo", None],
+    ]
