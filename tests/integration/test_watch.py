@@ -124,3 +124,68 @@ async def test_mentions_are_counted_by_the_one_rule_on_postgresql(
     )
     assert status == 200
     assert state["mentions"] == expected > 0
+
+
+async def test_room_changes_reach_members_and_watchers_on_the_other_instance(
+    pair: tuple[AppProcess, AppProcess], deployment: Deployment, clients: Clients
+) -> None:
+    """bob adds alice to his private room on B: her watching socket on A
+    gets a fresh rooms frame naming it; he renames it: her socket in the
+    room and his watcher hear; he removes her: her room socket closes with
+    4403 and her rooms frame drops the room."""
+    a, b = pair
+    alice, bob = deployment.usernames
+    alice_token, bob_token = deployment.tokens[alice], deployment.tokens[bob]
+    home, secret = unique_slug("home"), unique_slug("secret")
+    create_room(a, alice_token, home)
+    create_room(b, bob_token, secret, private=True)
+    alice_watching = await watch(clients, a, home, alice_token)
+    assert secret not in {r["slug"] for r in alice_watching.frames[-1]["rooms"]}
+    bob_watching = await watch(clients, b, home, bob_token)
+
+    seen = len(alice_watching.frames)
+    status, _ = await ahttp_json(
+        b, "POST", f"/api/rooms/{secret}/members/", token=bob_token,
+        body={"username": alice},
+    )  # fmt: skip
+    assert status == 201
+    rooms = await alice_watching.wait_for_frame(
+        lambda f: f["type"] == "rooms" and secret in {r["slug"] for r in f["rooms"]},
+        since=seen,
+        what="a rooms frame with the room she was added to",
+    )
+    assert [r["is_private"] for r in rooms["rooms"] if r["slug"] == secret] == [True]
+
+    alice_inside = await clients.open(a, secret, token=alice_token, name="alice@A")
+    status, renamed = await ahttp_json(
+        b, "PATCH", f"/api/rooms/{secret}/", token=bob_token,
+        body={"name": "Launch plans"},
+    )  # fmt: skip
+    assert status == 200, renamed
+    expected = {
+        "type": "room",
+        "slug": secret,
+        "name": "Launch plans",
+        "members": sorted([alice, bob]),
+    }
+    for client in (alice_inside, bob_watching):
+        changed = await client.wait_for_frame(
+            lambda f: f["type"] == "room" and f["name"] == "Launch plans",
+            what="the room frame from B",
+        )
+        assert changed == expected
+
+    seen = len(alice_watching.frames)
+    status, _ = await ahttp_json(
+        b, "DELETE", f"/api/rooms/{secret}/members/{alice}/", token=bob_token
+    )
+    assert status == 204
+    assert await alice_inside.wait_closed(timeout=5) == 4403
+    await alice_watching.wait_for_frame(
+        lambda f: (
+            f["type"] == "rooms" and secret not in {r["slug"] for r in f["rooms"]}
+        ),
+        since=seen,
+        what="a rooms frame without the room she was removed from",
+    )
+    assert not alice_watching.closed
