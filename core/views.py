@@ -31,8 +31,9 @@ from django.views.decorators.http import require_http_methods
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from rest_framework.authtoken.models import Token
 
-from core import access, logs, metrics, protocol, services, throttling
+from core import access, logs, metrics, protocol, reads, services, throttling
 from core.forms import PasswordForm, RoomForm, SignupForm
+from core.models import Membership
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User as AuthUser
@@ -217,8 +218,54 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             # server decides again for each deletion.
             "can_moderate": can_post and access.can_audit(request.user, found),
             "initial": {"messages": latest, "has_more": has_more, "at": at},
+            "sidebar": _sidebar_rooms(request.user, found),
+            "members": _members(found),
+            "is_owner": access.is_signed_in(request.user)
+            and found.owner_id == request.user.pk,
+            "can_manage_members": access.can_manage_members(request.user, found),
+            "can_leave": access.can_leave(request.user, found),
         },
     )
+
+
+def _sidebar_rooms(user: access.User, current: "Room") -> list[dict[str, object]]:
+    """The room page's sidebar: the rooms ``user`` can see, by slug, with
+    their counts, as the ``rooms`` frame lists them (``WATCH_ROOMS_LIMIT``),
+    so the page shows them before its socket opens; the current room is
+    always in. A guest's have no counts."""
+    limit = settings.WATCH_ROOMS_LIMIT
+    rooms: list[dict[str, object]]
+    if access.is_signed_in(user):
+        rooms = [dict(entry) for entry in reads.watched_rooms(user, limit)[0]]
+    else:
+        visible = access.visible_rooms(user).order_by("slug")[:limit]
+        rooms = [
+            {"slug": room.slug, "name": room.name, "is_private": room.is_private}
+            for room in visible
+        ]
+    if all(room["slug"] != current.slug for room in rooms):
+        rooms.append(
+            {
+                "slug": current.slug,
+                "name": current.name,
+                "is_private": current.is_private,
+            }
+        )
+        rooms.sort(key=lambda room: str(room["slug"]))
+    return rooms
+
+
+def _members(room: "Room") -> list[dict[str, object]]:
+    """A private room's members, by username, the owner marked; [] if public."""
+    if not room.is_private:
+        return []
+    names = Membership.objects.filter(room=room).values_list(
+        "user__username", "user_id"
+    )
+    return [
+        {"username": name, "is_owner": user_id == room.owner_id}
+        for name, user_id in sorted(names)
+    ]
 
 
 def _seq_or_none(text: str | None) -> int | None:

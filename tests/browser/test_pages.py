@@ -1,7 +1,10 @@
 """The pages around the room, a whole visit without console errors, screenshots."""
 
 import os
+import re
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -9,6 +12,7 @@ from playwright.sync_api import Page, expect
 from harness.app import manage
 from harness.deployment import Deployment
 from tests.browser.browsing import ARTIFACTS, DESKTOP, PHONE, PROJECT_ROOT, Browsing
+from tests.browser.deployment import on_sqlite
 
 pytestmark = pytest.mark.browser
 
@@ -54,7 +58,14 @@ def test_a_visit_from_sign_up_to_log_out_logs_no_console_errors(
     assert browsing.console_errors == []
 
 
-def _fill_demo_room(deployment: Deployment, slug: str) -> None:
+def _fill_demo_rooms(deployment: Deployment, slug: str) -> None:
+    # The other rooms of the sidebar: unread messages, a mention of alice.
+    deployment.create_room("design-crit", name="Design crit", private=True)
+    deployment.create_room("general", name="General")
+    deployment.create_room("incidents", name="Incidents")
+    for body in ("Lunch at 12:30?", "The new coffee machine is in.", "🎉"):
+        deployment.post("general", body, user="bob")
+    deployment.post("incidents", "@alice the p99 alert fired again", user="carol")
     deployment.create_room(slug, name="Release planning")
     script = [
         ("alice", "Morning! Is the staging deploy done?"),
@@ -93,15 +104,29 @@ def _screenshot(page: Page, name: str) -> None:
         shutil.copyfile(path, SCREENSHOTS / name)
 
 
+@pytest.fixture
+def showcase(tmp_path: Path, sqlite_template: Path) -> Iterator[Deployment]:
+    """An instance of its own: the sidebar shows the demo's rooms only.
+
+    Request it before ``browsing``: the pages close before the server does.
+    """
+    app = on_sqlite(tmp_path, sqlite_template, name="showcase")
+    try:
+        yield app.start()
+    finally:
+        app.close()
+
+
 def test_room_page_screenshots_at_desktop_and_phone_widths(
-    deployment: Deployment, browsing: Browsing
+    showcase: Deployment, browsing: Browsing
 ) -> None:
-    """The room page as people see it, for review and for the README."""
+    """The room page as people see it, for review and for the README: the
+    rooms sidebar with its counts, and on a phone the sidebar closed and open."""
     slug = "release-planning"
-    _fill_demo_room(deployment, slug)
-    bob = browsing.open_room(deployment.url(1), slug, user="bob")
+    _fill_demo_rooms(showcase, slug)
+    bob = browsing.open_room(showcase.url(), slug, user="bob")
     views = {
-        name: browsing.open_room(deployment.url(0), slug, user="alice", viewport=size)
+        name: browsing.open_room(showcase.url(), slug, user="alice", viewport=size)
         for name, size in (("room-desktop.png", DESKTOP), ("room-phone.png", PHONE))
     }
     for room in (bob, *views.values()):
@@ -112,5 +137,17 @@ def test_room_page_screenshots_at_desktop_and_phone_widths(
     for name, alice in views.items():
         expect(alice.presence).to_contain_text("bob")
         expect(alice.page.locator("#typing")).to_have_text("bob is typing…")
+        incidents = alice.page.locator("#rooms-list > li[data-slug='incidents']")
+        expect(incidents).to_have_attribute("data-mentions", "1")
+        general = alice.page.locator("#rooms-list > li[data-slug='general']")
+        expect(general).to_have_attribute("data-unread", "3")
         alice.body_field.fill("Go for it")
         _screenshot(alice.page, name)
+
+    phone = views["room-phone.png"].page
+    phone.get_by_role("button", name=re.compile("^Rooms")).click()
+    expect(phone.locator("#rooms-nav")).to_be_in_viewport()
+    expect(phone.locator("#rooms-list a[aria-current=page]")).to_be_focused()
+    phone.mouse.move(PHONE["width"] - 10, PHONE["height"] // 2)  # no hover
+    phone.wait_for_timeout(300)  # the panel's slide (0.2 s)
+    _screenshot(phone, "rooms-phone.png")

@@ -222,6 +222,67 @@ def test_public_room_page_has_the_documented_hooks(client):
     assert "body" in field_names(response)
 
 
+def sidebar(response: object) -> list[dict[str, str | None]]:
+    """The sidebar's rooms: each item's attributes, with its link's."""
+    found: list[dict[str, str | None]] = []
+    inside = False
+    for tag, attrs in elements(response):
+        if tag == "ul":
+            inside = attrs.get("id") == "rooms-list"
+        elif inside and tag == "li":
+            found.append(dict(attrs))
+        elif inside and tag == "a" and "rooms-link" in (attrs.get("class") or ""):
+            found[-1]["current"] = attrs.get("aria-current")
+    return found
+
+
+@pytest.mark.django_db
+def test_room_page_sidebar_lists_the_visible_rooms_by_slug_with_counts(client):
+    owner, other = UserFactory.create_batch(2)
+    RoomFactory(slug="lobby")
+    RoomFactory(slug="announcements")
+    mine = private_room(owner, other, slug="secret")
+    private_room(other, slug="theirs")
+    client.force_login(owner)
+    services.store_message(
+        room=mine, author=other, body=f"@{owner.username} look", client_id=None
+    )
+
+    rooms = sidebar(client.get("/rooms/lobby/"))
+
+    assert [r["data-slug"] for r in rooms] == ["announcements", "lobby", "secret"]
+    assert [r["current"] for r in rooms] == [None, "page", None]
+    secret = rooms[2]
+    assert (secret["data-private"], secret["data-unread"]) == ("1", "1")
+    assert secret["data-mentions"] == "1"
+    # A guest's sidebar: the public rooms, without counts.
+    client.logout()
+    guest = sidebar(client.get("/rooms/lobby/"))
+    assert [r["data-slug"] for r in guest] == ["announcements", "lobby"]
+    assert {r["data-unread"] for r in guest} == {"0"}
+
+
+@pytest.mark.django_db
+def test_members_panel_is_for_private_rooms_and_gives_each_their_controls(client):
+    owner, member = UserFactory.create_batch(2)
+    private_room(owner, member, slug="secret")
+    RoomFactory(slug="lobby", owner=owner)
+    client.force_login(owner)
+    as_owner = element_ids(client.get("/rooms/secret/"))
+    assert {"members", "member-add", "rename-room", "rename-form"} <= as_owner
+    assert "leave-room" not in as_owner
+    assert "members" not in element_ids(client.get("/rooms/lobby/"))
+
+    client.force_login(member)
+    page = client.get("/rooms/secret/")
+    assert "leave-room" in element_ids(page)
+    assert not {"member-add", "rename-room"} & element_ids(page)
+    rows = [a for tag, a in elements(page) if tag == "li" and "data-username" in a]
+    assert [(r["data-username"], r.get("data-owner")) for r in rows] == sorted(
+        [(owner.username, "1"), (member.username, None)]
+    )
+
+
 class _ScriptText(HTMLParser):
     """The text of the ``<script>`` element with the given id, as parsed."""
 

@@ -94,8 +94,10 @@ export class RoomConnection {
    *   the next attempt over Server-Sent Events (none: WebSocket only)
    * @param {(transport: string) => void} options.onTransport the transport
    *   of the next attempt ("websocket" or "sse")
+   * @param {AbortSignal | undefined} options.signal aborting it closes the
+   *   link for good, quietly (the room is unmounted)
    */
-  constructor({ url, onFrame, onOpen, onDrop, onStop, isGone, openStream, onTransport }) {
+  constructor({ url, onFrame, onOpen, onDrop, onStop, isGone, openStream, onTransport, signal }) {
     Object.assign(this, { url, onFrame, onOpen, onDrop, onStop, isGone, openStream });
     this.onTransport = onTransport ?? (() => {});
     this.transport = WEBSOCKET;
@@ -109,7 +111,8 @@ export class RoomConnection {
     this.heartbeat = null;
     this.heardSincePing = true;
     this.stopped = false;
-    window.addEventListener("online", () => this.retryNow());
+    window.addEventListener("online", () => this.retryNow(), { signal });
+    signal?.addEventListener("abort", () => this.close());
   }
 
   start() {
@@ -173,6 +176,14 @@ export class RoomConnection {
     this.onStop({ code });
   }
 
+  /** Close for good without a word to the page (it is going away). */
+  close() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.upgradeTimer);
+    this.abandon();
+  }
+
   receive(data) {
     let frame;
     try {
@@ -227,6 +238,7 @@ export class RoomConnection {
       if (done) return;
       done = true;
       probe.close();
+      if (this.stopped) return;
       if (!works) {
         this.upgradeDelay = Math.min(this.upgradeDelay * 2, UPGRADE_CAP_MS);
         this.scheduleUpgrade();

@@ -35,6 +35,10 @@ export class TypingIndicator {
     this.render();
   }
 
+  dispose() {
+    clearTimeout(this.timer);
+  }
+
   render() {
     const now = Date.now();
     for (const [name, until] of this.until) if (until <= now) this.until.delete(name);
@@ -91,6 +95,11 @@ export class Announcer {
     this.timer ??= setTimeout(() => this.flush(), ANNOUNCE_BATCH_MS);
   }
 
+  dispose() {
+    clearTimeout(this.timer);
+    this.queue = [];
+  }
+
   flush() {
     this.timer = null;
     const count = this.queue.length;
@@ -105,6 +114,10 @@ export class Notice {
   constructor(node) {
     this.node = node;
     this.timer = null;
+  }
+
+  dispose() {
+    clearTimeout(this.timer);
   }
 
   show(text) {
@@ -156,6 +169,10 @@ export class ConnectionStatus {
     clearInterval(this.countdown);
     if (state === "reconnecting") this.countdown = setInterval(() => this.refresh(), 1000);
     this.refresh();
+  }
+
+  dispose() {
+    clearInterval(this.countdown);
   }
 
   refresh() {

@@ -29,7 +29,12 @@ export class MessageList {
    * @param {{canPost: boolean, canModerate: boolean}} rights what the viewer
    *   may do: edit (own) and delete (own; anyone's when moderating)
    */
-  constructor({ list, scroller, jump, empty }, me, rights = { canPost: false, canModerate: false }) {
+  constructor(
+    { list, scroller, jump, empty },
+    me,
+    rights = { canPost: false, canModerate: false },
+    { signal } = {},
+  ) {
     Object.assign(this, { list, scroller, jump, empty, me, rights });
     // The body the server holds, per row: what a cancelled or refused
     // change shows again (the row may show a draft meanwhile).
@@ -39,10 +44,14 @@ export class MessageList {
     this.unapplied = new Map();
     // True while older messages exist above: an empty list is not "no messages".
     this.hasEarlier = false;
-    jump.addEventListener("click", () => this.scrollToBottom());
-    scroller.addEventListener("scroll", () => {
-      if (this.nearBottom()) jump.hidden = true;
-    });
+    jump.addEventListener("click", () => this.scrollToBottom(), { signal });
+    scroller.addEventListener(
+      "scroll",
+      () => {
+        if (this.nearBottom()) jump.hidden = true;
+      },
+      { signal },
+    );
   }
 
   /** Show a held message frame in seq order, as edited or deleted as it comes. */

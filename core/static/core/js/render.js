@@ -20,6 +20,65 @@ function el(tag, className, text) {
   return node;
 }
 
+// --- mentions -------------------------------------------------------------------
+
+// What a mention is, is defined once (core/mentions.py; its browser copy,
+// mentions.js, is handed in by configureMentions). Here only where they are:
+// each "@" followed by a run of characters that may be in a name (a
+// superset of the definition's), asked about with its preceding character.
+const NAME_CHAR = /[\p{L}\p{M}\p{N}\p{Pc}.@+-]/u;
+let mentionedNames = null;
+let meLower = null;
+
+/** ``names(text)``: the lowercased names ``text`` mentions (mentions.js). */
+export function configureMentions(names, me) {
+  mentionedNames = names;
+  meLower = me ? me.toLowerCase() : null;
+}
+
+/** The mentions in ``text``: [start, end, lowercased name], in order. */
+export function mentionSpans(text) {
+  const spans = [];
+  if (!mentionedNames) return spans;
+  let at = text.indexOf("@");
+  while (at !== -1) {
+    let end = at + 1;
+    while (end < text.length) {
+      const char = String.fromCodePoint(text.codePointAt(end));
+      if (!NAME_CHAR.test(char)) break;
+      end += char.length;
+    }
+    let start = at > 0 ? at - 1 : at;
+    if (start > 0 && /[\uDC00-\uDFFF]/.test(text[start])) start -= 1; // a whole character
+    const names = [...mentionedNames(text.slice(start, end))].map(String);
+    const here = text.slice(at + 1, end).toLowerCase();
+    // The longest name this "@" starts (the run holds one mention at most).
+    const name = names.filter((n) => n && here.startsWith(n)).sort((a, b) => b.length - a.length)[0];
+    if (name) spans.push([at, at + 1 + name.length, name]);
+    at = text.indexOf("@", end);
+  }
+  return spans;
+}
+
+/** Put ``text`` in ``node``: plain text, with mentions in <mark class="mention">. */
+export function fillText(node, text) {
+  const parts = [];
+  let done = 0;
+  for (const [start, end, name] of mentionSpans(text)) {
+    if (start > done) parts.push(document.createTextNode(text.slice(done, start)));
+    const mark = el("mark", name === meLower ? "mention mention-me" : "mention", text.slice(start, end));
+    parts.push(mark);
+    done = end;
+  }
+  if (done < text.length || parts.length === 0) parts.push(document.createTextNode(text.slice(done)));
+  node.replaceChildren(...parts);
+}
+
+/** True if ``text`` mentions the signed-in user. */
+export function mentionsMe(text) {
+  return meLower !== null && mentionSpans(text).some(([, , name]) => name === meLower);
+}
+
 /** A stable hue for a name, so each person keeps one avatar colour. */
 export function hueFor(name) {
   let hash = 2166136261; // FNV-1a spreads similar names apart
@@ -70,14 +129,16 @@ export function messageItem({ seq, author, body, sentAt }, me) {
   const time = el("time", "msg-time");
   setTime(time, sentAt);
   meta.append(time, el("span", "msg-status"));
-  main.append(meta, el("p", "msg-body", body));
+  const bodyNode = el("p", "msg-body");
+  fillText(bodyNode, body);
+  main.append(meta, bodyNode);
   item.append(avatar(author), main);
   return item;
 }
 
 /** Set the text a row shows (its current body, or a draft being saved). */
 export function setBody(item, text) {
-  item.querySelector(".msg-body").textContent = text;
+  fillText(item.querySelector(".msg-body"), text);
 }
 
 /** The "edited" marker after the body; its title tells when. */

@@ -40,11 +40,12 @@ async function errorFrame(response, clientId) {
 export class StreamLink extends EventTarget {
   /**
    * @param {string} url the stream (with ?after=<seq> to resume)
-   * @param {{messagesApi: string, typingApi: string}} api the HTTP routes
+   * @param {{messagesApi: string, typingApi: string, readApi: string}} api
+   *   the HTTP routes
    */
-  constructor(url, { messagesApi, typingApi }) {
+  constructor(url, { messagesApi, typingApi, readApi }) {
     super();
-    Object.assign(this, { messagesApi, typingApi });
+    Object.assign(this, { messagesApi, typingApi, readApi });
     this.readyState = CONNECTING;
     this.source = new EventSource(url, { withCredentials: true });
     this.source.addEventListener("open", () => {
@@ -114,6 +115,7 @@ export class StreamLink extends EventTarget {
         }),
       delete: () => this.write("DELETE", `${this.messagesApi}${frame.seq}/`, frame, { client_id: frame.client_id }),
       history: () => this.history(frame),
+      read: () => this.read(frame),
     };
     if (Object.hasOwn(byType, frame.type)) await byType[frame.type]();
   }
@@ -138,6 +140,14 @@ export class StreamLink extends EventTarget {
     } else {
       this.deliverFrame(await errorFrame(response, frame.client_id));
     }
+  }
+
+  /** Mark read over HTTP; the answer comes back as the read frame a socket
+   * would get through the user's group (it comes that way too). A refusal
+   * is not an error to show: the page marks read again as more is seen. */
+  async read(frame) {
+    const response = await this.request("PUT", this.readApi, { seq: frame.seq });
+    if (response.ok) this.deliverFrame({ type: "read", ...(await response.json()) });
   }
 
   async history(frame) {
