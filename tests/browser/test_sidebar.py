@@ -196,7 +196,7 @@ def test_mentions_notify_in_a_hidden_tab_once_asked_for(
     alice.page.evaluate("window.__hidden = true")
     deployment.post(other, "@alice over here", user="bob", instance=1)
     deployment.post(slug, "and @alice here", user="bob", instance=1)
-    alice.page.wait_for_function("window.__shown.length === 2", timeout=LIVE_MS)
+    alice.page.wait_for_function("() => window.__shown.length === 2", timeout=LIVE_MS)
     assert sorted(alice.page.evaluate("window.__shown")) == [
         ["bob mentioned you in Alpha", "and @alice here"],
         ["bob mentioned you in Bravo", None],
