@@ -184,22 +184,21 @@ def _run_stack(
             and stack_plan.server == "daphne"  # as deployed
             and not stack_plan.variant
         ):
-            if _late(started):
-                notes.append(f"skipped {label} Server-Sent Events step: time budget")
-            else:
+            # The same step to other readers: Server-Sent Events streams,
+            # and watchers in another room (activity frames).
+            for option, what in (
+                ("sse", "fanout to Server-Sent Events streams"),
+                ("watch", "fanout to watchers (activity frames)"),
+            ):
+                if _late(started):
+                    notes.append(f"skipped {label} {what}: time budget")
+                    continue
                 began = time.monotonic()
-                found = scenarios.run_fanout(session, (plan.sse_step,), sse=True)
+                found = scenarios.run_fanout(
+                    session, (plan.sse_step,), **{option: True}
+                )
                 runs += found
-                _progress(label, "fanout to Server-Sent Events streams", found,
-                          time.monotonic() - began)  # fmt: skip
-            if _late(started):
-                notes.append(f"skipped {label} watching step: time budget")
-            else:
-                began = time.monotonic()
-                found = scenarios.run_fanout(session, (plan.sse_step,), watch=True)
-                runs += found
-                _progress(label, "fanout to watchers (activity frames)", found,
-                          time.monotonic() - began)  # fmt: skip
+                _progress(label, what, found, time.monotonic() - began)
         if stack_plan.negotiation:
             extras["negotiated_extensions"][label] = scenarios.negotiated_extensions(
                 session

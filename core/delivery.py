@@ -27,24 +27,16 @@ from core.servers import backpressure
 from core.servers.backpressure import TOO_FULL, WRITTEN
 
 
-class Encoded:
-    """A message frame encoded once for every local connection."""
+class _Text:
+    """A frame's JSON encoded once for every local connection that gets
+    it; its WebSocket frame is built on first use."""
 
-    __slots__ = ("_event", "_frame", "seq", "text")
+    __slots__ = ("_event", "_frame", "text")
 
-    def __init__(self, message: dict[str, Any]) -> None:
-        self.text = json.dumps(message, ensure_ascii=False)
-        self.seq: int = message["seq"]
+    def __init__(self, frame: dict[str, Any]) -> None:
+        self.text = json.dumps(frame, ensure_ascii=False)
         self._frame: bytes | None = None
         self._event: bytes | None = None
-
-    @property
-    def event(self) -> bytes:
-        """The whole Server-Sent Event (id: seq, one data: line; JSON has
-        no raw line breaks), built on first use."""
-        if self._event is None:
-            self._event = b"id: %d\ndata: %s\n\n" % (self.seq, self.text.encode())
-        return self._event
 
     @property
     def frame(self) -> bytes:
@@ -54,31 +46,41 @@ class Encoded:
         return self._frame
 
 
-class Shared:
+class Encoded(_Text):
+    """A message frame encoded once for every local connection."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.seq: int = message["seq"]
+
+    @property
+    def event(self) -> bytes:
+        """The whole Server-Sent Event (id: seq, one data: line; JSON has
+        no raw line breaks), built on first use."""
+        if self._event is None:
+            self._event = b"id: %d\ndata: %s\n\n" % (self.seq, self.text.encode())
+        return self._event
+
+
+class Shared(_Text):
     """A frame other than a message, encoded once for every local
     connection that gets it (``activity``, ``room``): no event id on a
     stream, which only a message of the connection's own room carries."""
 
-    __slots__ = ("_event", "_frame", "room", "seq", "text")
+    __slots__ = ("room", "seq")
 
     def __init__(self, frame: dict[str, Any], room: str, seq: int | None) -> None:
-        self.text = json.dumps(frame, ensure_ascii=False)
+        super().__init__(frame)
         self.room = room
         self.seq = seq  # an activity's seq (None: a room frame)
-        self._frame: bytes | None = None
-        self._event: bytes | None = None
 
     @property
     def event(self) -> bytes:
         if self._event is None:
             self._event = b"data: %s\n\n" % self.text.encode()
         return self._event
-
-    @property
-    def frame(self) -> bytes:
-        if self._frame is None:
-            self._frame = backpressure.text_frame(self.text.encode())
-        return self._frame
 
 
 def activity(message: dict[str, Any]) -> Shared:

@@ -50,10 +50,16 @@ def test_without_websockets_the_page_chats_live_over_sse(
     assert alice.page.locator("#messages b").count() == 0
 
 
-# A proxy that breaks the upgrade: every handshake fails without opening (1006).
+# A proxy that breaks the upgrade: every handshake fails without opening
+# (1006) while ``window.socketsBroken`` is true; once a test clears it,
+# sockets are the real thing again (a network where WebSockets come back).
 FAILING_SOCKETS = """
+const RealWebSocket = window.WebSocket;
+window.socketsBroken = true;
 window.WebSocket = class extends EventTarget {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
   constructor(url) {
+    if (!window.socketsBroken) return new RealWebSocket(url);
     super();
     this.url = url;
     this.readyState = 0;
@@ -93,31 +99,6 @@ def test_when_handshakes_keep_failing_the_page_falls_back_and_chats(
     assert alice.seqs() == [1, 2, 3]
 
 
-# Sockets that fail while ``window.socketsBroken`` is true and are the real
-# thing once the test clears it: a network where WebSockets come back.
-SOCKETS_THAT_COME_BACK = """
-const RealWebSocket = window.WebSocket;
-window.socketsBroken = true;
-window.WebSocket = class extends EventTarget {
-  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
-  constructor(url) {
-    if (!window.socketsBroken) return new RealWebSocket(url);
-    super();
-    this.url = url;
-    this.readyState = 0;
-    setTimeout(() => {
-      this.readyState = 3;
-      const event = new Event("close");
-      Object.assign(event, { code: 1006, reason: "" });
-      this.dispatchEvent(event);
-    }, 50);
-  }
-  send() { throw new Error("not open"); }
-  close() {}
-};
-"""
-
-
 def test_once_sockets_work_again_the_page_moves_back_to_a_websocket(
     deployment: Deployment, browsing: Browsing, slug: str
 ) -> None:
@@ -127,7 +108,7 @@ def test_once_sockets_work_again_the_page_moves_back_to_a_websocket(
         # Fake timers that still run in real time: the 30 s wait before the
         # first upgrade attempt is skipped with fast_forward, not slept.
         page.clock.install()
-        page.add_init_script(SOCKETS_THAT_COME_BACK)
+        page.add_init_script(FAILING_SOCKETS)
 
     alice = browsing.open_room(
         deployment.url(0), slug, user="alice", prepare=sockets_that_come_back

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -166,3 +167,28 @@ def next_event(channel: str, timeout: float = 2) -> dict:
     event = async_to_sync(receive)()
     assert json.loads(json.dumps(event)) == event, "event is not plain JSON"
     return event
+
+
+@asynccontextmanager
+async def handshake_threads_busy(monkeypatch: Any) -> AsyncIterator[list[str]]:
+    """Both handshake database threads held by slow queries (2 s) queued
+    ahead of whatever comes next; yields the slugs of rooms opened while
+    they were held, and waits for the slow queries on the way out."""
+    from core import db, services
+
+    rooms_read: list[str] = []
+    open_room = services.open_room
+
+    def recorded_open_room(**kwargs: Any) -> Any:
+        rooms_read.append(kwargs["slug"])
+        return open_room(**kwargs)
+
+    monkeypatch.setattr(services, "open_room", recorded_open_room)
+    slow_queries = [
+        asyncio.create_task(db.run_handshake(time.sleep)(2.0)) for _ in "ab"
+    ]
+    await asyncio.sleep(0)  # the slow queries take both threads first
+    try:
+        yield rooms_read
+    finally:
+        await asyncio.gather(*slow_queries)

@@ -3,7 +3,6 @@ progress per process, a cheap 4503 with a retry hint past it, and a
 deadline that cancels a handshake's work before the server would drop it.
 """
 
-import asyncio
 import re
 import time
 
@@ -11,11 +10,11 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from backend.asgi import application
-from core import admission, consumers, db, services
+from core import admission, consumers
 from core.fanout import get_hub
 from core.presence import RoomRef, get_presence
 from core.servers import backpressure
-from tests.unit.conftest import token_for, ws_path
+from tests.unit.conftest import handshake_threads_busy, token_for, ws_path
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,23 +88,11 @@ async def test_a_handshake_past_its_deadline_is_cancelled_and_undone(
     reads never run, and nothing stays counted or joined."""
     settings.HANDSHAKE_DEADLINE_SECONDS = 0.5
     token = await token_for(alice)
-    rooms_read = []
-    open_room = services.open_room
-
-    def recorded_open_room(**kwargs):
-        rooms_read.append(kwargs["slug"])
-        return open_room(**kwargs)
-
-    monkeypatch.setattr(services, "open_room", recorded_open_room)
-    slow_queries = [
-        asyncio.create_task(db.run_handshake(time.sleep)(2.0)) for _ in "ab"
-    ]
-    await asyncio.sleep(0)  # slow queries take both handshake threads first
-    started = time.monotonic()
-    hint = await refused_busy("lobby", token)
-    assert time.monotonic() - started < 1.5, "answered at the deadline"
-    assert hint > 0
-    await asyncio.gather(*slow_queries)
+    async with handshake_threads_busy(monkeypatch) as rooms_read:
+        started = time.monotonic()
+        hint = await refused_busy("lobby", token)
+        assert time.monotonic() - started < 1.5, "answered at the deadline"
+        assert hint > 0
     assert rooms_read == [], "the handshake's queued reads were cancelled"
     assert consumers.open_connections() == 0
     assert admission.get_admission().in_progress == 0

@@ -4,20 +4,24 @@ application: routing, origin, auth, access, resume, limits, backpressure."""
 import asyncio
 import contextlib
 import functools
-import time
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import HttpCommunicator
 
 from backend.asgi import application
-from core import admission, consumers, db, services
+from core import admission, consumers, services
 from core.models import Message, Room
 from core.servers import backpressure
 from core.servers.backpressure import DECLINED, TOO_FULL, WriteBuffer
 from harness.waiting import async_wait_until
 from tests.factories import RoomFactory, private_room
-from tests.unit.conftest import connected, send_json, token_for
+from tests.unit.conftest import (
+    connected,
+    handshake_threads_busy,
+    send_json,
+    token_for,
+)
 from tests.unit.sse_client import Stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -466,22 +470,10 @@ async def test_a_stream_past_its_handshake_deadline_gets_503_and_is_undone(
     stream is answered 503, its queued room read never runs, nothing stays
     counted."""
     settings.HANDSHAKE_DEADLINE_SECONDS = 0.5
-    rooms_read = []
-    open_room = services.open_room
-
-    def recorded_open_room(**kwargs):
-        rooms_read.append(kwargs["slug"])
-        return open_room(**kwargs)
-
-    monkeypatch.setattr(services, "open_room", recorded_open_room)
-    slow_queries = [
-        asyncio.create_task(db.run_handshake(time.sleep)(2.0)) for _ in "ab"
-    ]
-    await asyncio.sleep(0)  # slow queries take both handshake threads first
-    status, _headers, body = await refusal("lobby")
-    assert status == 503
-    assert b'"server_busy"' in body
-    await asyncio.gather(*slow_queries)
+    async with handshake_threads_busy(monkeypatch) as rooms_read:
+        status, _headers, body = await refusal("lobby")
+        assert status == 503
+        assert b'"server_busy"' in body
     assert rooms_read == [], "the stream's queued read was cancelled"
     assert consumers.open_connections() == 0
     assert admission.get_admission().in_progress == 0
