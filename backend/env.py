@@ -109,6 +109,30 @@ def env_url(name: str, *, schemes: set[str], default: str | None = None) -> str 
     value = env_str(name)
     if value is None:
         return default
+    return _checked_url(name, value, schemes)
+
+
+def env_urls(name: str, *, schemes: set[str]) -> list[str]:
+    """Parse a comma list of URLs (each as ``env_url``), none listed twice;
+    empty when unset."""
+    urls = [_checked_url(name, url, schemes) for url in env_list(name, [])]
+    for position, url in enumerate(urls):
+        if url in urls[:position]:
+            raise ImproperlyConfigured(f"{name}: {_shown(url)} is listed twice")
+    return urls
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password, for an error line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return repr(url)
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return repr(parts._replace(netloc=user + netloc).geturl())
+
+
+def _checked_url(name: str, value: str, schemes: set[str]) -> str:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a bad port

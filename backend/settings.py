@@ -30,6 +30,7 @@ from backend.env import (
     env_pem_or_path,
     env_str,
     env_url,
+    env_urls,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -209,7 +210,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, presence, cache -----------------------------------
+# One Redis (REDIS_URL), or several (REDIS_URLS, a comma list), never both.
+# With several, the channel layer shards channels and groups over all of
+# them as channels_redis does (a CRC32 of the name), presence keeps each
+# room on the shard of the room's group, and limits keep each key on one
+# shard (core.shards); the cache and the metrics snapshots use the first.
+# REDIS_URL stays the first URL, so code that only asks "is there Redis?"
+# reads it either way.
+REDIS_URLS = env_urls("REDIS_URLS", schemes={"redis", "rediss"})
 REDIS_URL = env_url("REDIS_URL", schemes={"redis", "rediss"})
+if REDIS_URLS and REDIS_URL:
+    raise ImproperlyConfigured(
+        "REDIS_URLS: set together with REDIS_URL; set one of them "
+        "(REDIS_URLS may list a single URL)"
+    )
+if REDIS_URL:
+    REDIS_URLS = [REDIS_URL]
+elif REDIS_URLS:
+    REDIS_URL = REDIS_URLS[0]
 REDIS_CA_CERT = env_pem_or_path("REDIS_CA_CERT")
 CHANNEL_PREFIX = env_str("SWITCHBOARD_CHANNEL_PREFIX", "switchboard")
 
@@ -254,19 +272,27 @@ LAYER_BACKENDS = {
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
     "lists": "channels_redis.core.RedisChannelLayer",
 }
+# Each shard's connection options, in REDIS_URLS' order (a rediss:// one
+# gets the CA, a redis:// one must not).
+REDIS_SHARD_OPTIONS = [_redis_options(url, REDIS_CA_CERT) for url in REDIS_URLS]
 if REDIS_URL:
-    REDIS_OPTIONS = _redis_options(REDIS_URL, REDIS_CA_CERT)
+    REDIS_OPTIONS = REDIS_SHARD_OPTIONS[0]
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": LAYER_BACKENDS[CHANNEL_LAYER_KIND],
             "CONFIG": {
+                # Order matters: a name's shard is its hash's position here
+                # (the same list, in the same order, on every instance).
                 "hosts": [
                     {
-                        "address": REDIS_URL,
-                        **REDIS_OPTIONS,
+                        "address": url,
+                        **options,
                         # CLIENT LIST tells whose connection is whose.
                         "client_name": f"{CHANNEL_PREFIX}-layer",
                     }
+                    for url, options in zip(
+                        REDIS_URLS, REDIS_SHARD_OPTIONS, strict=True
+                    )
                 ],
                 "prefix": CHANNEL_PREFIX,
                 # The list layer's per-channel queue (default 100) drops
@@ -276,6 +302,11 @@ if REDIS_URL:
             },
         }
     }
+    # On the first Redis only. RedisCache given several LOCATIONs writes to
+    # the first and reads from any of the others (replicas): with shards,
+    # reads would miss what was written. Nothing here relies on the cache
+    # for anything that must be shared (limits and presence have their own
+    # clients), so one shard carries it.
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",

@@ -51,12 +51,14 @@ def check_deployment(
                 id="switchboard.W002",
             )
         )
-    if settings.REDIS_URL:
-        parts = urlsplit(settings.REDIS_URL)
+    for url in settings.REDIS_URLS:
+        parts = urlsplit(url)
         if parts.scheme == "redis" and parts.hostname not in LOCAL_HOSTS:
+            variable = "REDIS_URLS" if len(settings.REDIS_URLS) > 1 else "REDIS_URL"
             problems.append(
                 Warning(
-                    "REDIS_URL uses redis:// (no TLS) to a remote host.",
+                    f"{variable} uses redis:// (no TLS) to a remote host "
+                    f"({parts.hostname}).",
                     hint="Use the rediss:// URL of the managed cluster.",
                     id="switchboard.W003",
                 )

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
-from core import db, delivery, layer_watch, logs, metrics, services
+from core import db, delivery, layer_watch, logs, metrics, services, shards
 from core.delivery import (
     DONE,
     AccessRecheck,
@@ -105,12 +106,23 @@ class Hub:
         # Catch-ups started because a room's last_seq ran ahead of what a
         # connection had been told (a lost publish; _check_tails_forever).
         self.tail_catch_ups = 0
+        # One probe group per Redis server (shard), joined by this hub's
+        # channel: every round of probes crosses every shard, so an outage
+        # of any of them shows, not only of the one holding the channel.
+        stem = f"hub-probe.{uuid.uuid4().hex[:12]}"
+        self.probe_groups = [
+            shards.group_on(shard, stem) for shard in range(max(1, shards.count()))
+        ]
+        self.probes_joined = False
+        # Every shard's subscription connection is heard reconnecting.
+        self.watching = False
         self._reset_probes()
 
     def _reset_probes(self) -> None:
         self.probes_sent = 0
         self.probe_sent_at = 0.0
-        self.probes_back = 0
+        # The latest probe back from each shard.
+        self.probes_back_from = [0] * len(self.probe_groups)
         # While events may have been lost: the last probe sent before that
         # was noticed. One sent later coming back means the layer delivers.
         self.lost_after_probe: int | None = None
@@ -161,10 +173,21 @@ class Hub:
                 f"joining {group} failed: {exc.__class__.__name__}"
             )
 
+    @property
+    def probes_back(self) -> int:
+        """The latest probe round that came back from every shard."""
+        return min(self.probes_back_from)
+
     async def _ensure_channel(self) -> None:
         if self.channel is None:
             self.channel = await _twice(layer_watch.new_channel, self.layer, "hub.")
-            self._watch_reconnects(self.channel)
+            self.probes_joined = self.watching = False
+        if not self.probes_joined:
+            for group in self.probe_groups:
+                await _twice(self.layer.group_add, group, self.channel)
+            self.probes_joined = True
+            # Now every shard has a subscription (each holds a probe group).
+            self._watch_reconnects()
 
     async def unsubscribe(self, group: str, listener: Listener) -> None:
         """Stop delivering ``group`` to ``listener``; leave it if unused."""
@@ -208,17 +231,24 @@ class Hub:
             self.watchers.clear()
             # Nobody left: stop, and take a new channel next time (a
             # cancelled receive ends the channel on the pub/sub layer).
+            if self.channel is not None and self.probes_joined:
+                for probe_group in self.probe_groups:
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(settings.PUBLISH_TIMEOUT_SECONDS):
+                            await self.layer.group_discard(probe_group, self.channel)
             for task in self.tasks:
                 task.cancel()
             self.tasks = []
             self.channel = None
+            self.probes_joined = self.watching = False
 
-    def _watch_reconnects(self, channel: str) -> None:
+    def _watch_reconnects(self) -> None:
         # The probes notice an outage only if it spans one; a reconnect of
-        # the subscription is the outage itself, however short.
-        if not layer_watch.on_reconnect(
-            self.layer, channel, self._layer_reconnected
-        ) and not isinstance(self.layer, InMemoryChannelLayer):
+        # a subscription (one per shard) is the outage itself, however short.
+        if self.watching:
+            return
+        self.watching = layer_watch.on_reconnect(self.layer, self._layer_reconnected)
+        if not self.watching and not isinstance(self.layer, InMemoryChannelLayer):
             logger.warning(
                 "cannot watch %s's reconnects; outages shorter than %.1f s "
                 "are noticed by the periodic access re-check only",
@@ -265,7 +295,7 @@ class Hub:
                 continue
             delay = RETRY_MIN_SECONDS
             if event.get("type") == PROBE_TYPE:
-                self._probe_back(event.get("n", 0))
+                self._probe_back(event.get("shard", 0), event.get("n", 0))
                 continue
             await self._dispatch(event)
             # The pub/sub layer hands out queued events without awaiting:
@@ -273,14 +303,17 @@ class Hub:
             # process (publishes, acks, reads) waiting until it is gone.
             await asyncio.sleep(0)
 
-    def _probe_back(self, number: int) -> None:
-        # One subscription delivers in order, so a probe that overtakes an
-        # earlier one means that one, and whatever came with it, was lost.
-        if number > self.probes_back + 1:
-            self._events_may_be_lost("a probe did not come back")
+    def _probe_back(self, shard: int, number: int) -> None:
+        # One shard's subscription delivers in order, so a probe that
+        # overtakes an earlier one from the same shard means that one, and
+        # whatever came with it, was lost.
+        if not 0 <= shard < len(self.probes_back_from):
+            return  # another configuration's (a deploy changing REDIS_URLS)
+        if number > self.probes_back_from[shard] + 1:
+            self._events_may_be_lost(f"a probe did not come back (shard {shard})")
         if number == self.probes_sent:  # the latest: its send time is known
             metrics.observe_call(_PROBE_SECONDS, self.probe_sent_at)
-        self.probes_back = max(self.probes_back, number)
+        self.probes_back_from[shard] = max(self.probes_back_from[shard], number)
 
     async def _probe_forever(self) -> None:
         """Notice lost events, and have every connection fetch them.
@@ -290,8 +323,10 @@ class Hub:
         called: channels_redis issue 406), and what was published meanwhile
         is gone. The hub hears those reconnects (``_watch_reconnects``); a
         subscription that stays connected but stops delivering, or a layer
-        it cannot watch, shows in the probes: the hub sends its own channel
-        a numbered probe every HUB_PROBE_SECONDS. Events may have been lost
+        it cannot watch, shows in the probes: every HUB_PROBE_SECONDS the
+        hub sends a numbered probe to a group of its own on every Redis
+        server (shard), which its channel has joined, so that an outage of
+        any shard shows, not only of the channel's. Events may have been lost
         when a probe cannot be sent, when one is skipped, when none has come
         back for HUB_PROBE_TIMEOUT_SECONDS, or when a receive fails. Once a
         probe sent after that comes back, the hub re-joins its groups (a
@@ -307,14 +342,13 @@ class Hub:
                 await self._recover()
             self.probes_sent += 1
             self.probe_sent_at = time.perf_counter()
-            probe = {"type": PROBE_TYPE, "n": self.probes_sent}
             try:
-                if self.channel is None:
+                if self.channel is None or not self.probes_joined:
                     async with self.lock, asyncio.timeout(interval):
                         await self._ensure_channel()
+                self._watch_reconnects()
                 await asyncio.wait_for(
-                    # Not None: _ensure_channel set it or raised.
-                    self.layer.send(self.channel, probe),  # type: ignore[arg-type]  # see above
+                    self._send_probes(self.probes_sent),
                     settings.HUB_PROBE_TIMEOUT_SECONDS,
                 )
             except asyncio.CancelledError:
@@ -326,6 +360,17 @@ class Hub:
             unanswered = self.probes_sent - self.probes_back - 1
             if unanswered * interval > settings.HUB_PROBE_TIMEOUT_SECONDS:
                 self._events_may_be_lost("probes are not coming back")
+
+    async def _send_probes(self, number: int) -> None:
+        """Probe ``number`` to every shard's probe group at once."""
+        await asyncio.gather(
+            *(
+                self.layer.group_send(
+                    group, {"type": PROBE_TYPE, "n": number, "shard": shard}
+                )
+                for shard, group in enumerate(self.probe_groups)
+            )
+        )
 
     async def _recover(self) -> None:
         try:
@@ -343,7 +388,7 @@ class Hub:
         get_presence().resync()  # presence updates may have been lost too
 
     async def _rejoin(self) -> None:
-        for group in {*self.members, *self.watchers}:
+        for group in [*self.probe_groups, *{*self.members, *self.watchers}]:
             # None before the first channel (Redis was down): the layer
             # raises, and both callers retry later.
             await self.layer.group_add(group, self.channel)  # type: ignore[arg-type]  # see above

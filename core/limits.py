@@ -2,7 +2,9 @@
 
 One client must not get around a limit by spreading its work over sockets or
 instances, so the counts live in Redis when ``REDIS_URL`` is set (in process
-memory otherwise, which is right for one process). Two kinds:
+memory otherwise, which is right for one process). With several Redis
+servers (``REDIS_URLS``) each key lives on one of them, chosen by
+``core.shards.of_key``. Two kinds:
 
 - **Buckets** (``take``/``atake``): a token bucket per (name, ident), ``rate``
   tokens a second, at most ``burst`` saved up, kept as one Redis key by the
@@ -14,7 +16,8 @@ memory otherwise, which is right for one process). Two kinds:
 
 If Redis fails, each call falls back to this process's memory and logs (at
 most every ``FALLBACK_LOG_SECONDS``): limits stay in force per process
-rather than failing every handshake or request while Redis is away.
+rather than failing every handshake or request while Redis is away (only
+the keys of the failing shard, when there are several).
 """
 
 import asyncio
@@ -30,7 +33,7 @@ import redis
 from django.conf import settings
 from redis import asyncio as aioredis
 
-from core import metrics
+from core import metrics, shards
 
 logger = logging.getLogger(__name__)
 
@@ -136,21 +139,25 @@ _last_fallback_log = -math.inf
 # After a failure, calls go straight to memory this long before Redis is
 # tried again: while Redis hangs, no call waits REDIS_WAIT_SECONDS for it.
 FALLBACK_REST_SECONDS = 2.0
-_redis_resting_until = -math.inf
+# Per shard: a failing shard sends only its own keys to memory.
+_redis_resting_until: dict[int, float] = {}
 
 
-def _use_redis() -> bool:
-    return bool(settings.REDIS_URL) and time.monotonic() >= _redis_resting_until
+def _use_redis(shard: int) -> bool:
+    return bool(settings.REDIS_URL) and time.monotonic() >= (
+        _redis_resting_until.get(shard, -math.inf)
+    )
 
 
-def _fell_back(what: str, exc: Exception) -> None:
-    global _last_fallback_log, _redis_resting_until
+def _fell_back(what: str, exc: Exception, shard: int) -> None:
+    global _last_fallback_log
     now = time.monotonic()
-    _redis_resting_until = now + FALLBACK_REST_SECONDS
+    _redis_resting_until[shard] = now + FALLBACK_REST_SECONDS
     if now - _last_fallback_log >= FALLBACK_LOG_SECONDS:
         _last_fallback_log = now
         logger.warning(
-            "limits: Redis failed for %s (%s); this process counts alone meanwhile",
+            "limits: Redis%s failed for %s (%s); this process counts alone meanwhile",
+            f" shard {shard}" if shards.count() > 1 else "",
             what,
             exc.__class__.__name__,
         )
@@ -210,40 +217,51 @@ _memory = _Memory()
 # --- buckets -------------------------------------------------------------------
 
 
-_sync_client: redis.Redis | None = None
+_sync_clients: dict[int, redis.Redis] = {}
+_sync_lock = threading.Lock()
 
 
-def _sync_redis() -> redis.Redis:
-    global _sync_client
-    if _sync_client is None:
-        # Request threads share at most REDIS_CONNECTIONS connections.
-        pool = redis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,  # type: ignore[arg-type]  # only made when set
-            **{
-                **settings.REDIS_OPTIONS,
-                "socket_timeout": REDIS_WAIT_SECONDS,
-                "socket_connect_timeout": REDIS_WAIT_SECONDS,
-            },
-            max_connections=REDIS_CONNECTIONS,
-            timeout=REDIS_WAIT_SECONDS,
-            client_name=f"{settings.CHANNEL_PREFIX}-limits-http",
-        )
-        _sync_client = redis.Redis(connection_pool=pool)
-    return _sync_client
+def _sync_redis(shard: int) -> redis.Redis:
+    client = _sync_clients.get(shard)
+    if client is not None:
+        return client
+    with _sync_lock:
+        if shard not in _sync_clients:
+            _sync_clients[shard] = _new_sync_redis(shard)
+        return _sync_clients[shard]
+
+
+def _new_sync_redis(shard: int) -> redis.Redis:
+    # Request threads share at most REDIS_CONNECTIONS connections per shard.
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.REDIS_URLS[shard],
+        **{
+            **settings.REDIS_SHARD_OPTIONS[shard],
+            "socket_timeout": REDIS_WAIT_SECONDS,
+            "socket_connect_timeout": REDIS_WAIT_SECONDS,
+        },
+        max_connections=REDIS_CONNECTIONS,
+        timeout=REDIS_WAIT_SECONDS,
+        client_name=f"{settings.CHANNEL_PREFIX}-limits-http",
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def take(name: str, ident: str, rate: float, burst: int) -> float:
     """Take a token from bucket (name, ident): 0.0, or seconds to wait."""
     key = _key("bucket", name, ident)
+    shard = shards.of_key(key)
     wait = None
-    if _use_redis():
+    if _use_redis(shard):
         try:
             started = time.perf_counter()
-            waited_ms = _sync_redis().eval(TAKE_SCRIPT, 1, key, 1000.0 / rate, burst)
+            waited_ms = _sync_redis(shard).eval(
+                TAKE_SCRIPT, 1, key, 1000.0 / rate, burst
+            )
             metrics.observe_call(_REDIS_LIMIT_SECONDS, started)
             wait = int(waited_ms) / 1000.0
         except redis.RedisError as exc:
-            _fell_back(name, exc)
+            _fell_back(name, exc, shard)
     if wait is None:
         wait = _memory.take(key, rate, burst)
     return _counted(name, wait)
@@ -252,18 +270,19 @@ def take(name: str, ident: str, rate: float, burst: int) -> float:
 async def atake(name: str, ident: str, rate: float, burst: int) -> float:
     """``take`` for the event loop."""
     key = _key("bucket", name, ident)
+    shard = shards.of_key(key)
     wait = None
-    if _use_redis():
+    if _use_redis(shard):
         try:
             started = time.perf_counter()
             async with asyncio.timeout(REDIS_WAIT_SECONDS):
-                waited_ms = await _async_redis().eval(
+                waited_ms = await _async_redis(shard).eval(
                     TAKE_SCRIPT, 1, key, 1000.0 / rate, burst
                 )
             metrics.observe_call(_REDIS_LIMIT_SECONDS, started)
             wait = int(waited_ms) / 1000.0
         except (redis.RedisError, TimeoutError) as exc:
-            _fell_back(name, exc)
+            _fell_back(name, exc, shard)
     if wait is None:
         wait = _memory.take(key, rate, burst)
     return _counted(name, wait)
@@ -335,7 +354,17 @@ class Slots:
         self, name: str, ident: str, member: str, limit: int, toll: Toll | None
     ) -> Acquired:
         key = _key("slots", name, ident)
-        if _use_redis():
+        shard = shards.of_key(key)
+        if toll is not None:
+            bucket = _key("bucket", toll.name, toll.ident)
+            if shards.of_key(bucket) != shard:
+                # On another Redis: the toll first, then the slot, as two
+                # calls (a token taken stays taken either way).
+                wait = await _take_toll(toll, bucket)
+                if wait:
+                    return Acquired(False, wait)
+                toll = None
+        if _use_redis(shard):
             lease_ms = int(SLOT_LEASE_SECONDS * 1000)
             if toll is None:
                 script, keys, tail = ACQUIRE_SCRIPT, [key], []
@@ -346,12 +375,12 @@ class Slots:
             try:
                 started = time.perf_counter()
                 async with asyncio.timeout(REDIS_WAIT_SECONDS):
-                    outcome = await _async_redis().eval(
+                    outcome = await _async_redis(shard).eval(
                         script, len(keys), *keys, limit, lease_ms, member, *tail
                     )
                 metrics.observe_call(_REDIS_SLOT_SECONDS, started)
             except (redis.RedisError, TimeoutError) as exc:
-                _fell_back(name, exc)
+                _fell_back(name, exc, shard)
             else:
                 outcome = int(outcome)
                 if outcome < 0:
@@ -383,13 +412,14 @@ class Slots:
         if held is None or member not in held:
             return
         _forget(self.in_redis, key, member)
-        if not _use_redis():
+        shard = shards.of_key(key)
+        if not _use_redis(shard):
             return  # the lease runs out by itself
         try:
             async with asyncio.timeout(REDIS_WAIT_SECONDS):
-                await _async_redis().zrem(key, member)
+                await _async_redis(shard).zrem(key, member)
         except (redis.RedisError, TimeoutError) as exc:
-            _fell_back(name, exc)  # the lease runs out by itself
+            _fell_back(name, exc, shard)  # the lease runs out by itself
 
     def _ensure_renewal(self) -> None:
         if self.task is None or self.task.done():
@@ -398,19 +428,39 @@ class Slots:
     async def _renew_forever(self) -> None:
         while self.in_redis:
             await asyncio.sleep(SLOT_RENEW_SECONDS)
-            try:
-                await self._renew()
-            except (redis.RedisError, TimeoutError) as exc:
-                _fell_back("renewing slots", exc)
+            by_shard: dict[int, dict[str, set[str]]] = defaultdict(dict)
+            for key, members in list(self.in_redis.items()):
+                by_shard[shards.of_key(key)][key] = set(members)
+            for shard, held in by_shard.items():
+                try:
+                    await self._renew(shard, held)
+                except (redis.RedisError, TimeoutError) as exc:
+                    _fell_back("renewing slots", exc, shard)
 
-    async def _renew(self) -> None:
+    async def _renew(self, shard: int, held: dict[str, set[str]]) -> None:
         lease_ms = int(SLOT_LEASE_SECONDS * 1000)
-        client = _async_redis()
+        client = _async_redis(shard)
         async with asyncio.timeout(REDIS_WAIT_SECONDS * 5):
             async with client.pipeline(transaction=False) as pipe:
-                for key, members in list(self.in_redis.items()):
+                for key, members in held.items():
                     pipe.eval(RENEW_SCRIPT, 1, key, lease_ms, *members)
                 await pipe.execute()
+
+
+async def _take_toll(toll: Toll, bucket: str) -> float:
+    """A token of ``toll``'s bucket (its own shard), uncounted: 0.0 or the
+    seconds until one is available."""
+    shard = shards.of_key(bucket)
+    if _use_redis(shard):
+        try:
+            async with asyncio.timeout(REDIS_WAIT_SECONDS):
+                waited_ms = await _async_redis(shard).eval(
+                    TAKE_SCRIPT, 1, bucket, 1000.0 / toll.rate, toll.burst
+                )
+            return int(waited_ms) / 1000.0
+        except (redis.RedisError, TimeoutError) as exc:
+            _fell_back(toll.name, exc, shard)
+    return _memory.take(bucket, toll.rate, toll.burst)
 
 
 def _forget(table: dict[str, set[str]], key: str, member: str) -> None:
@@ -422,7 +472,8 @@ def _forget(table: dict[str, set[str]], key: str, member: str) -> None:
 
 # --- per event loop -----------------------------------------------------------
 
-_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = (
+# Per event loop: its client of each shard.
+_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Any]]" = (  # noqa: E501
     weakref.WeakKeyDictionary()
 )
 _slots: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Slots]" = (
@@ -431,22 +482,28 @@ _slots: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Slots]" = (
 
 
 def async_redis() -> aioredis.Redis:
-    """This event loop's Redis client, for limits and metrics snapshots."""
-    return _async_redis()
+    """This event loop's client of the first Redis, for metrics snapshots."""
+    return _async_redis(0)
 
 
-def _async_redis() -> aioredis.Redis:
+def _async_redis(shard: int) -> aioredis.Redis:
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
+    clients = _async_clients.get(loop)
+    if clients is None:
+        clients = _async_clients[loop] = {}
+    client = clients.get(shard)
     if client is None:
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,  # type: ignore[arg-type]  # only made when set
-            **{**settings.REDIS_OPTIONS, "socket_timeout": REDIS_WAIT_SECONDS},
+            settings.REDIS_URLS[shard],
+            **{
+                **settings.REDIS_SHARD_OPTIONS[shard],
+                "socket_timeout": REDIS_WAIT_SECONDS,
+            },
             max_connections=REDIS_CONNECTIONS,
             timeout=REDIS_WAIT_SECONDS,
             client_name=f"{settings.CHANNEL_PREFIX}-limits",
         )
-        client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
+        client = clients[shard] = aioredis.Redis(connection_pool=pool)
     return client
 
 
@@ -461,10 +518,10 @@ def get_slots() -> Slots:
 
 def reset_for_tests() -> None:
     """Forget every count kept in this process."""
-    global _memory, _sync_client, _redis_resting_until
+    global _memory
     _memory = _Memory()
-    _sync_client = None
-    _redis_resting_until = -math.inf
+    _sync_clients.clear()
+    _redis_resting_until.clear()
     for slots in list(_slots.values()):
         if slots.task is not None:
             slots.task.cancel()

@@ -3,6 +3,8 @@
 Each instance keeps one entry per (instance, user) for every room it serves,
 plus one per anonymous connection, with an expiry: in a Redis sorted set per
 room scored by expiry when ``REDIS_URL`` is set, in process memory otherwise.
+With several Redis servers (``REDIS_URLS``), a room's keys live on the shard
+that carries the room's channel-layer group (``core.shards.of_group``).
 Live entries are refreshed every ``PRESENCE_REFRESH_SECONDS`` with a
 ``PRESENCE_TTL_SECONDS`` lifetime; every instance sweeps expired entries of the
 rooms it serves, so a killed instance's users disappear within about a TTL.
@@ -22,7 +24,7 @@ from typing import NamedTuple
 from django.conf import settings
 from redis import asyncio as aioredis
 
-from core import metrics, protocol
+from core import metrics, protocol, shards
 from core.services import publish, room_group
 
 logger = logging.getLogger(__name__)
@@ -121,17 +123,26 @@ class RedisStore:
     def __init__(self) -> None:
         # A burst of handshakes makes as many concurrent presence writes; a
         # blocking pool queues them on a few connections instead of opening
-        # one each (redis-py's default pool has no practical limit).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,  # type: ignore[arg-type]  # only made when set
-            **settings.REDIS_OPTIONS,
-            max_connections=REDIS_CONNECTIONS,
-            timeout=REDIS_WAIT_SECONDS,
-            client_name=f"{settings.CHANNEL_PREFIX}-presence",
-            decode_responses=True,
-        )
-        self.redis = aioredis.Redis(connection_pool=pool)
+        # one each (redis-py's default pool has no practical limit). One
+        # client per shard, made when a room of that shard first needs it.
+        self.clients: dict[int, aioredis.Redis] = {}
         self.prefix = f"{settings.CHANNEL_PREFIX}:presence"
+
+    def client(self, room: RoomRef) -> aioredis.Redis:
+        """The client of the shard that holds ``room``'s presence."""
+        shard = shards.of_group(room_group(room.id))
+        client = self.clients.get(shard)
+        if client is None:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.REDIS_URLS[shard],
+                **settings.REDIS_SHARD_OPTIONS[shard],
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_WAIT_SECONDS,
+                client_name=f"{settings.CHANNEL_PREFIX}-presence",
+                decode_responses=True,
+            )
+            client = self.clients[shard] = aioredis.Redis(connection_pool=pool)
+        return client
 
     def _key(self, room: RoomRef, suffix: str = "") -> str:
         return f"{self.prefix}:{room.id}{suffix}"
@@ -139,7 +150,7 @@ class RedisStore:
     async def put(self, room: RoomRef, members: list[str], expires: float) -> None:
         if members:
             key = self._key(room)
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.client(room).pipeline(transaction=False) as pipe:
                 pipe.zadd(key, dict.fromkeys(members, expires))
                 # The whole set goes if no instance refreshes it any more.
                 pipe.expire(key, int(settings.PRESENCE_TTL_SECONDS * 2) + 1)
@@ -151,7 +162,7 @@ class RedisStore:
         """``put``, then ``members``: one round trip for a joining connection."""
         key = self._key(room)
         current: list[str]  # decode_responses: members come back as str
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.client(room).pipeline(transaction=False) as pipe:
             pipe.zadd(key, dict.fromkeys(members, expires))
             pipe.expire(key, int(settings.PRESENCE_TTL_SECONDS * 2) + 1)
             pipe.zrangebyscore(key, f"({now}", "+inf")
@@ -160,30 +171,36 @@ class RedisStore:
 
     async def remove(self, room: RoomRef, members: list[str]) -> None:
         if members:
-            await self.redis.zrem(self._key(room), *members)
+            await self.client(room).zrem(self._key(room), *members)
 
     async def sweep(self, room: RoomRef, now: float) -> int:
-        return await self.redis.zremrangebyscore(self._key(room), "-inf", now)
+        return await self.client(room).zremrangebyscore(self._key(room), "-inf", now)
 
     async def members(self, room: RoomRef, now: float) -> list[str]:
         # decode_responses: str, which redis-py's annotations do not follow.
-        return await self.redis.zrangebyscore(self._key(room), f"({now}", "+inf")  # type: ignore[return-value]
+        return await self.client(room).zrangebyscore(self._key(room), f"({now}", "+inf")  # type: ignore[return-value]
 
     async def claim_publish(
         self, room: RoomRef, digest: str, force: bool = False
     ) -> bool:
         published_key = self._key(room, ":published")
-        if not force and await self.redis.get(published_key) == digest:
+        if not force and await self.published(room) == digest:
             return False
         interval_ms = int(settings.PRESENCE_BROADCAST_SECONDS * 1000)
-        if not await self.redis.set(
+        if not await self.client(room).set(
             self._key(room, ":throttle"), INSTANCE_ID, nx=True, px=interval_ms
         ):
             return False
-        await self.redis.set(
+        await self.client(room).set(
             published_key, digest, ex=int(settings.PRESENCE_TTL_SECONDS * 2) + 1
         )
         return True
+
+    async def published(self, room: RoomRef) -> str | None:
+        """The digest of ``room``'s last published snapshot, if any."""
+        # decode_responses: str, which redis-py's annotations do not follow.
+        digest: str | None = await self.client(room).get(self._key(room, ":published"))  # type: ignore[assignment]
+        return digest
 
 
 class Presence:
@@ -360,7 +377,7 @@ class Presence:
         digest = _digest(snapshot)
         if isinstance(store, MemoryStore):
             return store.published.get(room) == digest
-        return await store.redis.get(store._key(room, ":published")) == digest
+        return await store.published(room) == digest
 
 
 _memory_store: MemoryStore | None = None

@@ -31,7 +31,7 @@ from django.views.decorators.http import require_http_methods
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from rest_framework.authtoken.models import Token
 
-from core import access, logs, metrics, protocol, reads, services, throttling
+from core import access, logs, metrics, protocol, reads, services, shards, throttling
 from core.forms import PasswordForm, RoomForm, SignupForm
 from core.models import Membership
 
@@ -66,11 +66,18 @@ def _database_answers() -> None:
 
 
 async def _channel_layer_round_trip() -> None:
-    # A publish to a group nobody joins: a Redis round trip that leaves
-    # nothing behind. (A receive would need a subscription of its own per
-    # request on the pub/sub layer; whether subscriptions deliver is what
-    # core.fanout's hub probes.)
-    await get_channel_layer().group_send(READY_GROUP, {"type": "readyz.ping"})  # type: ignore[union-attr]  # CHANNEL_LAYERS always set
+    # A publish to a group nobody joins, on every Redis server (shard): a
+    # round trip each that leaves nothing behind. (A receive would need a
+    # subscription of its own per request on the pub/sub layer; whether
+    # subscriptions deliver is what core.fanout's hub probes.)
+    layer = get_channel_layer()
+    ping = {"type": "readyz.ping"}
+    await asyncio.gather(
+        *(
+            layer.group_send(shards.group_on(shard, READY_GROUP), ping)  # type: ignore[union-attr]  # CHANNEL_LAYERS always set
+            for shard in range(max(1, shards.count()))
+        )
+    )
 
 
 async def readyz(request: HttpRequest) -> JsonResponse:

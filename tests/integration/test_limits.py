@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 def redis_limits(settings):
     for server in throwaway_redis():
         settings.REDIS_URL = server.url
+        settings.REDIS_URLS = [server.url]  # as backend.settings makes them
         settings.REDIS_OPTIONS = {"socket_keepalive": True}
+        settings.REDIS_SHARD_OPTIONS = [settings.REDIS_OPTIONS]
         settings.CHANNEL_PREFIX = "limits-test"
         limits.reset_for_tests()
         yield server

@@ -77,6 +77,10 @@ BAD_VALUES = [
     pytest.param("REDIS_URL", "http://x", id="redis-http"),
     pytest.param("REDIS_URL", "redis://host:notaport", id="redis-bad-port"),
     pytest.param("REDIS_URL", "rediss://", id="redis-no-host"),
+    pytest.param("REDIS_URLS", "redis://a:6379,http://b", id="redis-urls-http"),
+    pytest.param("REDIS_URLS", "redis://a:6379,redis://b:port", id="redis-urls-port"),
+    pytest.param("REDIS_URLS", "redis://a,rediss://", id="redis-urls-no-host"),
+    pytest.param("REDIS_URLS", "redis://a:1, redis://a:1", id="redis-urls-twice"),
     pytest.param("DJANGO_CSRF_TRUSTED_ORIGINS", "example.com", id="csrf-bare-host"),
     pytest.param("REDIS_CA_CERT", "/nonexistent", id="ca-missing-file"),
     pytest.param("REDIS_CA_CERT", str(ROOT / "manage.py"), id="ca-not-pem"),
@@ -281,6 +285,54 @@ def test_redis_url_selects_the_redis_layer_and_cache():
     assert cache["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
     assert cache["LOCATION"] == "redis://localhost:6379/0"
     assert cache["OPTIONS"]["socket_timeout"] > 0
+
+
+def test_redis_urls_shard_the_layer_and_keep_the_cache_on_the_first(ca_file):
+    values = read_settings(
+        "CHANNEL_LAYERS",
+        "CACHES",
+        "REDIS_URL",
+        "REDIS_URLS",
+        REDIS_URLS=" rediss://one.example:25061 , redis://localhost:6380/0,",
+        REDIS_CA_CERT=str(ca_file),
+    )
+    urls = ["rediss://one.example:25061", "redis://localhost:6380/0"]
+    assert values["REDIS_URLS"] == urls
+    # REDIS_URL reads as the first: code asking "is there Redis?" is right.
+    assert values["REDIS_URL"] == urls[0]
+    hosts = values["CHANNEL_LAYERS"]["default"]["CONFIG"]["hosts"]
+    # Every server, in the order given: the order is the sharding.
+    assert [host["address"] for host in hosts] == urls
+    # The CA goes to the TLS server only; redis:// would refuse the option.
+    assert "ssl_ca_data" in hosts[0]
+    assert "ssl_ca_data" not in hosts[1]
+    # Not RedisCache's several LOCATIONs (replicas, not shards): the first.
+    assert values["CACHES"]["default"]["LOCATION"] == urls[0]
+
+
+def test_one_url_in_redis_urls_is_the_same_as_redis_url():
+    names = ("CHANNEL_LAYERS", "CACHES", "REDIS_URL", "REDIS_URLS")
+    assert read_settings(*names, REDIS_URLS="redis://localhost:6379/0") == (
+        read_settings(*names, REDIS_URL="redis://localhost:6379/0")
+    )
+
+
+@pytest.mark.parametrize("command", ["manage.py check", "asgi"])
+def test_redis_url_and_redis_urls_together_stop_start_up(command):
+    both = {"REDIS_URL": "redis://a:6379", "REDIS_URLS": "redis://b:6379"}
+    args = (
+        ("manage.py", "check") if command != "asgi" else ("-c", "import backend.asgi")
+    )
+    result = run(*args, DJANGO_SECRET_KEY=SECRET_KEY, **both)
+    assert_stopped_naming(result, "REDIS_URLS")
+    assert "REDIS_URL" in result.stderr
+
+
+def test_a_password_in_a_listed_twice_url_is_not_printed():
+    twice = "redis://:s3cret@a:1,redis://:s3cret@a:1"
+    result = run("manage.py", "check", DJANGO_SECRET_KEY=SECRET_KEY, REDIS_URLS=twice)
+    assert_stopped_naming(result, "REDIS_URLS")
+    assert "s3cret" not in result.stderr
 
 
 def test_channel_prefix_is_a_setting():
