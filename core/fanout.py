@@ -265,6 +265,10 @@ class Hub:
         # noticed: an access check read before it may predate a lost
         # revocation.
         self.epoch += 1
+        # A restarted Redis has forgotten the probe groups too (the list
+        # layer keeps groups in Redis): join them again before the next
+        # probe, or no probe would come back to end the gap.
+        self.probes_joined = False
         if self.lost_after_probe is None:
             self.gaps += 1
             logger.warning(
