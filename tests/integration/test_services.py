@@ -224,6 +224,25 @@ def test_postgres_rejects_an_unsafe_database_name(postgres: PostgresCluster) -> 
         postgres.create_database('x"; DROP DATABASE postgres; --')
 
 
+def test_postgres_copies_a_template_database_with_its_rows(
+    postgres: PostgresCluster,
+) -> None:
+    """The integration tier's module databases are copies of one migrated
+    database (``migrated_template``): schema and rows, nothing shared."""
+    postgres.create_database("template_check")
+    with postgres.connect("template_check") as conn:
+        conn.execute("CREATE TABLE kept (n integer)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+    url = postgres.create_database("template_copy", template="template_check")
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        assert conn.execute("SELECT n FROM kept").fetchall() == [(7,)]
+        conn.execute("INSERT INTO kept VALUES (8)")
+    with postgres.connect("template_check") as conn:
+        assert conn.execute("SELECT n FROM kept").fetchall() == [(7,)]
+    with pytest.raises(ValueError, match="must match"):
+        postgres.create_database("fine", template='x"; DROP DATABASE postgres; --')
+
+
 def test_closing_postgres_stops_it_and_removes_the_cluster() -> None:
     with PostgresCluster() as cluster:
         directory = cluster.directory
