@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness.deployment import Deployment
 from harness.deployment import prepare_database as prepare
+from tests.support.server_settings import TEST_SERVER_SETTINGS
 
 PASSWORD = "browser-test-password-7"
 USERS = ("alice", "bob", "carol")
@@ -40,6 +41,9 @@ BASE_ENV = {
     "SWITCHBOARD_ROOM_CREATE_BURST": "1000",
     "SWITCHBOARD_SEARCH_RATE_PER_SECOND": "100",
     "SWITCHBOARD_SEARCH_BURST": "1000",
+    # Production's settings with a cheap password hasher, for ensure_user
+    # and every sign-in (tests/support/server_settings.py).
+    **TEST_SERVER_SETTINGS,
 }
 
 

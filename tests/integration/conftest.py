@@ -33,6 +33,7 @@ from tests.integration.common import (
     throwaway_postgres,
     throwaway_redis,
 )
+from tests.support.server_settings import TEST_SERVER_SETTINGS
 
 LOG_TAIL_LINES = 60
 
@@ -143,6 +144,9 @@ def deployment(
         # Every test client comes from 127.0.0.1: the per-address limits are
         # raised here, and the tests of those limits set their own.
         **LOOPBACK_CROWD,
+        # Production's settings with a cheap password hasher, for the
+        # instances and ensure_user alike (tests/support/server_settings.py).
+        **TEST_SERVER_SETTINGS,
     }
     # A module may ask for fewer (``USERS = n``): each costs a password hash.
     count = getattr(request.module, "USERS", USERS_PER_MODULE)

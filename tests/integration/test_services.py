@@ -21,6 +21,7 @@ from harness.process import ServiceFailed, ServiceUnavailable, free_port
 from harness.redis_server import RedisServer, find_redis_server
 from harness.tls import TlsFiles, make_tls_files
 from harness.waiting import async_wait_until, wait_until
+from tests.support.server_settings import TEST_SERVER_SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -332,7 +333,11 @@ def test_the_store_statement_refuses_an_author_who_lost_access_after_the_check(
         f"IS_PRIVATE = {is_private!r}\n"
         f"CHANGE = {change!r}\n" + STORE_RACE_SCRIPT
     )
-    env = {"DJANGO_SECRET_KEY": secrets.token_urlsafe(40), "DATABASE_URL": database_url}
+    env = {
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
+        "DATABASE_URL": database_url,
+        **TEST_SERVER_SETTINGS,  # a cheap password hash for the two users
+    }
     ensure_users(env, [f"owner-{tag}", f"author-{tag}"], secrets.token_urlsafe(16))
     result = manage("shell", "-c", script, env=env)
     report = json.loads(result.stdout.strip().splitlines()[-1])
