@@ -151,14 +151,22 @@ class PostgresCluster(Service):
             connect_timeout=5,
         )
 
-    def create_database(self, name: str) -> str:
-        """Create database ``name`` (``[a-z_][a-z0-9_]*``); return its URL."""
-        if not _DATABASE_NAME.fullmatch(name):
-            raise ValueError(
-                f"database name {name!r} must match {_DATABASE_NAME.pattern}"
-            )
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        """Create database ``name`` (``[a-z_][a-z0-9_]*``); return its URL.
+
+        ``template``: a copy of that database (``CREATE DATABASE ... TEMPLATE``),
+        schema and rows; nobody may be connected to it while it is copied.
+        """
+        for checked in (name, template):
+            if checked is not None and not _DATABASE_NAME.fullmatch(checked):
+                raise ValueError(
+                    f"database name {checked!r} must match {_DATABASE_NAME.pattern}"
+                )
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         with self.connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(statement)
         return self.url(name)
 
     def _initdb(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness.deployment import Deployment
 from harness.deployment import prepare_database as prepare
+from tests.support.server_settings import TEST_SERVER_SETTINGS
 
 PASSWORD = "browser-test-password-7"
 USERS = ("alice", "bob", "carol")
@@ -43,6 +44,9 @@ BASE_ENV = {
     # The members panel looks names up as they are typed, as one user.
     "SWITCHBOARD_USERS_LOOKUP_RATE_PER_SECOND": "100",
     "SWITCHBOARD_USERS_LOOKUP_BURST": "1000",
+    # Production's settings with a cheap password hasher, for ensure_user
+    # and every sign-in (tests/support/server_settings.py).
+    **TEST_SERVER_SETTINGS,
 }
 
 

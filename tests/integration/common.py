@@ -5,8 +5,11 @@ figures they print.  Clients and services come from ``harness``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+import shutil
+import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -74,6 +77,25 @@ def provision_laptop(tmp_path: Path, usernames: list[str]) -> dict[str, str]:
         env, usernames=usernames, password=PASSWORD, rooms={"lobby": "Lobby"}
     )
     return env
+
+
+def sqlite_snapshot(path: Path) -> Path:
+    """Fold the write-ahead log of the SQLite database at ``path`` into the
+    file, so that copying the file copies everything; return ``path``.
+
+    A fixture prepares such a database once (migrated, users, rooms,
+    messages) and each test serves a copy of its own (``sqlite_copy``).
+    """
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+def sqlite_copy(snapshot: Path, directory: Path) -> str:
+    """A copy of ``snapshot`` in ``directory``; its ``DATABASE_URL``."""
+    database = directory / "db.sqlite3"
+    shutil.copyfile(snapshot, database)
+    return f"sqlite:///{database}"
 
 
 def report(title: str, figures: Mapping[str, object]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from tests.integration.common import (
     throwaway_postgres,
     throwaway_redis,
 )
+from tests.support.server_settings import TEST_SERVER_SETTINGS
 
 LOG_TAIL_LINES = 60
 
@@ -81,18 +83,46 @@ def redis_server() -> Iterator[RedisServer]:
     yield from throwaway_redis()
 
 
+@pytest.fixture(scope="session")
+def migrated_templates() -> dict[Path, str]:
+    """Per cluster (its directory), a database migrated once and never used.
+
+    Each module's database is a copy (``CREATE DATABASE ... TEMPLATE``): a
+    tenth of a second instead of a ``manage.py migrate`` of two or more.
+    No test connects to a template, as PostgreSQL copies only unused ones.
+    Per cluster, as a module may start its own (``test_services.py``).
+    """
+    return {}
+
+
+def migrated_template(
+    postgres: PostgresCluster, templates: dict[Path, str], run_id: str
+) -> str:
+    """The name of ``postgres``'s template database, migrated on first use."""
+    if postgres.directory not in templates:
+        name = f"sb_{run_id}_template"
+        url = postgres.create_database(name)
+        manage(
+            "migrate",
+            "--noinput",
+            env={"DJANGO_SECRET_KEY": "migrate-only", "DATABASE_URL": url},
+        )
+        templates[postgres.directory] = name
+    return templates[postgres.directory]
+
+
 @pytest.fixture(scope="module")
 def database_url(
-    request: pytest.FixtureRequest, postgres: PostgresCluster, run_id: str
+    request: pytest.FixtureRequest,
+    postgres: PostgresCluster,
+    migrated_templates: dict[Path, str],
+    run_id: str,
 ) -> str:
-    """A fresh database for this module, migrated once."""
-    url = postgres.create_database(f"sb_{run_id}_{module_tag(request)}")
-    manage(
-        "migrate",
-        "--noinput",
-        env={"DJANGO_SECRET_KEY": "migrate-only", "DATABASE_URL": url},
+    """A fresh, migrated database for this module: a copy of the template."""
+    template = migrated_template(postgres, migrated_templates, run_id)
+    return postgres.create_database(
+        f"sb_{run_id}_{module_tag(request)}", template=template
     )
-    return url
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +144,9 @@ def deployment(
         # Every test client comes from 127.0.0.1: the per-address limits are
         # raised here, and the tests of those limits set their own.
         **LOOPBACK_CROWD,
+        # Production's settings with a cheap password hasher, for the
+        # instances and ensure_user alike (tests/support/server_settings.py).
+        **TEST_SERVER_SETTINGS,
     }
     # A module may ask for fewer (``USERS = n``): each costs a password hash.
     count = getattr(request.module, "USERS", USERS_PER_MODULE)

@@ -19,7 +19,8 @@ from harness.app import AppProcess
 from harness.deployment import prepare_database
 from harness.http import api, sign_in
 from harness.process import ServiceUnavailable
-from tests.integration.common import report
+from tests.integration.common import report, sqlite_copy, sqlite_snapshot
+from tests.support.server_settings import TEST_SERVER_SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -47,33 +48,56 @@ def store_heavy(app: AppProcess, token: str) -> None:
     api(app, "POST", "/api/rooms/heavy/messages/", {"body": HEAVY_BODY}, token=token)
 
 
-@pytest.fixture
-def heavy_room(tmp_path):
-    env = {
-        "DJANGO_SECRET_KEY": "output-gate-test-key",
-        "DJANGO_DEBUG": "1",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "SWITCHBOARD_OUTPUT_BUFFER_BYTES": str(BUDGET),
-        "SWITCHBOARD_OUTPUT_DRAIN_SECONDS": "3",
-        # Every history request is served: the gate alone must hold.
-        "SWITCHBOARD_HISTORY_RATE_PER_SECOND": "1000",
-        "SWITCHBOARD_HISTORY_BURST": "1000",
-        # The fixture stores MESSAGES through the API before any test runs.
-        "SWITCHBOARD_SEND_RATE_PER_SECOND": "100000",
-        "SWITCHBOARD_SEND_BURST": "100000",
-    }
+SERVER_ENV = {
+    "DJANGO_SECRET_KEY": "output-gate-test-key",
+    "DJANGO_DEBUG": "1",
+    "SWITCHBOARD_OUTPUT_BUFFER_BYTES": str(BUDGET),
+    "SWITCHBOARD_OUTPUT_DRAIN_SECONDS": "3",
+    # Every history request is served: the gate alone must hold.
+    "SWITCHBOARD_HISTORY_RATE_PER_SECOND": "1000",
+    "SWITCHBOARD_HISTORY_BURST": "1000",
+    # The fixture stores MESSAGES through the API before any test runs.
+    "SWITCHBOARD_SEND_RATE_PER_SECOND": "100000",
+    "SWITCHBOARD_SEND_BURST": "100000",
+    # A cheap password hash for the sender (tests/support/server_settings.py).
+    **TEST_SERVER_SETTINGS,
+}
+
+
+def start_app(env: dict[str, str]) -> AppProcess:
+    try:
+        return AppProcess(env).start()
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def heavy_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database whose room ``heavy`` holds MESSAGES heavy messages,
+    made once; each test serves a copy of its own from a fresh instance."""
+    path = tmp_path_factory.mktemp("output-gate") / "snapshot.sqlite3"
+    env = {**SERVER_ENV, "DATABASE_URL": f"sqlite:///{path}"}
     prepare_database(
         env, usernames=["sender"], password=PASSWORD, rooms={"heavy": "Heavy"}
     )
+    app = start_app(env)
     try:
-        app = AppProcess(env).start()
-    except ServiceUnavailable as exc:
-        pytest.skip(str(exc))
+        token = sign_in(app, "sender", PASSWORD)
+        # Stored through the API, as a user sends them; a few at a time, as
+        # Django serves sync views on one thread.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda _: store_heavy(app, token), range(MESSAGES)))
+    finally:
+        app.close()
+    return sqlite_snapshot(path)
+
+
+@pytest.fixture
+def heavy_room(tmp_path, heavy_database):
+    """A fresh instance (its own log) on a copy of ``heavy_database``."""
+    env = {**SERVER_ENV, "DATABASE_URL": sqlite_copy(heavy_database, tmp_path)}
+    app = start_app(env)
     token = sign_in(app, "sender", PASSWORD)
-    # Stored through the API, as a user sends them; a few at a time, as
-    # Django serves sync views on one thread.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda _: store_heavy(app, token), range(MESSAGES)))
     yield app, token
     app.close()
 

@@ -21,6 +21,7 @@ from harness.process import ServiceFailed, ServiceUnavailable, free_port
 from harness.redis_server import RedisServer, find_redis_server
 from harness.tls import TlsFiles, make_tls_files
 from harness.waiting import async_wait_until, wait_until
+from tests.support.server_settings import TEST_SERVER_SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -224,6 +225,25 @@ def test_postgres_rejects_an_unsafe_database_name(postgres: PostgresCluster) -> 
         postgres.create_database('x"; DROP DATABASE postgres; --')
 
 
+def test_postgres_copies_a_template_database_with_its_rows(
+    postgres: PostgresCluster,
+) -> None:
+    """The integration tier's module databases are copies of one migrated
+    database (``migrated_template``): schema and rows, nothing shared."""
+    postgres.create_database("template_check")
+    with postgres.connect("template_check") as conn:
+        conn.execute("CREATE TABLE kept (n integer)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+    url = postgres.create_database("template_copy", template="template_check")
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        assert conn.execute("SELECT n FROM kept").fetchall() == [(7,)]
+        conn.execute("INSERT INTO kept VALUES (8)")
+    with postgres.connect("template_check") as conn:
+        assert conn.execute("SELECT n FROM kept").fetchall() == [(7,)]
+    with pytest.raises(ValueError, match="must match"):
+        postgres.create_database("fine", template='x"; DROP DATABASE postgres; --')
+
+
 def test_closing_postgres_stops_it_and_removes_the_cluster() -> None:
     with PostgresCluster() as cluster:
         directory = cluster.directory
@@ -313,7 +333,11 @@ def test_the_store_statement_refuses_an_author_who_lost_access_after_the_check(
         f"IS_PRIVATE = {is_private!r}\n"
         f"CHANGE = {change!r}\n" + STORE_RACE_SCRIPT
     )
-    env = {"DJANGO_SECRET_KEY": secrets.token_urlsafe(40), "DATABASE_URL": database_url}
+    env = {
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
+        "DATABASE_URL": database_url,
+        **TEST_SERVER_SETTINGS,  # a cheap password hash for the two users
+    }
     ensure_users(env, [f"owner-{tag}", f"author-{tag}"], secrets.token_urlsafe(16))
     result = manage("shell", "-c", script, env=env)
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -672,3 +672,39 @@ def test_the_channel_layer_is_one_setting(value, backend):
         variables["SWITCHBOARD_CHANNEL_LAYER"] = value
     layers = read_settings("CHANNEL_LAYERS", **variables)["CHANNEL_LAYERS"]
     assert layers["default"]["BACKEND"] == backend
+
+
+def _every_setting(settings_module: str) -> dict:
+    code = (
+        "import json\n"
+        "from django.conf import settings\n"
+        # Not the module's own helpers (_VALIDATORS), which a star import
+        # leaves behind and nothing reads through django.conf.settings.
+        "names = [n for n in dir(settings) if n.isupper() and n[0] != '_']\n"
+        "print(json.dumps({n: getattr(settings, n) for n in names}, default=str))\n"
+    )
+    result = run(
+        "-c", code, DJANGO_SETTINGS_MODULE=settings_module, DJANGO_SECRET_KEY=SECRET_KEY
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_test_servers_differ_from_production_in_the_password_hasher_only():
+    """The integration and browser tiers' servers load
+    ``tests.support.server_settings``: production's settings, with a cheap
+    hasher in front. Production's own default stays PBKDF2."""
+    production = _every_setting("backend.settings")
+    tested = _every_setting("tests.support.server_settings")
+
+    differing = {
+        name
+        for name in production.keys() | tested.keys()
+        if production.get(name) != tested.get(name)
+    }
+    assert differing == {"PASSWORD_HASHERS", "SETTINGS_MODULE", "TEST_SERVER_SETTINGS"}
+    assert production["PASSWORD_HASHERS"][0].endswith(".PBKDF2PasswordHasher")
+    assert tested["PASSWORD_HASHERS"] == [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        *production["PASSWORD_HASHERS"],
+    ]
