@@ -27,6 +27,9 @@ from tests.unit.sse_client import Stream
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+LIVE_SECONDS = 1.5
+
+
 def sse_path(slug: str, query: str = "") -> str:
     return f"/sse/rooms/{slug}/" + (f"?{query}" if query else "")
 
@@ -58,10 +61,12 @@ async def refusal(slug: str, *, token=None, headers=None, method="GET"):
     return stream.status, stream.headers, stream.body
 
 
-@database_sync_to_async
-def post(slug: str, body: str) -> dict:
-    room = Room.objects.get(slug=slug)
-    return services.store_message(room=room, author=None, body=body, client_id=None)
+async def post(slug: str, body: str) -> dict:
+    """Store and publish a message as the API does (live, not by the
+    delivery bound's catch-up)."""
+    room = await database_sync_to_async(Room.objects.get)(slug=slug)
+    result = await services.post_message(room=room, author=None, body=body)
+    return result.message
 
 
 # --- the stream ------------------------------------------------------------------
@@ -83,7 +88,8 @@ async def test_a_reader_gets_retry_welcome_presence_then_live_messages(lobby):
         assert presence["type"] == "presence"
         assert "_id" not in presence
         await post("lobby", "live")
-        message, _ = await stream.until("message")
+        # Live, well before the delivery bound's catch-up (2-4 s here).
+        message, _ = await stream.until("message", timeout=LIVE_SECONDS)
         assert (message["type"], message["body"], message["seq"]) == (
             "message",
             "live",
