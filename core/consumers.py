@@ -739,21 +739,22 @@ class RoomSession(AsyncConsumer):
 
     async def _send_shared(self, shared: Shared) -> None:
         """A frame encoded once for many connections, through the gate."""
-        outcome = self.delivery.may_send()
-        if outcome is not SEND_FRAME:
-            if outcome is TOO_SLOW:
-                self._too_slow("its unsent output passed its budget")
-            return
-        await self._send_encoded(shared)
+        if self._gate_open():
+            await self._send_encoded(shared)
 
     # --- output -------------------------------------------------------------------
 
+    def _gate_open(self) -> bool:
+        """May a frame go out now? A client past its output budget is
+        closed as too slow (core.output)."""
+        outcome = self.delivery.may_send()
+        if outcome is TOO_SLOW:
+            self._too_slow("its unsent output passed its budget")
+        return outcome is SEND_FRAME
+
     async def send_frame(self, frame: Any) -> None:
         """Every frame but live messages goes out here, through the gate."""
-        outcome = self.delivery.may_send()
-        if outcome is not SEND_FRAME:
-            if outcome is TOO_SLOW:
-                self._too_slow("its unsent output passed its budget")
+        if not self._gate_open():
             return
         metrics.frames_sent.labels(frame.get("type", "other")).inc()
         await self._send_text(json.dumps(frame, ensure_ascii=False), frame)

@@ -8,15 +8,11 @@ export function csrfToken() {
   return match ? decodeURIComponent(match[1]) : "";
 }
 
-/**
- * ``method`` ``url`` with an optional JSON ``body``; resolves to
- * ``{ok, status, data, retryAfter}`` (``data``: the JSON answer or null).
- * Network failures reject, as fetch does; so does an abort through ``signal``.
- */
-export async function api(method, url, body = undefined, { signal } = {}) {
+/** The fetch ``api`` makes, resolving to the Response itself. */
+export function request(method, url, body = undefined, { signal } = {}) {
   const headers = { Accept: "application/json", "X-CSRFToken": csrfToken() };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(url, {
+  return fetch(url, {
     method,
     credentials: "same-origin",
     cache: "no-store",
@@ -24,6 +20,15 @@ export async function api(method, url, body = undefined, { signal } = {}) {
     body: body === undefined ? undefined : JSON.stringify(body),
     signal,
   });
+}
+
+/**
+ * ``method`` ``url`` with an optional JSON ``body``; resolves to
+ * ``{ok, status, data, retryAfter}`` (``data``: the JSON answer or null).
+ * Network failures reject, as fetch does; so does an abort through ``signal``.
+ */
+export async function api(method, url, body = undefined, { signal } = {}) {
+  const response = await request(method, url, body, { signal });
   const data = response.status === 204 ? null : await response.json().catch(() => null);
   const retryAfter = Number(response.headers.get("Retry-After")) || null;
   return { ok: response.ok, status: response.status, data, retryAfter };

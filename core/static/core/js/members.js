@@ -6,17 +6,10 @@
 // as before. Text goes in through textContent only.
 
 import { api, problem } from "switchboard/http.js";
-import { avatar } from "switchboard/render.js";
+import { avatar, el } from "switchboard/render.js";
 
 const CHECK_DELAY_MS = 250;
 const USERNAME_MAX = 150;
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function later(result) {
   const seconds = result.retryAfter ?? Math.ceil((Number(result.data?.retry_after_ms) || 1000) / 1000);

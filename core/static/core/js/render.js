@@ -13,7 +13,8 @@ const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeS
 // Consecutive messages of one author closer than this share one header.
 const GROUP_GAP_MS = 5 * 60 * 1000;
 
-function el(tag, className, text) {
+/** An element with a class and text (text only through textContent). */
+export function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;

@@ -8,6 +8,7 @@
 // Text goes in through textContent only.
 
 import { api } from "switchboard/http.js";
+import { el } from "switchboard/render.js";
 
 // Counts are capped by the server: 999 means "999 or more".
 const COUNT_CAP = 999;
@@ -30,13 +31,6 @@ export function formatCount(n) {
 function count(value) {
   const n = Number(value);
   return Number.isSafeInteger(n) && n > 0 ? Math.min(n, COUNT_CAP) : 0;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function lockIcon() {

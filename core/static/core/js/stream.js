@@ -6,16 +6,11 @@
 // frame the socket would have had (ack, error, history), so the page's logic
 // is the same on both. Sends keep their client_id: a retry is stored once.
 
+import { request } from "switchboard/http.js";
+
 export const CONNECTING = 0;
 export const OPEN = 1;
 export const CLOSED = 3;
-
-function csrfToken() {
-  const input = document.querySelector("input[name=csrfmiddlewaretoken]");
-  if (input) return input.value;
-  const match = /(?:^|;\s*)csrftoken=([^;]+)/.exec(document.cookie);
-  return match ? decodeURIComponent(match[1]) : "";
-}
 
 /** The error frame a socket would have sent for an HTTP refusal. */
 async function errorFrame(response, clientId) {
@@ -104,7 +99,7 @@ export class StreamLink extends EventTarget {
     const byType = {
       ping: async () => this.deliverFrame({ type: "pong" }),
       typing: async () => {
-        await this.request("POST", this.typingApi);
+        await request("POST", this.typingApi);
       },
       send: () =>
         this.write("POST", this.messagesApi, frame, { body: frame.body, client_id: frame.client_id }),
@@ -120,20 +115,9 @@ export class StreamLink extends EventTarget {
     if (Object.hasOwn(byType, frame.type)) await byType[frame.type]();
   }
 
-  request(method, url, body = undefined) {
-    const headers = { Accept: "application/json", "X-CSRFToken": csrfToken() };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    return fetch(url, {
-      method,
-      credentials: "same-origin",
-      cache: "no-store",
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  }
 
   async write(method, url, frame, body) {
-    const response = await this.request(method, url, body);
+    const response = await request(method, url, body);
     if (response.ok) {
       const message = await response.json();
       this.deliverFrame({ type: "ack", client_id: frame.client_id, seq: message.seq });
@@ -146,7 +130,7 @@ export class StreamLink extends EventTarget {
    * would get through the user's group (it comes that way too). A refusal
    * is not an error to show: the page marks read again as more is seen. */
   async read(frame) {
-    const response = await this.request("PUT", this.readApi, { seq: frame.seq });
+    const response = await request("PUT", this.readApi, { seq: frame.seq });
     if (response.ok) this.deliverFrame({ type: "read", ...(await response.json()) });
   }
 
@@ -155,7 +139,7 @@ export class StreamLink extends EventTarget {
     for (const name of ["after", "before", "limit"]) {
       if (Number.isSafeInteger(frame[name])) params.set(name, String(frame[name]));
     }
-    const response = await this.request("GET", `${this.messagesApi}?${params}`);
+    const response = await request("GET", `${this.messagesApi}?${params}`);
     if (!response.ok) {
       this.deliverFrame(await errorFrame(response, null));
       return;
