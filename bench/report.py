@@ -444,8 +444,10 @@ def checks(runs: list[Run]) -> list[dict[str, Any]]:
         out += _versus(
             runs, "uvicorn", 1000, rate, "raw", "websockets", config.UVICORN_VS_RAW_MIN
         )
+    out.append(_saturation_check(runs))
     for server in ("daphne", "uvicorn"):
         out += _rooms_checks(runs, server)
+    out.append(_stored_message_check(runs))
     idle = find(runs, "idle", "switchboard", "daphne")
     out.append(_check(
         "daphne idle: connections held open",
@@ -503,6 +505,38 @@ def _versus(
             f">= {minimum:g} x, all joined",
         )
     ]
+
+
+def _saturation_check(runs: list[Run]) -> dict[str, Any]:
+    a = find(runs, "fanout", "switchboard", "daphne", subscribers=1000, rate=100)
+    b = find(runs, "fanout", "raw", "websockets", subscribers=1000, rate=100)
+    value = ratio(a and a["p99_ms"], b and b["p99_ms"])
+    return _check(
+        "daphne fanout 1000 @ 100/s: p99 vs raw",
+        value,
+        _both(
+            _at_most(value, config.SATURATION_P99_VS_RAW_MAX),
+            nothing_lost(a),
+            all_joined(a),
+            all_joined(b),
+        ),
+        f"<= {config.SATURATION_P99_VS_RAW_MAX:g} x, 0 lost, all joined",
+    )
+
+
+def _stored_message_check(runs: list[Run]) -> dict[str, Any]:
+    # Both deliver each message to the same 5 subscribers: the ratio of CPU
+    # per delivery is the ratio of CPU per message.
+    a = find(runs, "rooms", "switchboard", "daphne")
+    b = find(runs, "rooms", "tutorial", "daphne")
+    value = ratio(a and a["cpu_us_per_delivery"], b and b["cpu_us_per_delivery"])
+    return _check(
+        "daphne rooms: server CPU per stored message vs tutorial "
+        "(an aim: docs/performance.md)",
+        value,
+        _at_most(value, config.STORED_MESSAGE_CPU_VS_TUTORIAL_MAX),
+        f"<= {config.STORED_MESSAGE_CPU_VS_TUTORIAL_MAX:g} x",
+    )
 
 
 def _handshake_check(runs: list[Run], server: str) -> dict[str, Any]:

@@ -253,7 +253,10 @@ class AdmissionMiddleware:
         try:
             async with asyncio.timeout(ticket.deadline - time.monotonic()) as budget:
                 watch.budget = budget
-                await self.app({**scope, SCOPE_KEY: ticket}, receive, watch.send)
+                # Added to, not copied: the server made this scope for this
+                # connection alone, and a copy would live as long as it does.
+                scope[SCOPE_KEY] = ticket
+                await self.app(scope, receive, watch.send)
         except TimeoutError:
             if watch.answered:
                 raise  # not the deadline's: it was off once answered

@@ -177,6 +177,10 @@ class RoomSession(AsyncConsumer):
     # No channel-layer channel per connection: the process's hub listens for
     # everyone (core.fanout). An unknown alias makes Channels skip its own.
     channel_layer_alias = "per-process-hub-only"
+    # Nor Channels' groups (ours are groups_joined). Class attributes, not
+    # one list and one None per connection (docs/performance.md, "Memory").
+    channel_layer = None  # type: ignore[assignment]  # Channels types it as set
+    groups: Any = ()
 
     # Scopes are plain dicts here, as Channels passes them (its stubs type
     # them as asgiref's TypedDicts; see core/auth.py and core/accesslog.py).
@@ -222,7 +226,10 @@ class RoomSession(AsyncConsumer):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            if _FAST_DISPATCH:  # no task per event (core.servers.dispatch)
+                await channels_dispatch.run(self, scope, receive, send)
+            else:
+                await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
             # Daphne cancels every application on SIGTERM: say goodbye (4012
             # on a socket) so clients resume elsewhere, and drop presence.

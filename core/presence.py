@@ -357,20 +357,29 @@ class Presence:
 
     async def _broadcast(self) -> None:
         for room in list(self.dirty):
-            snapshot = _snapshot(await self.store.members(room, time.time()))
-            forced = room in self.forced
-            if await self.store.claim_publish(room, _digest(snapshot), forced):
-                users, anonymous = snapshot
-                frame = protocol.presence_frame(
-                    room=room.slug, users=set(users), anonymous=anonymous
-                )
-                await publish(
-                    room_group(room.id), {"type": "room.presence", "frame": frame}
-                )
-                self.dirty.discard(room)
-                self.forced.discard(room)
-            elif not forced and await self._unchanged(room, snapshot):
-                self.dirty.discard(room)
+            # Clean before the snapshot is read: a join or leave during the
+            # awaits below marks the room again, for the next round (cleaned
+            # after them, it was lost until the room's next change).
+            self.dirty.discard(room)
+            done = False
+            try:
+                snapshot = _snapshot(await self.store.members(room, time.time()))
+                forced = room in self.forced
+                if await self.store.claim_publish(room, _digest(snapshot), forced):
+                    users, anonymous = snapshot
+                    frame = protocol.presence_frame(
+                        room=room.slug, users=set(users), anonymous=anonymous
+                    )
+                    await publish(
+                        room_group(room.id), {"type": "room.presence", "frame": frame}
+                    )
+                    self.forced.discard(room)
+                    done = True
+                elif not forced:
+                    done = await self._unchanged(room, snapshot)
+            finally:
+                if not done:
+                    self.dirty.add(room)
 
     async def _unchanged(self, room: RoomRef, snapshot: Snapshot) -> bool:
         store = self.store

@@ -22,6 +22,9 @@ and only on the versions they were verified against (``core.servers``).
    and its own copy of the factory's 29 protocol options. Once the socket is
    open none of it is read again; letting go of it took an idle connection
    from 35.9 to 29.4 KiB (docs/performance.md, "Memory per connection").
+   Then the 41 attributes that stay at their first value until a ping or
+   the close (QUIET_DEFAULTS), and autobahn's send queue, which Daphne never
+   fills: the class carries them until a socket sets its own.
    And autobahn pretty-prints its options for a debug log line on every
    connection, whether or not it is logged; that waits until it is.
    Upstream: no issue yet (to file at django/daphne: "an open WebSocket
@@ -59,15 +62,26 @@ and only on the versions they were verified against (``core.servers``).
    file at django/daphne: "let the application set closeHandshakeTimeout";
    autobahn counts from queueing by design).
 
+6. A queue per connection. Daphne gives every application an
+   ``asyncio.Queue`` for its events: four deques, about 3 KiB, for as long
+   as the connection lives, though it seldom holds more than one event.
+   ``ApplicationQueue`` does what Daphne and an application use of it
+   (``put_nowait``, ``get``) in a list that is emptied as it is read.
+   Upstream: no issue yet (to file at django/daphne: "an asyncio.Queue per
+   connection costs 3 KiB of an idle WebSocket").
+
 Remove each once Daphne (or autobahn) ships the fix; each is checked
 against a real Daphne in tests/integration/test_daphne_fix.py (the close
 reasons in tests/integration/test_storm.py).
 """
 
 import asyncio
+import contextlib
 import logging
 import pprint
 import sys
+from collections import deque
+from functools import partial
 from typing import Any
 
 from core.servers import verified
@@ -106,7 +120,59 @@ HANDSHAKE_LEFTOVERS = (
     "http_request_host",
     "http_request_path",
     "_wskey",
+    "websocket_extensions",
+    "websocket_protocols",
 )
+
+# autobahn's per-connection state that is at these values once a socket is
+# open and stays there until a ping, an error or the closing handshake. The
+# protocol class (_protocol_with_options) carries them, and an open socket
+# drops its own copies of those still at them: 70 attributes made a
+# 1.5 KiB instance dictionary, the 29 left make a 0.8 KiB one.
+QUIET_DEFAULTS: dict[str, Any] = {
+    **dict.fromkeys(HANDSHAKE_LEFTOVERS, None),
+    **dict.fromkeys(
+        (
+            "_perMessageCompress",
+            "autoPingPending",
+            "autoPingPendingCall",
+            "autoPingPendingSent",
+            "autoPingTimeoutCall",
+            "closeHandshakeTimeoutCall",
+            "current_frame",
+            "localCloseCode",
+            "localCloseReason",
+            "openHandshakeTimeoutCall",
+            "protocol_to_accept",
+            "remoteCloseCode",
+            "remoteCloseReason",
+            "trackedTimings",
+            "wasNotCleanReason",
+            "websocket_protocol_in_use",
+        ),
+        None,
+    ),
+    **dict.fromkeys(
+        (
+            "closedByMe",
+            "droppedByMe",
+            "failedByMe",
+            "inside_message",
+            "triggered",
+            "wasClean",
+            "wasCloseHandshakeTimeout",
+            "wasMaxFramePayloadSizeExceeded",
+            "wasMaxMessagePayloadSizeExceeded",
+            "wasOpenHandshakeTimeout",
+            "wasServerConnectionDropTimeout",
+            "wasServingFlashSocketPolicyFile",
+        ),
+        False,
+    ),
+    "autoPingPendingSeq": 0,
+    "send_state": 0,  # SEND_STATE_GROUND
+}
+_MISSING = object()
 
 
 def apply() -> None:
@@ -120,6 +186,8 @@ def apply() -> None:
         return
     if server and not getattr(server.Server.kill_all_applications, _MARK, False):
         _fix_shutdown(server)
+    if server and not getattr(server.Server.create_application, _MARK, False):
+        _lean_queues(server)
     if ws and not getattr(ws.WebSocketProtocol.onOpen, _MARK, False):
         _slim_websockets(ws)
     if ws and not getattr(ws.WebSocketProtocol.handle_reply, _MARK, False):
@@ -196,6 +264,90 @@ def _fix_shutdown(module: Any) -> None:
     module.Server.kill_all_applications = kill_all_applications
 
 
+class ApplicationQueue:
+    """An application's events, first in first out: ``asyncio.Queue``'s
+    ``put_nowait``, ``get_nowait`` and ``get`` (unbounded; a cancelled
+    ``get`` loses nothing), held in a list that is emptied as it is read."""
+
+    __slots__ = ("_getters", "_head", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._head = 0  # items before it have been read
+        self._getters: list[asyncio.Future[None]] = []
+
+    def qsize(self) -> int:
+        return len(self._items) - self._head
+
+    def empty(self) -> bool:
+        return self._head == len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake_next()
+
+    def get_nowait(self) -> Any:
+        if self.empty():
+            raise asyncio.QueueEmpty
+        items = self._items
+        item = items[self._head]
+        self._head += 1
+        if self._head == len(items):
+            items.clear()  # frees the list's storage too
+            self._head = 0
+        else:
+            items[self._head - 1] = None
+        return item
+
+    async def get(self) -> Any:
+        while self.empty():
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+                # Woken, then cancelled: the item goes to the next reader.
+                if not self.empty() and not getter.cancelled():
+                    self._wake_next()
+                raise
+        return self.get_nowait()
+
+    def _wake_next(self) -> None:
+        getters = self._getters
+        while getters:
+            getter = getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+
+def _lean_queues(module: Any) -> None:
+    def create_application(self: Any, protocol: Any, scope: Any) -> Any:
+        # Daphne 4.2's own, with an ApplicationQueue for its asyncio.Queue.
+        if "application_instance" in self.connections[protocol]:
+            raise RuntimeError("this connection has an application already")
+        input_queue = ApplicationQueue()
+        scope.setdefault("asgi", {"version": "3.0"})
+        application_instance = self.application(
+            scope=scope,
+            receive=input_queue.get,
+            send=partial(self.handle_reply, protocol),
+        )
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+            application_instance,
+            loop=asyncio.get_event_loop(),
+        )
+        return input_queue
+
+    setattr(create_application, _MARK, True)
+    module.Server.create_application = create_application
+
+
 def _slim_websockets(module: Any) -> None:
     build_protocol = module.WebSocketFactory.buildProtocol
     on_open = module.WebSocketProtocol.onOpen
@@ -255,11 +407,28 @@ def _lazy_option_dump(autobahn: Any) -> None:
 
 
 def _protocol_with_options(base: type[Any], options: tuple[Any, ...]) -> type:
+    send_data = base.sendData
+
+    def sendData(
+        self: Any, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        # autobahn queues only writes asked to be synchronous or chopped up
+        # (Daphne asks for neither); until one is, the class's empty tuple
+        # stands for the deque each socket would keep (0.7 KiB).
+        if (sync or chopsize) and "send_queue" not in self.__dict__:
+            self.send_queue = deque()
+        send_data(self, data, sync, chopsize)
+
     attributes = {
+        "sendData": sendData,
+        "send_queue": (),
+        **QUIET_DEFAULTS,
         # staticmethod: a function option (perMessageCompressionAccept) would
         # otherwise become a method of the protocol.
-        name: staticmethod(value) if callable(value) else value
-        for name, value in zip(base.CONFIG_ATTRS, options, strict=True)
+        **{
+            name: staticmethod(value) if callable(value) else value
+            for name, value in zip(base.CONFIG_ATTRS, options, strict=True)
+        },
     }
     return type(base.__name__, (base,), attributes)
 
@@ -288,3 +457,18 @@ def release_upgrade(protocol: Any) -> None:
     if request is not None:
         request.headers = None
         request.params = None
+
+    # What the class carries need not be the socket's own (QUIET_DEFAULTS);
+    # a dictionary does not shrink as keys go, a copy of it is sized to fit.
+    cls = type(protocol)
+    quiet = [
+        name
+        for name, value in state.items()
+        if name in QUIET_DEFAULTS and getattr(cls, name, _MISSING) is value
+    ]
+    if not state.get("send_queue", True) and getattr(cls, "send_queue", None) == ():
+        quiet.append("send_queue")  # empty: the class's tuple reads the same
+    if quiet:
+        for name in quiet:
+            del state[name]
+        protocol.__dict__ = dict(state)

@@ -9,6 +9,7 @@ where a census can count it, instead of going at a collection that may or
 may not have run. (Not at import: the tests import this module too.)
 """
 
+import asyncio
 import gc
 import json
 from typing import Any
@@ -24,7 +25,7 @@ def census() -> dict[str, Any]:
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.web.http import HTTPChannel
 
-    from core.servers.daphne import HANDSHAKE_LEFTOVERS
+    from core.servers.daphne import HANDSHAKE_LEFTOVERS, QUIET_DEFAULTS
 
     gc.collect()  # count what is reachable, not garbage awaiting a pass
     objects = gc.get_objects()
@@ -52,6 +53,20 @@ def census() -> dict[str, Any]:
         "with_options_unlike_the_factory": sum(
             any(getattr(s, name) != getattr(s.factory, name) for name in options)
             for s in sockets
+        ),
+        "with_an_asyncio_queue": sum(
+            isinstance(s.application_queue, asyncio.Queue) for s in sockets
+        ),
+        "with_own_send_queue": sum("send_queue" in vars(s) for s in sockets),
+        "with_own_quiet_defaults": sum(
+            any(vars(s).get(name, s) is value for name, value in QUIET_DEFAULTS.items())
+            for s in sockets
+        ),
+        # Channels' own run loop keeps a task per connection waiting on
+        # receive(); Switchboard's consumers await it in their own.
+        "tasks_waiting_on_receive": sum(
+            task.get_coro().__qualname__.endswith("Queue.get")
+            for task in asyncio.all_tasks()
         ),
     }
 

@@ -84,6 +84,10 @@ async def test_open_websockets_keep_nothing_of_their_upgrade(
         "with_handshake_leftovers": 0,
         "with_own_option_copies": 0,
         "with_options_unlike_the_factory": 0,
+        "with_an_asyncio_queue": 0,
+        "with_own_send_queue": 0,
+        "with_own_quiet_defaults": 0,
+        "tasks_waiting_on_receive": 0,
     }
     # What they no longer hold was not needed: a message still reaches all.
     await members[0].publish(["still here"])

@@ -153,6 +153,48 @@ def test_a_ratio_needs_both_sides_whole():
     assert versus_raw({}, {"subscribers": 990}) == "FAIL"  # a smaller baseline
 
 
+SATURATION = "daphne fanout 1000 @ 100/s: p99 vs raw"
+
+
+def saturation(a_fields: dict, b_fields: dict) -> str:
+    at = {"subscribers": 1000, "planned_subscribers": 1000, "rate_per_s": 100}
+    runs = [
+        fanout(**{**at, "p99_ms": 100.0, **a_fields}),
+        fanout(target="raw", server="websockets", **{**at, "p99_ms": 50.0, **b_fields}),
+    ]
+    return status(runs, SATURATION)
+
+
+def test_saturation_is_p99_against_raw_at_the_same_load_with_nothing_lost():
+    limit = config.SATURATION_P99_VS_RAW_MAX
+    assert saturation({"p99_ms": 50.0 * limit}, {}) == "PASS"
+    assert saturation({"p99_ms": 50.0 * limit + 0.5}, {}) == "FAIL"
+    assert saturation({"lost": 1}, {}) == "FAIL"
+    assert saturation({"subscribers": 990}, {}) == "FAIL"
+    # Another load's raw run is not a baseline.
+    assert saturation({}, {"rate_per_s": 50}) == "n/a"
+
+
+def test_the_stored_message_aim_compares_rooms_with_the_tutorial():
+    name = (
+        "daphne rooms: server CPU per stored message vs tutorial "
+        "(an aim: docs/performance.md)"
+    )
+    rooms = {
+        "scenario": "rooms", "server": "daphne", "subscribers": 5000,
+        "planned_subscribers": 5000, "rate_per_s": 200, "delivered_fraction": 1.0,
+        "kept_up": True, "lost": 0, "redis_connections_per_process": [11, 10],
+    }  # fmt: skip
+    runs = [
+        {**rooms, "target": "switchboard", "cpu_us_per_delivery": 240.0},
+        {**rooms, "target": "tutorial", "cpu_us_per_delivery": 480.0},
+    ]
+    assert status(runs, name) == "PASS"
+    runs[0]["cpu_us_per_delivery"] = 250.0
+    assert status(runs, name) == "FAIL"
+    assert status(runs[:1], name) == "n/a"
+
+
 def send(**fields: Any) -> dict[str, Any]:
     run = {
         "scenario": "send",

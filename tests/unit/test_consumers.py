@@ -638,6 +638,35 @@ async def test_presence_lists_users_and_updates_when_someone_joins(lobby, alice,
         assert left["anonymous"] == 0
 
 
+async def test_a_leave_while_presence_is_being_published_is_published_next(
+    monkeypatch,
+):
+    """The broadcast awaits the store and the channel layer; a leave in the
+    meantime must not be taken for already published."""
+    from core import presence as presence_module
+
+    presence = presence_module.Presence()
+    presence.store = presence_module.MemoryStore()  # this test's alone
+    room = RoomRef(1, "lobby")
+    await presence.join(room, "alice", "c1")
+    await presence.join(room, "bob", "c2")
+    sent = []
+    real_publish = presence_module.publish
+
+    async def publish_as_bob_leaves(group, event):
+        sent.append(event["frame"]["users"])
+        if len(sent) == 1:
+            await presence.leave(room, "bob", "c2")
+        await real_publish(group, event)
+
+    monkeypatch.setattr(presence_module, "publish", publish_as_bob_leaves)
+    await presence._broadcast()
+    presence.store.throttle.clear()  # the next round, a broadcast interval on
+    await presence._broadcast()
+    assert sent == [["alice", "bob"], ["alice"]]
+    presence.task.cancel()
+
+
 async def test_two_connections_of_one_user_count_once(lobby, alice):
     token = await token_for(alice)
     async with (

@@ -7,6 +7,7 @@ on such a version each adapter switches itself off, with one line logged,
 and the app keeps working on the public path.
 """
 
+import asyncio
 import importlib.util
 import logging
 import sys
@@ -21,7 +22,7 @@ from core.servers import VERIFIED, backpressure, daphne, verified
 from core.servers import dispatch as channels_dispatch
 from tests.factories import RoomFactory
 from tests.support.fake_transport import fake_transport_client
-from tests.unit.test_consumers import connected, receive_until, send_json
+from tests.unit.conftest import connected, receive_until, send_json
 from tests.unit.test_delivery import greeted, messages_through, path, post
 from tests.unit.test_requirements import pinned
 
@@ -177,3 +178,80 @@ async def test_on_an_unverified_channels_its_own_dispatch_runs(unverified, monke
         await send_json(ws, {"type": "ping"})
         await receive_until(ws, lambda f: f["type"] == "pong")
     assert hops[:2] == ["websocket.connect", "websocket.receive"]
+
+
+# --- Daphne's per-connection queue (core.servers.daphne.ApplicationQueue) ---
+
+
+async def drive(queue, steps):
+    """Run ``steps`` on ``queue``; what each reader got, in order, and what
+    is left. Readers run only at a ``run`` step."""
+    got = []
+
+    async def reader(name):
+        got.append((name, await queue.get()))
+
+    readers = {}
+    for step, *args in steps:
+        if step == "put":
+            queue.put_nowait(args[0])
+        elif step == "read":
+            readers[args[0]] = asyncio.ensure_future(reader(args[0]))
+        elif step == "cancel":
+            readers[args[0]].cancel()
+        elif step == "run":
+            for _ in range(3):  # each woken reader, and what it wakes
+                await asyncio.sleep(0)
+    for task in readers.values():
+        task.cancel()
+    await asyncio.gather(*readers.values(), return_exceptions=True)
+    return got, queue.qsize()
+
+
+RUN = ("run",)
+STEPS = [
+    # in order, one reader at a time, and one that waits for a put
+    [("put", 1), ("put", 2), ("read", "a"), RUN, ("read", "b"), RUN,
+     ("read", "c"), RUN, ("put", 3), RUN],
+    # two wait; the first is woken, then cancelled before it runs: the
+    # item goes to the other, none is lost
+    [("read", "a"), ("read", "b"), RUN, ("put", 1), ("cancel", "a"), RUN],
+    # a waiting reader cancelled: the next put goes to the one after
+    [("read", "a"), RUN, ("cancel", "a"), ("read", "b"), RUN, ("put", 1),
+     ("put", 2), RUN],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("steps", STEPS)
+async def test_the_queue_daphne_gets_reads_as_asyncio_queue_does(steps):
+    # Daphne's own asyncio.Queue is the reference, step by step.
+    assert await drive(daphne.ApplicationQueue(), steps) == await drive(
+        asyncio.Queue(), steps
+    )
+
+
+async def test_the_queue_holds_nothing_once_read():
+    queue = daphne.ApplicationQueue()
+    for item in range(1000):
+        queue.put_nowait(item)
+    assert [await queue.get() for _ in range(1000)] == list(range(1000))
+    assert queue.empty()
+    assert sys.getsizeof(queue._items) == sys.getsizeof([])  # storage freed
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_connection_has_no_task_of_its_own_waiting_to_receive():
+    """Channels' run loop waits on ``receive()`` in a task per connection
+    (and makes one per event); the consumers await it themselves."""
+    await database_sync_to_async(RoomFactory)(slug="lobby")
+    async with connected("lobby") as ws:
+        await send_json(ws, {"type": "ping"})
+        await receive_until(ws, lambda f: f["type"] == "pong")
+        receiving = [
+            task
+            for task in asyncio.all_tasks()
+            if task.get_coro().__qualname__ == "Queue.get"
+        ]
+        assert receiving == []
