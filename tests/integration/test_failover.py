@@ -35,6 +35,10 @@ FAST_SENDERS = {
     "SWITCHBOARD_SEND_RATE_PER_SECOND": "1000",
 }
 
+# The crash and the deploy run on both channel layers: the default pub/sub
+# one and the Channels tutorial's list-based one (SWITCHBOARD_CHANNEL_LAYER).
+LAYERS = pytest.mark.parametrize("layer", ["pubsub", "lists"])
+
 
 def presence_users(frame: dict) -> set[str]:
     return set(frame["users"])
@@ -106,8 +110,9 @@ async def test_presence_on_b_shows_users_of_a_until_a_is_killed(
     )
 
 
+@LAYERS
 async def test_killing_an_instance_mid_stream_loses_nothing(
-    launcher: Launcher, deployment: Deployment, clients: Clients
+    launcher: Launcher, deployment: Deployment, clients: Clients, layer: str
 ) -> None:
     """Zero loss across a crash.
 
@@ -120,7 +125,13 @@ async def test_killing_an_instance_mid_stream_loses_nothing(
     exactly once: no gap, no seq delivered twice on one connection.
     """
     a, b = launcher.launch(
-        "a", "b", env={**FAST_SENDERS, "SWITCHBOARD_REPLAY_LIMIT": "10"}
+        "a",
+        "b",
+        env={
+            **FAST_SENDERS,
+            "SWITCHBOARD_REPLAY_LIMIT": "10",
+            "SWITCHBOARD_CHANNEL_LAYER": layer,
+        },
     )
     tokens = deployment.fetch_tokens(a, b)
     names = deployment.usernames
@@ -211,14 +222,17 @@ async def test_killing_an_instance_mid_stream_loses_nothing(
     assert caught_up_after < 30, figures
 
 
+@LAYERS
 async def test_sigterm_closes_with_4012_and_clients_resume_elsewhere(
-    launcher: Launcher, deployment: Deployment, clients: Clients
+    launcher: Launcher, deployment: Deployment, clients: Clients, layer: str
 ) -> None:
     """App Platform's SIGTERM: Daphne cancels every consumer, which closes
     with 4012; the process exits; its clients resume on B with nothing lost
     while a publisher on B keeps sending.
     """
-    a, b = launcher.launch("a", "b", env=FAST_SENDERS)
+    a, b = launcher.launch(
+        "a", "b", env={**FAST_SENDERS, "SWITCHBOARD_CHANNEL_LAYER": layer}
+    )
     tokens = deployment.fetch_tokens(a, b)
     names = deployment.usernames
     slug = unique_slug("sigterm")
