@@ -19,6 +19,7 @@ import time
 import uuid
 import weakref
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from django.conf import settings
@@ -40,6 +41,9 @@ REDIS_WAIT_SECONDS = 5.0
 # How long a handshake waits for shared presence before it answers with
 # this instance's view, marked unavailable.
 JOIN_WAIT_SECONDS = 1.0
+# Rooms per Redis pipeline when every room is swept or refreshed: one round
+# trip for many rooms, short enough not to hold the event loop for long.
+ROOMS_PER_PIPELINE = 100
 
 Snapshot = tuple[frozenset[str], int]
 
@@ -84,6 +88,10 @@ class MemoryStore:
     async def put(self, room: RoomRef, members: list[str], expires: float) -> None:
         self.rooms[room].update(dict.fromkeys(members, expires))
 
+    async def put_many(self, members: dict[RoomRef, list[str]], expires: float) -> None:
+        for room, entries in members.items():
+            await self.put(room, entries, expires)
+
     async def put_and_read(
         self, room: RoomRef, members: list[str], expires: float, now: float
     ) -> list[str]:
@@ -94,12 +102,16 @@ class MemoryStore:
         for member in members:
             self.rooms[room].pop(member, None)
 
-    async def sweep(self, room: RoomRef, now: float) -> int:
-        entries = self.rooms[room]
-        expired = [member for member, expiry in entries.items() if expiry <= now]
-        for member in expired:
-            del entries[member]
-        return len(expired)
+    async def sweep_many(self, rooms: list[RoomRef], now: float) -> list[RoomRef]:
+        swept = []
+        for room in rooms:
+            entries = self.rooms[room]
+            expired = [member for member, expiry in entries.items() if expiry <= now]
+            for member in expired:
+                del entries[member]
+            if expired:
+                swept.append(room)
+        return swept
 
     async def members(self, room: RoomRef, now: float) -> list[str]:
         return [m for m, expiry in self.rooms[room].items() if expiry > now]
@@ -147,13 +159,29 @@ class RedisStore:
     def _key(self, room: RoomRef, suffix: str = "") -> str:
         return f"{self.prefix}:{room.id}{suffix}"
 
-    async def put(self, room: RoomRef, members: list[str], expires: float) -> None:
-        if members:
-            key = self._key(room)
-            async with self.client(room).pipeline(transaction=False) as pipe:
-                pipe.zadd(key, dict.fromkeys(members, expires))
-                # The whole set goes if no instance refreshes it any more.
-                pipe.expire(key, int(settings.PRESENCE_TTL_SECONDS * 2) + 1)
+    def _batches(
+        self, rooms: Iterable[RoomRef]
+    ) -> list[tuple[aioredis.Redis, list[RoomRef]]]:
+        """``rooms`` by shard, in pipelines of at most ROOMS_PER_PIPELINE."""
+        by_client: dict[aioredis.Redis, list[RoomRef]] = defaultdict(list)
+        for room in rooms:
+            by_client[self.client(room)].append(room)
+        return [
+            (client, group[start : start + ROOMS_PER_PIPELINE])
+            for client, group in by_client.items()
+            for start in range(0, len(group), ROOMS_PER_PIPELINE)
+        ]
+
+    async def put_many(self, members: dict[RoomRef, list[str]], expires: float) -> None:
+        """Refresh many rooms' entries: a round trip per pipeline, not per room."""
+        ttl = int(settings.PRESENCE_TTL_SECONDS * 2) + 1
+        for client, rooms in self._batches(room for room in members if members[room]):
+            async with client.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    key = self._key(room)
+                    pipe.zadd(key, dict.fromkeys(members[room], expires))
+                    # The whole set goes if no instance refreshes it any more.
+                    pipe.expire(key, ttl)
                 await pipe.execute()
 
     async def put_and_read(
@@ -173,8 +201,16 @@ class RedisStore:
         if members:
             await self.client(room).zrem(self._key(room), *members)
 
-    async def sweep(self, room: RoomRef, now: float) -> int:
-        return await self.client(room).zremrangebyscore(self._key(room), "-inf", now)
+    async def sweep_many(self, rooms: list[RoomRef], now: float) -> list[RoomRef]:
+        """Drop expired entries of ``rooms``; the rooms that had some."""
+        swept = []
+        for client, batch in self._batches(rooms):
+            async with client.pipeline(transaction=False) as pipe:
+                for room in batch:
+                    pipe.zremrangebyscore(self._key(room), "-inf", now)
+                removed = await pipe.execute()
+            swept += [room for room, count in zip(batch, removed, strict=True) if count]
+        return swept
 
     async def members(self, room: RoomRef, now: float) -> list[str]:
         # decode_responses: str, which redis-py's annotations do not follow.
@@ -338,15 +374,13 @@ class Presence:
                 self._went_stale(exc)
 
     async def _refresh(self) -> None:
-        expires = self._expiry()
-        for room in list(self.users.keys() | self.anonymous.keys()):
-            await self.store.put(room, self._local_members(room), expires)
+        rooms = self.users.keys() | self.anonymous.keys()
+        members = {room: self._local_members(room) for room in rooms}
+        await self.store.put_many(members, self._expiry())
 
     async def _sweep(self) -> None:
-        now = time.time()
-        for room in list(self.users.keys() | self.anonymous.keys()):
-            if await self.store.sweep(room, now):
-                self.dirty.add(room)
+        rooms = list(self.users.keys() | self.anonymous.keys())
+        self.dirty.update(await self.store.sweep_many(rooms, time.time()))
 
     def resync(self) -> None:
         """Events may have been lost (core.fanout): write every local entry

@@ -11,12 +11,14 @@ what was sent meanwhile.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from core import shards
+from core import presence, shards
+from core.services import room_group
 from harness.app import AppProcess
 from harness.deployment import Deployment, Launcher
 from harness.http import ahttp_json, create_room
@@ -235,3 +237,37 @@ async def test_after_the_second_redis_restarts_its_rooms_get_what_was_sent(
         "while the second Redis is down",
         "after the restart",
     ]
+
+
+async def test_sweeps_and_refreshes_reach_each_room_on_its_shard(
+    servers: tuple[RedisServer, RedisServer], settings
+) -> None:
+    """Every room a process serves is refreshed and swept in pipelines per
+    shard (ROOMS_PER_PIPELINE rooms each), not a round trip per room: each
+    room's entries still land on its own shard, and a sweep names exactly
+    the rooms that had expired entries."""
+    settings.REDIS_URLS = [server.url for server in servers]
+    settings.REDIS_SHARD_OPTIONS = [{}, {}]
+    settings.CHANNEL_LAYER_KIND = "pubsub"
+    settings.CHANNEL_PREFIX = prefix = unique_slug("sweeps")
+    store = presence.RedisStore()
+    rooms = [presence.RoomRef(n, f"r{n}") for n in range(1, 251)]
+    assert len(rooms) > 2 * presence.ROOMS_PER_PIPELINE  # several per shard
+    now = time.time()
+    try:
+        await store.put_many({room: ["u|alice"] for room in rooms}, now + 60)
+        await store.put_many({room: ["u|bob"] for room in rooms[::3]}, now - 1)
+        await store.put_many({room: [] for room in rooms}, now + 60)  # no-op
+        for shard, server in enumerate(servers):
+            assert _presence_ids(server, prefix) == {
+                room.id for room in rooms
+                if shards.of_group(room_group(room.id)) == shard
+            }  # fmt: skip
+        swept = await store.sweep_many(rooms, now)
+        assert sorted(swept) == rooms[::3]
+        assert await store.sweep_many(rooms, now) == []
+        for room in rooms:
+            assert await store.members(room, now) == ["u|alice"]
+    finally:
+        for client in store.clients.values():
+            await client.aclose()
