@@ -115,7 +115,6 @@ export class StreamLink extends EventTarget {
     if (Object.hasOwn(byType, frame.type)) await byType[frame.type]();
   }
 
-
   async write(method, url, frame, body) {
     const response = await request(method, url, body);
     if (response.ok) {
