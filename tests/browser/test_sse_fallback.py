@@ -91,6 +91,8 @@ def test_when_handshakes_keep_failing_the_page_falls_back_and_chats(
     alice.wait_open()
     expect(alice.root).to_have_attribute("data-transport", "sse")
     alice.send("after the fallback")
+    # Stored before bob posts, so the order below is the order of the sends.
+    alice.expect_bodies([deployment_posts_before, "after the fallback"])
     last = len(deployment.instances) - 1  # another instance where there are two
     deployment.post(slug, "from bob, live", user="bob", instance=last)
     alice.expect_bodies(
