@@ -505,6 +505,9 @@ MEMBER_ADD_BURST = env_int("SWITCHBOARD_MEMBER_ADD_BURST", 50, minimum=1)
 MEMBER_ADD_RATE_PER_SECOND = env_float(
     "SWITCHBOARD_MEMBER_ADD_RATE_PER_SECOND", 0.2, minimum=0.0001
 )
+# Members of one private room, its owner included: every change to a room
+# is announced with its whole member list.
+ROOM_MEMBERS_MAX = env_int("SWITCHBOARD_ROOM_MEMBERS_MAX", 1000, minimum=2)
 # Searches per user (per client address when anonymous): the most expensive
 # read, since every search ranks every message it matches.
 SEARCH_BURST = env_int("SWITCHBOARD_SEARCH_BURST", 10, minimum=1)

@@ -186,6 +186,9 @@ class MembershipForm(_MembershipForm):
             return cleaned
         try:
             services.check_admission(room=room, user=user)
+            services.check_room_has_space(room)
+        except services.RoomFull as full:
+            self.add_error("room", str(full))
         except services.UnknownUser:
             self.add_error("user", "Choose an active user.")
         except services.AccessDenied:

@@ -599,6 +599,7 @@ class MemberListView(APIView):
             401: UNAUTHORIZED,
             403: _error("Not the owner, or a public room."),
             404: NO_SUCH_ROOM,
+            409: _error("The room is full (ROOM_MEMBERS_MAX members)."),
             429: _refusal("Too many members added."),
             **BODY_ERRORS,
         },
@@ -620,6 +621,8 @@ class MemberListView(APIView):
             )
         except services.UnknownUser:
             raise ValidationError({"username": ["No such user."]}) from None
+        except services.RoomFull as full:
+            return Response({"detail": str(full)}, status=status.HTTP_409_CONFLICT)
         return Response({"username": username}, status=status.HTTP_201_CREATED)
 
 

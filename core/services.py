@@ -71,6 +71,16 @@ class UnknownUser(Exception):
     """No active user has that username."""
 
 
+class RoomFull(Exception):
+    """The private room has ``ROOM_MEMBERS_MAX`` members already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This room is full: a private room holds at most {limit:,} members."
+        )
+        self.limit = limit
+
+
 class MessageNotFound(Exception):
     """No message of the room has that seq (or it is a change, or deleted)."""
 
@@ -1015,14 +1025,32 @@ def admit_member(*, room: Room, user: "AuthUser") -> Membership:
     """Make ``user`` a member of the private ``room`` (idempotent).
 
     Whoever asks: ``add_member`` checks that the owner asks, and the admin
-    (staff) calls this itself. Raises as ``check_admission`` does. A new
+    (staff) calls this itself. Raises as ``check_admission`` does, and
+    ``RoomFull`` for a new member of a room with ``ROOM_MEMBERS_MAX``. A new
     member is announced once this commits (``announce_after_commit``).
     """
     check_admission(room=room, user=user)
-    membership, created = Membership.objects.get_or_create(room=room, user=user)
-    if created:  # a repeat changes nothing and announces nothing
-        announce_after_commit(room_id=room.pk, user_id=user.pk)
+    with transaction.atomic():
+        # The room's row is locked so that two adds at once cannot both
+        # take its last place (SQLite serialises writers anyway).
+        room = Room.objects.select_for_update().get(pk=room.pk)
+        existing = Membership.objects.filter(room=room, user=user).first()
+        if existing is not None:  # a repeat changes nothing, announces nothing
+            return existing
+        check_room_has_space(room)
+        membership = Membership.objects.create(room=room, user=user)
+    announce_after_commit(room_id=room.pk, user_id=user.pk)
     return membership
+
+
+def check_room_has_space(room: Room) -> None:
+    """Raise ``RoomFull`` if ``room`` has ``ROOM_MEMBERS_MAX`` members.
+
+    Every room change is announced with its whole member list (the ``room``
+    frame), so this bounds that frame as well as the list."""
+    limit = settings.ROOM_MEMBERS_MAX
+    if Membership.objects.filter(room=room).count() >= limit:
+        raise RoomFull(limit)
 
 
 def remove_member(*, room: Room, actor: User, username: str) -> None:

@@ -378,6 +378,74 @@ def test_the_post_right_is_one_rule_on_postgresql_too(database_url: str) -> None
     }
 
 
+# --- the last place in a private room --------------------------------------
+
+# Two adds race for a room's last place, each in its own thread (so its own
+# PostgreSQL connection). Both wait for the other just before counting the
+# members, for at most a second: without the room's row lock both would
+# count the same free place and both insert. Prints the outcomes and the
+# number of members afterwards.
+LAST_PLACE_RACE_SCRIPT = """
+import json, threading
+from django.db import connection
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from core import services
+from core.models import Membership
+
+settings.ROOM_MEMBERS_MAX = 3
+users = get_user_model().objects
+owner, member, *rivals = (users.get(username=f"{name}-{TAG}") for name in NAMES)
+room = services.create_room(owner=owner, name=TAG, slug=f"full-{TAG}", is_private=True)
+services.admit_member(room=room, user=member)
+
+both_counting = threading.Barrier(2)
+count_members = services.check_room_has_space
+def count_once_both_arrive(room):
+    try:
+        both_counting.wait(timeout=1.0)
+    except threading.BrokenBarrierError:
+        pass  # the other add waits on the room's lock
+    count_members(room)
+services.check_room_has_space = count_once_both_arrive
+
+outcomes = []
+def add(user):
+    try:
+        services.admit_member(room=room, user=user)
+        outcomes.append("added")
+    except services.RoomFull:
+        outcomes.append("full")
+    finally:
+        connection.close()
+
+threads = [threading.Thread(target=add, args=(user,)) for user in rivals]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps({"outcomes": sorted(outcomes),
+                  "members": Membership.objects.filter(room=room).count()}))
+"""
+
+
+def test_two_adds_at_once_cannot_both_take_a_rooms_last_place(
+    database_url: str,
+) -> None:
+    tag = secrets.token_hex(4)
+    names = ["owner", "member", "rival-a", "rival-b"]
+    script = f"TAG = {tag!r}\nNAMES = {names!r}\n" + LAST_PLACE_RACE_SCRIPT
+    env = {
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
+        "DATABASE_URL": database_url,
+        **TEST_SERVER_SETTINGS,
+    }
+    ensure_users(env, [f"{name}-{tag}" for name in names], secrets.token_urlsafe(16))
+    result = manage("shell", "-c", script, env=env)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"outcomes": ["added", "full"], "members": 3}
+
+
 # --- make stack ------------------------------------------------------------
 
 

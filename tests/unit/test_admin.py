@@ -347,6 +347,26 @@ def test_the_admin_keeps_memberships_the_api_would_keep(case):
 
 
 @pytest.mark.django_db
+def test_the_admin_adds_no_member_to_a_full_room(settings):
+    settings.ROOM_MEMBERS_MAX = 2
+    owner, member, extra = UserFactory(), UserFactory(), UserFactory()
+    full, roomy = private_room(owner, member, slug="full"), private_room(owner)
+    admin = staff()
+
+    errors = form_errors(
+        admin.post(url("membership", "add"), {"room": full.pk, "user": extra.pk})
+    )
+    assert errors == {
+        "room": ["This room is full: a private room holds at most 2 members."]
+    }
+    assert Membership.objects.filter(room=full).count() == 2
+
+    added = admin.post(url("membership", "add"), {"room": roomy.pk, "user": extra.pk})
+    assert added.status_code == 302
+    assert Membership.objects.filter(room=roomy, user=extra).exists()
+
+
+@pytest.mark.django_db
 def test_a_room_owner_can_still_be_deleted_in_the_admin():
     """The owner's membership goes with their account, whatever its rule."""
     owner = UserFactory()

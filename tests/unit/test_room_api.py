@@ -357,6 +357,40 @@ def test_a_refused_add_announces_nothing(listen, django_capture_on_commit_callba
     assert_no_event(in_room)
 
 
+def test_a_full_private_room_admits_nobody_new_and_other_rooms_still_do(
+    listen, settings, django_capture_on_commit_callbacks
+):
+    settings.ROOM_MEMBERS_MAX = 3
+    owner, member, *_ = (
+        UserFactory(username=name) for name in ("olive", "mia", "rex", "zed")
+    )
+    room = private_room(owner, member, slug="ops")
+    other = private_room(owner, slug="dev")
+    in_room = listen(services.room_group(room.pk))
+    olive = client_for(owner)
+
+    def add(slug: str, username: str) -> object:
+        return olive.post(members_url(slug), {"username": username}, format="json")
+
+    assert add("ops", "rex").status_code == 201  # the third of three
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        full = add("ops", "zed")
+    data = assert_json_error(full, 409)
+    assert "at most 3 members" in data["detail"]
+    assert callbacks == []
+    assert_no_event(in_room)
+    assert [m["username"] for m in services.members(room)] == ["mia", "olive", "rex"]
+    # A member already in is still a 201 (adding is idempotent).
+    assert add("ops", "mia").status_code == 201
+    # The cap is per room: the owner's other room takes them.
+    assert add("dev", "zed").status_code == 201
+    assert Membership.objects.filter(room=other).count() == 2
+    # A member leaving frees a place.
+    assert client_for(member).delete(members_url("ops", "mia")).status_code == 204
+    assert add("ops", "zed").status_code == 201
+    assert [m["username"] for m in services.members(room)] == ["olive", "rex", "zed"]
+
+
 def test_a_removed_member_is_announced_after_their_revocation(
     listen, django_capture_on_commit_callbacks
 ):

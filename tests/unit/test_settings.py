@@ -93,6 +93,7 @@ BAD_VALUES = [
     pytest.param("SWITCHBOARD_CREDENTIAL_USER_RATE_PER_SECOND", "0", id="cred-rate-0"),
     pytest.param("SWITCHBOARD_PASSWORD_HASH_CONCURRENCY", "0", id="hashing-0"),
     pytest.param("SWITCHBOARD_ROOM_CREATE_RATE_PER_SECOND", "-1", id="rooms-rate"),
+    pytest.param("SWITCHBOARD_ROOM_MEMBERS_MAX", "1", id="room-members-1"),
     pytest.param("SWITCHBOARD_LOG_FORMAT", "xml", id="log-format-xml"),
     pytest.param("SWITCHBOARD_CHANNEL_LAYER", "kafka", id="layer-kafka"),
     pytest.param("SWITCHBOARD_LIVENESS_STALL_SECONDS", "ten", id="liveness-word"),
@@ -622,6 +623,7 @@ def test_credential_and_write_limits_are_read_from_the_environment():
         "ROOM_CREATE_RATE_PER_SECOND": ("0.2", 0.2),
         "MEMBER_ADD_BURST": ("12", 12),
         "MEMBER_ADD_RATE_PER_SECOND": ("0.3", 0.3),
+        "ROOM_MEMBERS_MAX": ("40", 40),
         "USERS_LOOKUP_BURST": ("13", 13),
         "USERS_LOOKUP_RATE_PER_SECOND": ("0.4", 0.4),
         "LOG_LIMIT_LINES": ("5", 5),
@@ -642,6 +644,7 @@ def test_credential_and_write_limits_have_defaults_a_chat_would_choose():
         "PASSWORD_HASH_CONCURRENCY",
         "ROOM_CREATE_BURST",
         "MEMBER_ADD_BURST",
+        "ROOM_MEMBERS_MAX",
         "USERS_LOOKUP_BURST",
         "USERS_LOOKUP_RATE_PER_SECOND",
         "MIDDLEWARE",
@@ -653,6 +656,7 @@ def test_credential_and_write_limits_have_defaults_a_chat_would_choose():
     assert values["SIGNUP_ADDRESS_BURST"] == 5
     assert values["PASSWORD_HASH_CONCURRENCY"] == 2
     assert (values["ROOM_CREATE_BURST"], values["MEMBER_ADD_BURST"]) == (20, 50)
+    assert values["ROOM_MEMBERS_MAX"] == 1000
     assert values["USERS_LOOKUP_BURST"] == 30
     assert values["USERS_LOOKUP_RATE_PER_SECOND"] == 1.0
     assert values["MIDDLEWARE"][-1] == "core.middleware.SecurityHeadersMiddleware"
