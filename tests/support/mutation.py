@@ -72,6 +72,7 @@ RULES: dict[str, list[str]] = {
             )
         ),
         "core.throttling.xǁRefusalǁ*",
+        "core.services.x_check_room_has_space__*",
     ],
     "store path": [
         "core.services.x_store_message__*",

@@ -136,6 +136,22 @@ async def test_no_activity_for_a_private_room_after_removal(rooms, alice, bob):
         assert all(f.get("room") != "secret" for f in skipped), skipped
 
 
+@pytest.mark.parametrize("slug", ["ops", "secret"])
+async def test_a_deleted_room_leaves_the_watchers_rooms_at_once(
+    rooms, alice, bob, slug
+):
+    async with watching("lobby", alice) as ws:
+        listed = [r["slug"] for r in ws.first_rooms["rooms"]]
+        assert listed == ["lobby", "ops", "secret"]
+        await database_sync_to_async(services.delete_rooms)(
+            Room.objects.filter(slug=slug)
+        )
+        fresh, _ = await receive_until(ws, of_type("rooms"))
+        assert [r["slug"] for r in fresh["rooms"]] == [
+            name for name in listed if name != slug
+        ]
+
+
 async def test_read_reaches_the_users_other_tabs_and_nobody_else(rooms, alice, bob):
     for n in range(3):
         await post("ops", bob, f"m{n}")
