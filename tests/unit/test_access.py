@@ -835,6 +835,41 @@ def test_each_rule_answers_alone_for_visitors_and_public_rooms():
 
 
 @ROLLBACK_DB
+def test_what_a_user_may_find_and_post_is_read_as_they_stand_now():
+    """``visible_rooms``, ``readable_messages`` and ``can_post_now`` by
+    themselves: a deactivated member sees public rooms only; search finds
+    messages, not the events that edit or delete them, and no deleted one;
+    a user who may not write cannot post now, whatever the database says."""
+    from django.contrib.auth.models import AnonymousUser
+
+    from core import access
+
+    owner, member = UserFactory(username="olive"), UserFactory(username="mia")
+    public = RoomFactory(slug="lobby", owner=owner)
+    private = private_room(owner, member)
+    assert set(access.visible_rooms(member)) == {public, private}
+    kept = services.store_message(
+        room=public, author=owner, body="kept", client_id=None
+    )
+    gone = services.store_message(
+        room=public, author=owner, body="gone", client_id=None
+    )
+    for target, body in ((kept, "kept, edited"), (gone, None)):
+        services.store_change(
+            room=public, actor=owner, seq=target.message["seq"], body=body,
+            client_id=None,
+        )  # fmt: skip
+    found = access.readable_messages(member)
+    assert [m.seq for m in found] == [kept.message["seq"]]
+
+    member.is_active = False  # this copy; the database still says active
+    assert list(access.visible_rooms(member)) == [public]
+    assert access.can_post_now(member, public) is False
+    assert access.can_post_now(AnonymousUser(), public) is False
+    assert access.can_post_now(owner, public) is True
+
+
+@ROLLBACK_DB
 def test_the_post_right_is_one_rule_in_python_in_sql_and_where_messages_are_stored():
     """``access.can_post``, ``access.POST_RIGHT_SQL`` and the store path agree
     on every user x room (SQLite here; PostgreSQL, whose store path runs the
@@ -877,6 +912,10 @@ def test_members_leave_private_rooms_and_owners_manage_them():
     memberships = {m.user.username: m for m in Membership.objects.filter(room=private)}
     assert access.can_end_membership(memberships["mia"]) is True
     assert access.can_end_membership(memberships["olive"]) is False
+    # A membership row in a public room (made public again, or the shell)
+    # is not ended: the room admits everyone anyway.
+    stray = Membership.objects.create(room=public, user=member)
+    assert access.can_end_membership(stray) is False
     assert access.can_be_member(member, private) is True
     assert access.can_be_member(member, public) is False
     member.is_active = False

@@ -87,16 +87,24 @@ def test_a_missing_library_is_not_verified(unverified, monkeypatch, caplog):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_on_an_unverified_server_every_frame_goes_through_asgi(unverified):
-    """The direct writer is off; live messages still arrive, in order."""
-    unverified("uvicorn")
+@pytest.mark.parametrize("library", ["uvicorn", "websockets"])
+async def test_on_an_unverified_server_every_frame_goes_through_asgi(
+    unverified, caplog, library
+):
+    """The direct writer is off, and says so; live messages still arrive,
+    in order. Either library of uvicorn's WebSocket protocol turns it off."""
+    unverified(library)
     lobby = await database_sync_to_async(RoomFactory)(slug="lobby")
-    async with fake_transport_client(path("lobby")) as client:
-        await greeted(client)
-        sent = [await post(lobby, f"message {n}") for n in range(3)]
-        assert await messages_through(client, sent[-1]) == sent
-        texts = [text for text in client.server.asgi_texts if '"message"' in text]
-        assert len(texts) == 3
+    with caplog.at_level(logging.WARNING, logger="core.servers"):
+        async with fake_transport_client(path("lobby")) as client:
+            await greeted(client)
+            sent = [await post(lobby, f"message {n}") for n in range(3)]
+            assert await messages_through(client, sent[-1]) == sent
+    texts = [text for text in client.server.asgi_texts if '"message"' in text]
+    assert len(texts) == 3
+    [line] = [m for m in caplog.messages if " is off: " in m]
+    assert line.startswith(f"{backpressure.DIRECT_WRITES} is off")
+    assert f"not on {library} 999.0" in line
 
 
 def test_the_direct_writer_still_reads_the_buffer_when_off(unverified):
