@@ -3,15 +3,17 @@
 
 import asyncio
 import contextlib
+import threading
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from backend.asgi import application
-from core import services
+from core import reads, services
 from core.fanout import get_hub
 from core.models import Room
+from harness.waiting import async_wait_until
 from tests.factories import RoomFactory, UserFactory, private_room
 from tests.unit.conftest import connected, receive_until, send_json, token_for
 from tests.unit.sse_client import Stream
@@ -150,6 +152,59 @@ async def test_a_deleted_room_leaves_the_watchers_rooms_at_once(
         assert [r["slug"] for r in fresh["rooms"]] == [
             name for name in listed if name != slug
         ]
+
+
+@pytest.mark.parametrize("counted", [True, False], ids=["counted", "after-the-count"])
+async def test_activity_during_a_reread_comes_once_after_the_rooms_frame(
+    rooms, alice, bob, monkeypatch, counted
+):
+    """A message in a watched room while the rooms are read again is held
+    until the ``rooms`` frame, then sent unless that frame counted it.
+
+    The message is stored inside the re-read (on its database thread),
+    before or after the count; its event is published while the read waits.
+    """
+    reading, go_on = threading.Event(), threading.Event()
+    stored = []
+    real = reads.watched_rooms
+
+    def store() -> None:
+        ops = Room.objects.get(slug="ops")
+        stored.append(
+            services.store_message(room=ops, author=bob, body="while", client_id=None)
+        )
+
+    def watched_rooms(user, limit):
+        if counted:
+            store()
+        found = real(user, limit)
+        if not counted:
+            store()
+        reading.set()
+        go_on.wait(timeout=10)
+        return found
+
+    ops_id = (await database_sync_to_async(Room.objects.get)(slug="ops")).pk
+    async with watching("lobby", alice) as ws:
+        monkeypatch.setattr(reads, "watched_rooms", watched_rooms)
+        await services.publish(services.user_group(alice.pk), {"type": "rooms.changed"})
+        await async_wait_until(reading.is_set, timeout=5, message="the re-read")
+        [result] = stored
+        seq = result.message["seq"]
+        [watcher] = get_hub().watchers[services.room_group(ops_id)]
+        await services.publish_message(ops_id, result.message)
+        await async_wait_until(lambda: watcher.watch_held, timeout=5, message="held")
+        go_on.set()
+        fresh, before = await receive_until(ws, of_type("rooms"))
+        assert not [f for f in before if f["type"] == "activity"]  # held
+        [entry] = [r for r in fresh["rooms"] if r["slug"] == "ops"]
+        assert entry["last_seq"] == (seq if counted else seq - 1)
+        fence = await post("ops", bob, "after")
+        frames = []
+        while not frames or frames[-1].get("seq") != fence:
+            frames.append(await ws.receive_json_from(timeout=5))
+        sent = [(f["room"], f["seq"]) for f in frames if f["type"] == "activity"]
+        assert sent == ([] if counted else [("ops", seq)]) + [("ops", fence)]
 
 
 async def test_read_reaches_the_users_other_tabs_and_nobody_else(rooms, alice, bob):
