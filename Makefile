@@ -63,7 +63,7 @@ $(VENV)/.mutate: $(VENV)/.dev
 	touch $@
 
 # Not part of make test: mutation testing of the rule modules; fails below
-# 90 % of mutants killed (docs/testing.md). About 20 minutes on 2 cores.
+# 90 % of mutants killed (docs/testing.md). About 45 minutes on 2 cores.
 mutate: $(VENV)/.mutate
 	rm -rf mutants
 	$(BIN)/python -m tests.support.mutation
