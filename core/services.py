@@ -78,7 +78,6 @@ class RoomFull(Exception):
         super().__init__(
             f"This room is full: a private room holds at most {limit:,} members."
         )
-        self.limit = limit
 
 
 class MessageNotFound(Exception):
